@@ -1,0 +1,226 @@
+//! Normalised keys and directories.
+//!
+//! Every backend sees keys in one canonical form, built here before any I/O:
+//!
+//! * segments are separated by `/`; leading, trailing and repeated `/` are dropped, so
+//!   `"a/"`, `"/a"`, `"a//"` and `"a"` are the same key;
+//! * a segment may not be `.` or `..`;
+//! * no control characters (C0, DEL, C1) and no characters that some server forbids in
+//!   names (U+E000..=U+F8FF private use, U+FFF0..=U+FFFF specials; ZooKeeper rejects
+//!   them), so a key valid on one backend is valid on all;
+//! * the normalised key is at most [`MAX_KEY_LEN`] bytes.
+//!
+//! A [`Key`] is never empty. A [`Dir`] is a key or the root `""`, which is allowed for
+//! `list`, `delete_tree` and `watch_tree`.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Longest normalised key in bytes. Chosen to fit every backend's limit with room for a
+/// configured prefix (ZooKeeper paths and Consul URLs being the tightest).
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// A validated, normalised key: non-empty, no leading/trailing/repeated `/`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(String);
+
+/// A validated, normalised directory: like [`Key`], or the root `""`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dir(String);
+
+impl Key {
+    /// Normalises and validates `raw`; `Error::InvalidKey` when it breaks a rule above.
+    pub fn new(raw: &str) -> Result<Self> {
+        let normalised = normalise(raw)?;
+        if normalised.is_empty() {
+            return Err(invalid(raw, "empty key"));
+        }
+        Ok(Key(normalised))
+    }
+
+    /// The normalised key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The directory form of this key, for `list`-like operations below it.
+    pub fn as_dir(&self) -> Dir {
+        Dir(self.0.clone())
+    }
+
+    /// Consumes the key, returning its string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl Dir {
+    /// The root directory, below which every key lives.
+    pub const fn root() -> Self {
+        Dir(String::new())
+    }
+
+    /// Normalises and validates `raw`; the root is written `""` or `"/"`.
+    pub fn new(raw: &str) -> Result<Self> {
+        normalise(raw).map(Dir)
+    }
+
+    /// The normalised directory name; `""` for the root.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True for the root directory.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The raw string prefix shared by every key strictly below this directory:
+    /// `"dir/"`, or `""` for the root. Never `"dir"`, which would match `dir2/x`.
+    pub fn child_prefix(&self) -> String {
+        if self.0.is_empty() {
+            String::new()
+        } else {
+            let mut prefix = String::with_capacity(self.0.len() + 1);
+            prefix.push_str(&self.0);
+            prefix.push('/');
+            prefix
+        }
+    }
+
+    /// This directory as a key, or `None` for the root.
+    pub fn as_key(&self) -> Option<Key> {
+        (!self.0.is_empty()).then(|| Key(self.0.clone()))
+    }
+
+    /// True when `key` is strictly below this directory.
+    pub fn contains(&self, key: &str) -> bool {
+        if self.0.is_empty() {
+            return !key.is_empty();
+        }
+        key.len() > self.0.len() + 1
+            && key.starts_with(self.0.as_str())
+            && key.as_bytes()[self.0.len()] == b'/'
+    }
+}
+
+fn invalid(raw: &str, reason: &'static str) -> Error {
+    Error::InvalidKey {
+        key: raw.chars().take(MAX_KEY_LEN + 8).collect(),
+        reason,
+    }
+}
+
+/// True for characters no backend accepts in a key.
+fn forbidden_char(c: char) -> bool {
+    c.is_control() || ('\u{E000}'..='\u{F8FF}').contains(&c) || c >= '\u{FFF0}' && c <= '\u{FFFF}'
+}
+
+fn normalise(raw: &str) -> Result<String> {
+    if raw.chars().any(forbidden_char) {
+        return Err(invalid(raw, "control or reserved character"));
+    }
+    let mut out = String::with_capacity(raw.len());
+    for segment in raw.split('/').filter(|s| !s.is_empty()) {
+        if segment == "." || segment == ".." {
+            return Err(invalid(raw, "'.' or '..' segment"));
+        }
+        if !out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(segment);
+        if out.len() > MAX_KEY_LEN {
+            return Err(invalid(raw, "longer than MAX_KEY_LEN bytes"));
+        }
+    }
+    Ok(out)
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Dir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Dir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Key {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Dir {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slashes_are_normalised() {
+        for raw in ["a/b", "/a/b", "a/b/", "//a///b//"] {
+            assert_eq!(Key::new(raw).unwrap().as_str(), "a/b", "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn empty_keys_are_rejected_but_root_dir_is_fine() {
+        for raw in ["", "/", "///"] {
+            assert!(matches!(Key::new(raw), Err(Error::InvalidKey { .. })), "{raw:?}");
+            assert!(Dir::new(raw).unwrap().is_root());
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_control_characters_are_rejected() {
+        for raw in ["a/./b", "..", "a/..", "a\nb", "a\u{0}b", "a\u{7f}", "a\u{85}", "\u{E000}", "\u{FFFF}"] {
+            assert!(matches!(Key::new(raw), Err(Error::InvalidKey { .. })), "{raw:?}");
+            assert!(matches!(Dir::new(raw), Err(Error::InvalidKey { .. })), "{raw:?}");
+        }
+        // Dots inside a segment are ordinary characters.
+        assert_eq!(Key::new("a/.b/c..").unwrap().as_str(), "a/.b/c..");
+    }
+
+    #[test]
+    fn length_limit_applies_after_normalisation() {
+        let at_limit = "x".repeat(MAX_KEY_LEN);
+        assert!(Key::new(&format!("/{at_limit}/")).is_ok());
+        let over = "x".repeat(MAX_KEY_LEN + 1);
+        assert!(matches!(Key::new(&over), Err(Error::InvalidKey { .. })));
+    }
+
+    #[test]
+    fn dir_contains_only_strict_descendants() {
+        let dir = Dir::new("a").unwrap();
+        assert!(dir.contains("a/b"));
+        assert!(dir.contains("a/b/c"));
+        assert!(!dir.contains("a"));
+        assert!(!dir.contains("ab"));
+        assert!(!dir.contains("ab/c"));
+        assert_eq!(dir.child_prefix(), "a/");
+        let root = Dir::root();
+        assert!(root.contains("a"));
+        assert_eq!(root.child_prefix(), "");
+    }
+}
