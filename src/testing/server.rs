@@ -1,0 +1,119 @@
+//! Helpers for tests that start real server processes (etcd, ZooKeeper) on loopback.
+//!
+//! Servers run on free loopback ports in temporary directories and are killed when
+//! their guard drops. Under `scripts/test.sh` the variable `KVKIT_REQUIRE_SERVERS=1` is
+//! set, and a missing server binary is a test failure; under a plain `cargo test` the
+//! test prints a notice and is skipped.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Set to `1` (by `scripts/test.sh`) to turn a missing server into a failure.
+pub const REQUIRE_SERVERS_VAR: &str = "KVKIT_REQUIRE_SERVERS";
+
+/// True when a missing server must fail the test instead of skipping it.
+pub fn servers_required() -> bool {
+    std::env::var(REQUIRE_SERVERS_VAR).is_ok_and(|v| v == "1")
+}
+
+/// Finds an executable: the first of `candidates` (absolute paths or names looked up
+/// on `PATH`) that exists. When none does, panics if servers are required, otherwise
+/// prints a notice naming `what` and returns `None` so the caller can skip.
+pub fn find_binary(what: &str, candidates: &[&str]) -> Option<PathBuf> {
+    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for candidate in candidates {
+        let candidate = Path::new(candidate);
+        if candidate.is_absolute() {
+            if candidate.is_file() {
+                return Some(candidate.to_path_buf());
+            }
+            continue;
+        }
+        if let Some(found) = path_dirs
+            .iter()
+            .map(|dir| dir.join(candidate))
+            .find(|p| p.is_file())
+        {
+            return Some(found);
+        }
+    }
+    assert!(
+        !servers_required(),
+        "{what} is not installed ({candidates:?}) but {REQUIRE_SERVERS_VAR}=1: run scripts/test.sh, which installs it"
+    );
+    eprintln!("NOTICE: skipping {what} test: {candidates:?} not found (run scripts/test.sh to install it)");
+    None
+}
+
+/// A free TCP port on 127.0.0.1 (bound once, then released for the server to take).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Waits until something accepts TCP connections on `addr`, or `timeout` passes.
+pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A child process killed (and reaped) when dropped.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Option<Child>,
+    name: String,
+}
+
+impl ChildGuard {
+    /// Spawns `command` with its output sent to `log` (a file in the server's dir).
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> std::io::Result<Self> {
+        let out = std::fs::File::create(log)?;
+        let err = out.try_clone()?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()?;
+        Ok(ChildGuard {
+            child: Some(child),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The process id, while running.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            tracing::debug!(name = %self.name, "stopped test server");
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
