@@ -43,6 +43,9 @@ mod kv;
 
 
 
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
+
 #[cfg(feature = "testing")]
 pub mod testing;
 

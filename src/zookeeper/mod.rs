@@ -1,0 +1,1198 @@
+//! The ZooKeeper backend, on the `zookeeper-async` client (feature `zookeeper`).
+//!
+//! ```no_run
+//! # async fn demo() -> kvkit::Result<()> {
+//! use kvkit::{Kv, PutOptions};
+//! use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
+//!
+//! let zk = Zookeeper::connect(ZookeeperConfig::new("127.0.0.1:2181").root("/myapp")).await?;
+//! let kv = Kv::new(zk);
+//! kv.put("config/a", "1", PutOptions::default()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Keys live below `{root}/kv` as znodes, one per key segment; a one-byte header in the
+//! znode data tells a key with a value from an implicit parent (see `docs/zookeeper.md`
+//! for the encoding and the round trips of every operation). `last_index` is the znode's
+//! `mzxid`. Lock contenders live below `{root}/locks`, outside the key space.
+//!
+//! What the client crate lacks and how this backend copes: it has no multi-op (CAS uses
+//! a versioned `setData`/`delete` after a read of the `mzxid`), no persistent watches
+//! (one-shot watches are re-armed, and re-armed from scratch after every reconnect since
+//! the crate does not re-register them), and it neither re-sends credentials after a
+//! reconnect nor reports a new session (the backend replays the digest credentials
+//! before letting any request through, and counts session expiries for its locks).
+
+mod codec;
+mod lock;
+mod watch;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use serde::Deserialize;
+use tokio::sync::{RwLock, watch as tokio_watch};
+use zookeeper_async::{Acl, CreateMode, Stat, ZkError, ZkState, ZooKeeper};
+
+use crate::backend::{Backend, Capabilities, Cas, Expect, KvPair, LockOptions, PutOptions};
+use crate::error::{Error, Result};
+use crate::key::{Dir, Key};
+
+pub use lock::ZookeeperLock;
+pub use watch::{ZookeeperWatch, ZookeeperWatchTree};
+
+use codec::Decoded;
+
+const NAME: &str = "zookeeper";
+
+/// Largest value accepted: the server's default `jute.maxbuffer` (1 MiB) less room for
+/// the header, the path and the request's framing.
+pub const MAX_VALUE_SIZE: usize = 1024 * 1024 - 8 * 1024;
+
+/// Bounded retries of the optimistic loops (create vs. concurrent delete and the like).
+const MAX_ATTEMPTS: usize = 16;
+
+/// Requests in flight at once for one `list`/`delete_tree` (all pipelined on the session).
+const PIPELINE_WINDOW: usize = 512;
+
+/// Digest credentials (`user:password`), sent after every (re)connect.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+pub struct DigestAuth {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl fmt::Debug for DigestAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DigestAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How to reach a ZooKeeper ensemble.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ZookeeperConfig {
+    /// Comma-separated `host:port` list of the ensemble's servers.
+    pub connect: String,
+    /// Session timeout in milliseconds (the server clamps it to its min/max; at least
+    /// 2000 is used). Locks are lost this long after a holder vanished.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// How long one request may take before it fails with `Error::Unavailable`.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// The znode below which kvkit keeps everything (a chroot of sorts), e.g. `/kvkit`.
+    #[serde(default = "default_root")]
+    pub root: String,
+    /// Digest credentials. When set, every znode kvkit creates gets the ACL
+    /// `auth::` (all rights to these credentials only).
+    #[serde(default)]
+    pub digest: Option<DigestAuth>,
+}
+
+fn default_session_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_root() -> String {
+    "/kvkit".to_owned()
+}
+
+impl ZookeeperConfig {
+    /// A configuration for `connect` (`host:port[,host:port...]`) with the defaults.
+    pub fn new(connect: impl Into<String>) -> Self {
+        ZookeeperConfig {
+            connect: connect.into(),
+            session_timeout_ms: default_session_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            root: default_root(),
+            digest: None,
+        }
+    }
+
+    /// Sets the root znode below which kvkit keeps its data.
+    pub fn root(mut self, root: impl Into<String>) -> Self {
+        self.root = root.into();
+        self
+    }
+
+    /// Sets the session timeout.
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Sets the per-request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Sets digest credentials.
+    pub fn digest(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.digest = Some(DigestAuth {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
+    }
+}
+
+/// Request counters, for tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestStats {
+    /// Requests sent to the server.
+    pub requests: u64,
+    /// Sequential request waves of `list`/`delete_tree` traversals: each wave is one
+    /// batch of pipelined requests that waits for the previous batch's answers.
+    pub waves: u64,
+}
+
+/// The ZooKeeper backend; `Clone` shares the session.
+#[derive(Clone)]
+pub struct Zookeeper {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Zookeeper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Zookeeper")
+            .field("root", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connection state shared with the client crate's state listener.
+struct Shared {
+    /// Bumped on every (re)connect: server-side watches are gone, re-arm them.
+    epoch: tokio_watch::Sender<u64>,
+    /// Bumped on every session expiry: ephemeral nodes (locks) are gone.
+    session: tokio_watch::Sender<u64>,
+    /// True while requests may be sent (connected and, with digest auth, credentials
+    /// replayed on this connection).
+    ready: tokio_watch::Sender<bool>,
+}
+
+pub(crate) struct Inner {
+    zk: ZooKeeper,
+    shared: Arc<Shared>,
+    root: String,
+    kv_root: String,
+    lock_root: String,
+    acl: Vec<Acl>,
+    digest: Option<Vec<u8>>,
+    /// Held shared by every request, exclusively while credentials are replayed (the
+    /// server answers an auth packet out of order, which the client crate cannot
+    /// match to its request if other requests are in flight).
+    gate: RwLock<()>,
+    clock_offset_ms: AtomicI64,
+    session_timeout: Duration,
+    request_timeout: Duration,
+    closed: AtomicBool,
+    requests: AtomicU64,
+    waves: AtomicU64,
+}
+
+/// The state of one znode of the key space.
+#[derive(Debug)]
+pub(crate) enum Node {
+    /// No znode.
+    Missing,
+    /// A znode without a (live) value; `expired_version` is set when it holds an expired
+    /// TTL value that may be collected with a versioned delete.
+    Empty {
+        stat: Stat,
+        expired_version: Option<i32>,
+    },
+    /// A znode with a live value; `deadline_ms` (server clock) when it has a TTL.
+    Value {
+        pair: KvPair,
+        stat: Stat,
+        deadline_ms: Option<i64>,
+    },
+}
+
+fn validate_root(root: &str) -> Result<String> {
+    let trimmed: Vec<&str> = root.split('/').filter(|s| !s.is_empty()).collect();
+    if trimmed.is_empty() {
+        return Err(Error::InvalidKey {
+            key: root.to_owned(),
+            reason: "the ZooKeeper root must name a znode below /",
+        });
+    }
+    for seg in &trimmed {
+        if *seg == "." || *seg == ".." || seg.chars().any(char::is_control) {
+            return Err(Error::InvalidKey {
+                key: root.to_owned(),
+                reason: "invalid ZooKeeper root",
+            });
+        }
+    }
+    if trimmed[0] == "zookeeper" {
+        return Err(Error::InvalidKey {
+            key: root.to_owned(),
+            reason: "/zookeeper is reserved by the server",
+        });
+    }
+    Ok(format!("/{}", trimmed.join("/")))
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Zookeeper {
+    /// Connects to the ensemble, waits for a session (up to the request timeout) and
+    /// creates the root znodes when missing.
+    pub async fn connect(config: ZookeeperConfig) -> Result<Self> {
+        let root = validate_root(&config.root)?;
+        if config.connect.trim().is_empty() || config.connect.contains('/') {
+            return Err(Error::backend(
+                NAME,
+                "the connect string is host:port[,host:port...] (use `root` for a chroot)",
+            ));
+        }
+        let session_timeout = Duration::from_millis(config.session_timeout_ms.max(2_000));
+        let request_timeout = Duration::from_millis(config.request_timeout_ms.max(100));
+        let (epoch, _) = tokio_watch::channel(0u64);
+        let (session, _) = tokio_watch::channel(0u64);
+        let (ready, _) = tokio_watch::channel(false);
+        let shared = Arc::new(Shared {
+            epoch,
+            session,
+            ready,
+        });
+        let zk = ZooKeeper::connect_with_retry_time(
+            &config.connect,
+            session_timeout,
+            |_event: zookeeper_async::WatchedEvent| {},
+            Duration::from_millis(200),
+        )
+        .await
+        .map_err(|e| Error::backend(NAME, format!("bad connect string: {e}")))?;
+        let digest = config
+            .digest
+            .as_ref()
+            .map(|d| format!("{}:{}", d.user, d.password).into_bytes());
+        let acl = if digest.is_some() {
+            Acl::creator_all().clone()
+        } else {
+            Acl::open_unsafe().clone()
+        };
+        let inner = Arc::new(Inner {
+            zk,
+            shared: shared.clone(),
+            kv_root: format!("{root}/kv"),
+            lock_root: format!("{root}/locks"),
+            root,
+            acl,
+            digest,
+            gate: RwLock::new(()),
+            clock_offset_ms: AtomicI64::new(0),
+            session_timeout,
+            request_timeout,
+            closed: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            waves: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&inner);
+        inner.zk.add_listener(move |state| on_state(&weak, state));
+        // The first connect may have completed before the listener was added.
+        let backend = Zookeeper { inner };
+        backend.ensure_ready_after_connect().await?;
+        backend.ensure_roots().await?;
+        backend.measure_clock().await;
+        Ok(backend)
+    }
+
+    /// Waits for the first session: probes with a request until one succeeds.
+    async fn ensure_ready_after_connect(&self) -> Result<()> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.request_timeout;
+        loop {
+            let probe = {
+                let _gate = inner.gate.write().await;
+                tokio::time::timeout(Duration::from_millis(1_000), inner.zk.exists("/", false))
+                    .await
+            };
+            match probe {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) if !is_transient(e) => return Err(self.map_err(e)),
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::unavailable(NAME, "no ZooKeeper session could be established"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let epoch = *inner.shared.epoch.borrow();
+        inner.authenticate(epoch).await?;
+        Ok(())
+    }
+
+    async fn ensure_roots(&self) -> Result<()> {
+        let inner = &self.inner;
+        for path in [inner.kv_root.clone(), inner.lock_root.clone()] {
+            match inner.exists(&path).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(ZkError::NoAuth) => continue,
+                Err(e) => return Err(self.map_err(e)),
+            }
+            match inner.create_with_parents(&path, codec::no_value(), CreateMode::Persistent).await {
+                Ok(_) | Err(ZkError::NodeExists) | Err(ZkError::NoAuth) => {}
+                Err(e) => return Err(self.map_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Estimates the server clock's offset from ours with one write of `{root}/clock`,
+    /// so TTL deadlines (taken from the server's `mtime`) are compared on the server's
+    /// clock. Best effort: without write access the offset stays 0.
+    async fn measure_clock(&self) {
+        let inner = &self.inner;
+        let path = format!("{}/clock", inner.root);
+        for _ in 0..2 {
+            let before = now_ms();
+            let result = inner.call(|| inner.zk.set_data(&path, Vec::new(), None)).await;
+            let after = now_ms();
+            match result {
+                Ok(stat) => {
+                    let offset = stat.mtime - (before + after) / 2;
+                    inner.clock_offset_ms.store(offset, Ordering::Relaxed);
+                    return;
+                }
+                Err(ZkError::NoNode) => {
+                    let _ = inner
+                        .create_with_parents(&path, Vec::new(), CreateMode::Persistent)
+                        .await;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The request counters (requests sent, and sequential waves of traversals).
+    pub fn stats(&self) -> RequestStats {
+        RequestStats {
+            requests: self.inner.requests.load(Ordering::Relaxed),
+            waves: self.inner.waves.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The root znode of this store.
+    pub fn root(&self) -> &str {
+        &self.inner.root
+    }
+
+    pub(crate) fn map_err(&self, e: ZkError) -> Error {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Error::Closed;
+        }
+        map_zk_error(e)
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    fn ttl_ms(options: &PutOptions) -> Option<u64> {
+        options
+            .ttl
+            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
+
+    /// Reads one key's node.
+    pub(crate) async fn read_node(&self, key: &str) -> Result<Node> {
+        let path = self.inner.key_path(key);
+        self.inner
+            .read_node(&path, key, None)
+            .await
+            .map_err(|e| self.map_err(e))
+    }
+
+    /// Collects an expired TTL value in the background with a versioned delete (a
+    /// concurrent write changes the version, so the collection cannot remove it).
+    pub(crate) fn collect_expired(&self, path: String, version: i32) {
+        let backend = self.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = backend.inner.remove_versioned(&path, version).await;
+            });
+        }
+    }
+
+    async fn write_new_or_update(
+        &self,
+        key: &Key,
+        data: Vec<u8>,
+        mode: CreateMode,
+    ) -> Result<KvPair> {
+        let inner = &self.inner;
+        let path = inner.key_path(key.as_str());
+        for _ in 0..MAX_ATTEMPTS {
+            match inner.call(|| inner.zk.set_data(&path, data.clone(), None)).await {
+                Ok(stat) => return Ok(pair(key.as_str(), &data, &stat)),
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(self.map_err(e)),
+            }
+            match inner.create_with_parents(&path, data.clone(), mode).await {
+                Ok(stat) => return Ok(pair(key.as_str(), &data, &stat)),
+                Err(ZkError::NodeExists) => continue,
+                Err(e) => return Err(self.map_err(e)),
+            }
+        }
+        Err(contention(key.as_str()))
+    }
+
+    /// Writes a lock's value at `key` (an ephemeral znode when the key is new, so the
+    /// value vanishes with the holder's session).
+    pub(crate) async fn write_lock_value(&self, key: &Key, value: &[u8]) -> Result<KvPair> {
+        self.write_new_or_update(key, codec::encode(value, None), CreateMode::Ephemeral)
+            .await
+    }
+
+    async fn delete_node(&self, key: &Key, expect: Option<u64>) -> Result<Cas<()>> {
+        let inner = &self.inner;
+        let path = inner.key_path(key.as_str());
+        for _ in 0..MAX_ATTEMPTS {
+            let (stat, index) = match self.read_node(key.as_str()).await? {
+                Node::Missing => return Ok(Cas::Conflict { current: None }),
+                Node::Empty {
+                    expired_version, ..
+                } => {
+                    if let Some(version) = expired_version {
+                        self.collect_expired(path.clone(), version);
+                    }
+                    return Ok(Cas::Conflict { current: None });
+                }
+                Node::Value { pair, stat, .. } => (stat, pair.last_index),
+            };
+            if let Some(expected) = expect
+                && expected != index
+            {
+                return Ok(Cas::Conflict {
+                    current: Some(index),
+                });
+            }
+            match inner.remove_versioned(&path, stat.version).await {
+                Ok(()) => return Ok(Cas::Applied(())),
+                Err(ZkError::BadVersion | ZkError::NoNode) => continue,
+                Err(e) => return Err(self.map_err(e)),
+            }
+        }
+        Err(contention(key.as_str()))
+    }
+
+    /// Every znode path strictly below `base` (values or not), deepest last, in waves of
+    /// pipelined `getChildren` requests.
+    async fn all_paths_below(&self, base: &str) -> Result<Vec<(usize, String)>> {
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        let mut frontier = vec![base.to_owned()];
+        let mut depth = 0;
+        while !frontier.is_empty() {
+            depth += 1;
+            inner.waves.fetch_add(1, Ordering::Relaxed);
+            let lists: Vec<(String, ZkResultVec)> = stream::iter(frontier.into_iter())
+                .map(|parent| async move {
+                    let r = inner.call(|| inner.zk.get_children(&parent, false)).await;
+                    (parent, r)
+                })
+                .buffered(PIPELINE_WINDOW)
+                .collect()
+                .await;
+            frontier = Vec::new();
+            for (parent, result) in lists {
+                match result {
+                    Ok(children) => {
+                        for child in children {
+                            let path = format!("{parent}/{child}");
+                            out.push((depth, path.clone()));
+                            frontier.push(path);
+                        }
+                    }
+                    Err(ZkError::NoNode) => {}
+                    Err(e) => return Err(self.map_err(e)),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+type ZkResultVec = std::result::Result<Vec<String>, ZkError>;
+
+fn on_state(weak: &Weak<Inner>, state: ZkState) {
+    let Some(inner) = weak.upgrade() else {
+        return;
+    };
+    #[allow(deprecated)]
+    match state {
+        ZkState::Connected | ZkState::ConnectedReadOnly => {
+            inner.shared.epoch.send_modify(|e| *e += 1);
+            let epoch = *inner.shared.epoch.borrow();
+            if inner.digest.is_none() {
+                inner.shared.ready.send_replace(true);
+            } else if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let weak = weak.clone();
+                handle.spawn(async move {
+                    if let Some(inner) = weak.upgrade() {
+                        let _ = inner.authenticate(epoch).await;
+                    }
+                });
+            }
+        }
+        ZkState::NotConnected => {
+            // The crate's only use of NotConnected: the server said the session expired.
+            inner.shared.ready.send_replace(false);
+            inner.shared.session.send_modify(|s| *s += 1);
+        }
+        ZkState::Closed => {
+            inner.shared.ready.send_replace(false);
+        }
+        _ => {
+            inner.shared.ready.send_replace(false);
+        }
+    }
+}
+
+fn is_transient(e: ZkError) -> bool {
+    matches!(
+        e,
+        ZkError::ConnectionLoss
+            | ZkError::OperationTimeout
+            | ZkError::SessionExpired
+            | ZkError::SessionMoved
+            | ZkError::MarshallingError
+    )
+}
+
+fn map_zk_error(e: ZkError) -> Error {
+    match e {
+        e if is_transient(e) => Error::unavailable(NAME, e),
+        ZkError::NoAuth | ZkError::AuthFailed | ZkError::InvalidACL => Error::PermissionDenied {
+            backend: NAME,
+            source: Box::new(e),
+        },
+        e => Error::backend(NAME, e),
+    }
+}
+
+fn contention(key: &str) -> Error {
+    Error::unavailable(
+        NAME,
+        format!("gave up on {key:?} after {MAX_ATTEMPTS} conflicting concurrent changes"),
+    )
+}
+
+fn pair(key: &str, data: &[u8], stat: &Stat) -> KvPair {
+    let value = match codec::decode(data.to_vec()) {
+        Decoded::Value { value, .. } => value,
+        Decoded::NoValue => Bytes::new(),
+    };
+    KvPair {
+        key: key.to_owned(),
+        value,
+        last_index: index_of(stat),
+    }
+}
+
+pub(crate) fn index_of(stat: &Stat) -> u64 {
+    u64::try_from(stat.mzxid).unwrap_or(0)
+}
+
+impl Inner {
+    pub(crate) fn key_path(&self, key: &str) -> String {
+        format!("{}/{}", self.kv_root, key)
+    }
+
+    pub(crate) fn dir_path(&self, dir: &Dir) -> String {
+        if dir.is_root() {
+            self.kv_root.clone()
+        } else {
+            self.key_path(dir.as_str())
+        }
+    }
+
+    /// The key of a znode path below the key space.
+    pub(crate) fn key_of<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.strip_prefix(self.kv_root.as_str())?.strip_prefix('/')
+    }
+
+    pub(crate) fn server_now_ms(&self) -> i64 {
+        now_ms() + self.clock_offset_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn epoch(&self) -> tokio_watch::Receiver<u64> {
+        self.shared.epoch.subscribe()
+    }
+
+    pub(crate) fn session(&self) -> tokio_watch::Receiver<u64> {
+        self.shared.session.subscribe()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn zk(&self) -> &ZooKeeper {
+        &self.zk
+    }
+
+    pub(crate) fn session_timeout(&self) -> Duration {
+        self.session_timeout
+    }
+
+    pub(crate) fn lock_root(&self) -> &str {
+        &self.lock_root
+    }
+
+    pub(crate) fn acl(&self) -> Vec<Acl> {
+        self.acl.clone()
+    }
+
+    /// Sends the digest credentials on the current connection, with no other request
+    /// in flight, then opens the gate.
+    async fn authenticate(&self, epoch: u64) -> Result<()> {
+        let Some(digest) = self.digest.clone() else {
+            self.shared.ready.send_replace(true);
+            return Ok(());
+        };
+        let _exclusive = self.gate.write().await;
+        let mut last = None;
+        for _ in 0..3 {
+            match tokio::time::timeout(
+                Duration::from_millis(2_000),
+                self.zk.add_auth("digest", digest.clone()),
+            )
+            .await
+            {
+                Ok(Ok(())) => {
+                    last = None;
+                    break;
+                }
+                Ok(Err(ZkError::AuthFailed)) => {
+                    return Err(map_zk_error(ZkError::AuthFailed));
+                }
+                // An out-of-order answer (a ping in flight) loses the reply, not the
+                // authentication; sending it again is harmless.
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(ZkError::OperationTimeout),
+            }
+        }
+        if *self.shared.epoch.borrow() == epoch && last.is_none() {
+            self.shared.ready.send_replace(true);
+        } else if last.is_some() {
+            // Most likely the reply was lost but the credentials were taken; let requests
+            // through (a refused one reports PermissionDenied).
+            self.shared.ready.send_replace(true);
+        }
+        Ok(())
+    }
+
+    /// Runs one request: waits until the session is ready, holds the gate, counts it and
+    /// bounds it by the request timeout. `NoAuth` right after a reconnect is retried
+    /// once, after the credentials were replayed.
+    pub(crate) async fn call<T, F, Fut>(&self, request: F) -> std::result::Result<T, ZkError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<T, ZkError>>,
+    {
+        for attempt in 0..2 {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(ZkError::ConnectionLoss);
+            }
+            let mut ready = self.shared.ready.subscribe();
+            if !*ready.borrow() {
+                match tokio::time::timeout(self.request_timeout, ready.wait_for(|r| *r)).await {
+                    Ok(Ok(_)) => {}
+                    _ => return Err(ZkError::ConnectionLoss),
+                }
+            }
+            let result = {
+                let _shared = self.gate.read().await;
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(self.request_timeout, request()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ZkError::OperationTimeout),
+                }
+            };
+            if result.as_ref().err() == Some(&ZkError::NoAuth)
+                && self.digest.is_some()
+                && attempt == 0
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            return result;
+        }
+        Err(ZkError::NoAuth)
+    }
+
+    pub(crate) async fn exists(&self, path: &str) -> std::result::Result<Option<Stat>, ZkError> {
+        self.call(|| self.zk.exists(path, false)).await
+    }
+
+    /// Creates `path` with `data`; creates missing parents (without value) first, all
+    /// pipelined in one wave (the server runs one session's requests in order).
+    pub(crate) async fn create_with_parents(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        mode: CreateMode,
+    ) -> std::result::Result<Stat, ZkError> {
+        match self.call(|| self.zk.create2(path, data.clone(), self.acl.clone(), mode)).await {
+            Err(ZkError::NoNode) => {}
+            other => return other.map(|(_, stat)| stat),
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let parents: Vec<String> = ancestors(path);
+            let creates = futures::future::join_all(parents.iter().map(|p| async move {
+                match self
+                    .call(|| {
+                        self.zk
+                            .create(p, codec::no_value(), self.acl.clone(), CreateMode::Persistent)
+                    })
+                    .await
+                {
+                    Ok(_) | Err(ZkError::NodeExists) | Err(ZkError::NoNode) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }));
+            let target = self.call(|| self.zk.create2(path, data.clone(), self.acl.clone(), mode));
+            let (parents_done, target) = futures::join!(creates, target);
+            for done in parents_done {
+                done?;
+            }
+            match target {
+                Err(ZkError::NoNode) => continue,
+                other => return other.map(|(_, stat)| stat),
+            }
+        }
+        Err(ZkError::NoNode)
+    }
+
+    /// Reads a node of the key space (`key` is its normalised key). With `watch`, the
+    /// read leaves a data watch (or, for a missing znode, an exists watch).
+    pub(crate) async fn read_node(
+        &self,
+        path: &str,
+        key: &str,
+        watch: Option<&watch::Arm>,
+    ) -> std::result::Result<Node, ZkError> {
+        let result = match watch.map(|arm| (arm, arm.claim(path, watch::Kind::Data))) {
+            None | Some((_, None)) => self.call(|| self.zk.get_data(path, false)).await,
+            Some((arm, Some(fire))) => {
+                let result = self.call(|| self.zk.get_data_w(path, fire.clone())).await;
+                if result.is_err() {
+                    arm.unmark(path, watch::Kind::Data);
+                }
+                result
+            }
+        };
+        match result {
+            Ok((data, stat)) => Ok(self.decode_node(key, data, stat)),
+            Err(ZkError::NoNode) => {
+                if let Some(arm) = watch {
+                    // No data watch is left on a missing znode: leave an exists watch.
+                    arm.unmark(path, watch::Kind::Data);
+                    let Some(fire) = arm.claim(path, watch::Kind::Data) else {
+                        return Ok(Node::Missing);
+                    };
+                    let exists = self.call(|| self.zk.exists_w(path, fire.clone())).await;
+                    if exists.is_err() {
+                        arm.unmark(path, watch::Kind::Data);
+                    }
+                    if exists?.is_some() {
+                        // Created in between: read it again (the watch is armed).
+                        return match self.call(|| self.zk.get_data(path, false)).await {
+                            Ok((data, stat)) => Ok(self.decode_node(key, data, stat)),
+                            Err(ZkError::NoNode) => Ok(Node::Missing),
+                            Err(e) => Err(e),
+                        };
+                    }
+                }
+                Ok(Node::Missing)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn decode_node(&self, key: &str, data: Vec<u8>, stat: Stat) -> Node {
+        match codec::decode(data) {
+            Decoded::NoValue => Node::Empty {
+                stat,
+                expired_version: None,
+            },
+            Decoded::Value { value, ttl_ms } => {
+                let deadline_ms =
+                    ttl_ms.map(|ttl| stat.mtime.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
+                if let Some(deadline) = deadline_ms
+                    && deadline <= self.server_now_ms()
+                {
+                    let version = stat.version;
+                    return Node::Empty {
+                        stat,
+                        expired_version: Some(version),
+                    };
+                }
+                Node::Value {
+                    pair: KvPair {
+                        key: key.to_owned(),
+                        value,
+                        last_index: index_of(&stat),
+                    },
+                    stat,
+                    deadline_ms,
+                }
+            }
+        }
+    }
+
+    /// Removes the value of a znode at data `version`: deletes the znode, or, when it
+    /// has children, turns it into an implicit parent (versioned `setData`).
+    pub(crate) async fn remove_versioned(
+        &self,
+        path: &str,
+        version: i32,
+    ) -> std::result::Result<(), ZkError> {
+        match self.call(|| self.zk.delete(path, Some(version))).await {
+            Err(ZkError::NotEmpty) => self
+                .call(|| self.zk.set_data(path, codec::no_value(), Some(version)))
+                .await
+                .map(|_| ()),
+            other => other,
+        }
+    }
+}
+
+/// The strict ancestors of `path` (`/a/b/c` → `/a`, `/a/b`), outermost first.
+fn ancestors(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut end = 0;
+    while let Some(pos) = path[end + 1..].find('/') {
+        end = end + 1 + pos;
+        out.push(path[..end].to_owned());
+    }
+    out
+}
+
+impl Backend for Zookeeper {
+    type Watch = ZookeeperWatch;
+    type WatchTree = ZookeeperWatchTree;
+    type Lock = ZookeeperLock;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: NAME,
+            ttl_granularity: Duration::from_millis(1),
+            min_ttl: Duration::from_millis(100),
+            ttl_expiry_factor: 1,
+            default_lock_ttl: Some(self.inner.session_timeout),
+            cross_process_locks: true,
+            watch_sees_every_write: false,
+            max_value_size: MAX_VALUE_SIZE,
+            persistent: true,
+        }
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
+        match self.read_node(key.as_str()).await? {
+            Node::Value { pair, .. } => Ok(Some(pair)),
+            Node::Empty {
+                expired_version: Some(version),
+                ..
+            } => {
+                self.collect_expired(self.inner.key_path(key.as_str()), version);
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn put(&self, key: &Key, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+        let data = codec::encode(&value, Self::ttl_ms(options));
+        self.write_new_or_update(key, data, CreateMode::Persistent).await
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        Ok(matches!(self.delete_node(key, None).await?, Cas::Applied(())))
+    }
+
+    async fn compare_and_put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        expect: Expect,
+        options: &PutOptions,
+    ) -> Result<Cas<KvPair>> {
+        let inner = &self.inner;
+        let path = inner.key_path(key.as_str());
+        let data = codec::encode(&value, Self::ttl_ms(options));
+        for _ in 0..MAX_ATTEMPTS {
+            if expect == Expect::Absent {
+                match inner
+                    .create_with_parents(&path, data.clone(), CreateMode::Persistent)
+                    .await
+                {
+                    Ok(stat) => return Ok(Cas::Applied(pair(key.as_str(), &data, &stat))),
+                    Err(ZkError::NodeExists) => {}
+                    Err(e) => return Err(self.map_err(e)),
+                }
+            }
+            let version = match (self.read_node(key.as_str()).await?, expect) {
+                (Node::Missing, Expect::Absent) => continue,
+                (Node::Missing, Expect::Index(_)) => return Ok(Cas::Conflict { current: None }),
+                (Node::Empty { .. }, Expect::Index(_)) => {
+                    return Ok(Cas::Conflict { current: None });
+                }
+                (Node::Empty { stat, .. }, Expect::Absent) => stat.version,
+                (Node::Value { pair, .. }, Expect::Absent) => {
+                    return Ok(Cas::Conflict {
+                        current: Some(pair.last_index),
+                    });
+                }
+                (Node::Value { pair, stat, .. }, Expect::Index(expected)) => {
+                    if pair.last_index != expected {
+                        return Ok(Cas::Conflict {
+                            current: Some(pair.last_index),
+                        });
+                    }
+                    stat.version
+                }
+            };
+            match inner
+                .call(|| inner.zk.set_data(&path, data.clone(), Some(version)))
+                .await
+            {
+                Ok(stat) => return Ok(Cas::Applied(pair(key.as_str(), &data, &stat))),
+                // Changed since the read: read again and decide on the new state.
+                Err(ZkError::BadVersion | ZkError::NoNode) => continue,
+                Err(e) => return Err(self.map_err(e)),
+            }
+        }
+        Err(contention(key.as_str()))
+    }
+
+    async fn compare_and_delete(&self, key: &Key, index: u64) -> Result<Cas<()>> {
+        self.delete_node(key, Some(index)).await
+    }
+
+    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+        let inner = &self.inner;
+        let base = inner.dir_path(dir);
+        let mut out = Vec::new();
+        let mut frontier = vec![base];
+        while !frontier.is_empty() {
+            inner.waves.fetch_add(1, Ordering::Relaxed);
+            let lists: Vec<(String, ZkResultVec)> = stream::iter(frontier.into_iter())
+                .map(|parent| async move {
+                    let r = inner.call(|| inner.zk.get_children(&parent, false)).await;
+                    (parent, r)
+                })
+                .buffered(PIPELINE_WINDOW)
+                .collect()
+                .await;
+            let mut paths = Vec::new();
+            for (parent, result) in lists {
+                match result {
+                    Ok(children) => {
+                        paths.extend(children.into_iter().map(|c| format!("{parent}/{c}")));
+                    }
+                    Err(ZkError::NoNode) => {}
+                    Err(e) => return Err(self.map_err(e)),
+                }
+            }
+            if paths.is_empty() {
+                break;
+            }
+            inner.waves.fetch_add(1, Ordering::Relaxed);
+            let reads: Vec<(String, std::result::Result<(Vec<u8>, Stat), ZkError>)> =
+                stream::iter(paths.into_iter())
+                    .map(|path| async move {
+                        let r = inner.call(|| inner.zk.get_data(&path, false)).await;
+                        (path, r)
+                    })
+                    .buffered(PIPELINE_WINDOW)
+                    .collect()
+                    .await;
+            frontier = Vec::new();
+            for (path, result) in reads {
+                let (data, stat) = match result {
+                    Ok(found) => found,
+                    Err(ZkError::NoNode) => continue,
+                    Err(e) => return Err(self.map_err(e)),
+                };
+                if stat.num_children > 0 {
+                    frontier.push(path.clone());
+                }
+                let Some(key) = inner.key_of(&path) else {
+                    continue;
+                };
+                match inner.decode_node(key, data, stat) {
+                    Node::Value { pair, .. } => out.push(pair),
+                    Node::Empty {
+                        expired_version: Some(version),
+                        ..
+                    } => self.collect_expired(path.clone(), version),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+        let inner = &self.inner;
+        let base = inner.dir_path(dir);
+        for _ in 0..3 {
+            let mut paths = self.all_paths_below(&base).await?;
+            if paths.is_empty() {
+                return Ok(());
+            }
+            // Deepest first; each depth in one pipelined wave.
+            paths.sort_by(|a, b| b.0.cmp(&a.0));
+            let mut retry = false;
+            let mut start = 0;
+            while start < paths.len() {
+                let depth = paths[start].0;
+                let end = paths[start..]
+                    .iter()
+                    .position(|(d, _)| *d != depth)
+                    .map_or(paths.len(), |p| start + p);
+                inner.waves.fetch_add(1, Ordering::Relaxed);
+                let batch: Vec<String> = paths[start..end].iter().map(|e| e.1.clone()).collect();
+                let results: Vec<std::result::Result<(), ZkError>> =
+                    stream::iter(batch)
+                        .map(|path| async move { inner.call(|| inner.zk.delete(&path, None)).await })
+                        .buffered(PIPELINE_WINDOW)
+                        .collect()
+                        .await;
+                for result in results {
+                    match result {
+                        Ok(()) | Err(ZkError::NoNode) => {}
+                        // A concurrent write created a child after the scan.
+                        Err(ZkError::NotEmpty) => retry = true,
+                        Err(e) => return Err(self.map_err(e)),
+                    }
+                }
+                start = end;
+            }
+            if !retry {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_tree(&self, dir: &Dir) -> Result<()> {
+        self.delete_range(dir).await?;
+        if let Some(key) = dir.as_key() {
+            // The directory's own znode: deleted outright (or emptied if a concurrent
+            // writer put a child below it meanwhile).
+            let inner = &self.inner;
+            let path = inner.key_path(key.as_str());
+            match inner.call(|| inner.zk.delete(&path, None)).await {
+                Ok(()) | Err(ZkError::NoNode) => {}
+                Err(ZkError::NotEmpty) => {
+                    match inner
+                        .call(|| inner.zk.set_data(&path, codec::no_value(), None))
+                        .await
+                    {
+                        Ok(_) | Err(ZkError::NoNode) => {}
+                        Err(e) => return Err(self.map_err(e)),
+                    }
+                }
+                Err(e) => return Err(self.map_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn exists(&self, key: &Key) -> Result<bool> {
+        Ok(self.get(key).await?.is_some())
+    }
+
+    async fn watch(&self, key: &Key) -> Result<Self::Watch> {
+        watch::watch_key(self.clone(), key.clone()).await
+    }
+
+    async fn watch_tree(&self, dir: &Dir) -> Result<Self::WatchTree> {
+        watch::watch_tree(self.clone(), dir.clone()).await
+    }
+
+    async fn lock(&self, key: &Key, options: &LockOptions) -> Result<Self::Lock> {
+        lock::lock(self.clone(), key.clone(), options.value.clone(), true)
+            .await
+            .and_then(|held| held.ok_or_else(|| Error::backend(NAME, "lock wait ended without the lock")))
+    }
+
+    async fn try_lock(&self, key: &Key, options: &LockOptions) -> Result<Option<Self::Lock>> {
+        lock::lock(self.clone(), key.clone(), options.value.clone(), false).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.zk.close()).await;
+        self.inner.shared.ready.send_replace(false);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_are_outermost_first() {
+        assert_eq!(ancestors("/a/b/c"), vec!["/a", "/a/b"]);
+        assert!(ancestors("/a").is_empty());
+    }
+
+    #[test]
+    fn roots_are_validated() {
+        assert_eq!(validate_root("kvkit/").unwrap(), "/kvkit");
+        assert_eq!(validate_root("//a//b").unwrap(), "/a/b");
+        assert!(validate_root("/").is_err());
+        assert!(validate_root("/zookeeper").is_err());
+        assert!(validate_root("/a/../b").is_err());
+    }
+
+    #[test]
+    fn config_deserialises_with_defaults() {
+        let config: ZookeeperConfig =
+            serde_json_like(r#"{"connect":"127.0.0.1:2181"}"#);
+        assert_eq!(config, ZookeeperConfig::new("127.0.0.1:2181"));
+    }
+
+    fn serde_json_like(_s: &str) -> ZookeeperConfig {
+        // serde_json is not a dependency: deserialise from a map of values instead.
+        use serde::de::IntoDeserializer;
+        use serde::de::value::{Error as DeError, MapDeserializer};
+        let entries = vec![("connect", "127.0.0.1:2181")];
+        let de: MapDeserializer<'_, _, DeError> =
+            MapDeserializer::new(entries.into_iter().map(|(k, v)| (k, v.into_deserializer())));
+        ZookeeperConfig::deserialize(de).unwrap()
+    }
+}
