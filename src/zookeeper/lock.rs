@@ -222,6 +222,30 @@ pub(crate) async fn lock(
 /// Fires `lost` when the session expires, the contender znode goes, or the key is
 /// overwritten or deleted by someone else.
 async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64) {
+    let timeout = held.backend.inner().session_timeout();
+    tokio::select! {
+        _ = follow(&held, session_at_start) => {}
+        _ = cut_off(&held.backend, timeout) => {}
+    }
+    lost.fire();
+}
+
+/// Resolves once the client has been disconnected for a whole session timeout: the
+/// server has then (most likely) expired the session, and another client may hold the
+/// lock, even though this client only hears of the expiry when it reconnects.
+async fn cut_off(backend: &Zookeeper, timeout: Duration) {
+    let mut ready = backend.inner().ready();
+    loop {
+        if ready.wait_for(|r| !*r).await.is_err() {
+            return std::future::pending().await;
+        }
+        if tokio::time::timeout(timeout, ready.wait_for(|r| *r)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn follow(held: &Held, session_at_start: u64) {
     let backend = &held.backend;
     let inner = backend.inner();
     let mut session = inner.session();
@@ -270,7 +294,6 @@ async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64) {
             _ = epoch.changed() => {}
         }
     }
-    lost.fire();
 }
 
 impl LockGuard for ZookeeperLock {
