@@ -39,6 +39,8 @@ mod kv;
 pub mod memory;
 mod notify;
 pub mod recipe;
+#[cfg(feature = "redb")]
+pub mod redb;
 
 #[cfg(feature = "testing")]
 pub mod testing;
