@@ -70,6 +70,7 @@ struct Inner {
     path: PathBuf,
     db: Arc<Database>,
     writes: Mutex<Option<mpsc::Sender<Write>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     watchers: Arc<Watchers>,
     closed: AtomicBool,
 }
@@ -173,7 +174,7 @@ impl Redb {
             watchers: watchers.clone(),
             revision,
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("kvkit-redb-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| Error::backend(NAME, e))?;
@@ -181,6 +182,7 @@ impl Redb {
             path: path.clone(),
             db,
             writes: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
             watchers,
             closed: AtomicBool::new(false),
         });
@@ -238,6 +240,24 @@ impl Inner {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(DATA).map_err(storage)?;
         f(&table)
+    }
+}
+
+impl Inner {
+    /// Stops the writer after it has committed what is queued, and waits for it, so
+    /// the file can be opened again as soon as the last handle is gone.
+    fn stop_writer(&self) {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_writer();
     }
 }
 
