@@ -91,6 +91,8 @@ enum Write {
     },
     DeleteRange {
         dir: Dir,
+        /// Delete `dir` itself too (`delete_tree`).
+        with_dir: bool,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -160,10 +162,10 @@ impl Redb {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = std::path::absolute(path.as_ref()).map_err(|e| Error::backend(NAME, e))?;
         let mut open = registry().lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(inner) = open.get(&path).and_then(Weak::upgrade) {
-            if !inner.closed.load(Ordering::Acquire) {
-                return Ok(Redb { inner });
-            }
+        if let Some(inner) = open.get(&path).and_then(Weak::upgrade)
+            && !inner.closed.load(Ordering::Acquire)
+        {
+            return Ok(Redb { inner });
         }
         let db = Arc::new(Database::create(&path).map_err(storage)?);
         let revision = init_tables(&db)?;
@@ -496,12 +498,12 @@ impl Writer {
             Write::Delete { key, expect, .. } => {
                 let existing = current(&data, key.as_str())?;
                 let live_index = existing.filter(|(_, exp)| live(*exp, now)).map(|(i, _)| i);
-                if let Some(index) = expect {
-                    if live_index != Some(*index) {
-                        return Ok(Outcome::Deleted(Cas::Conflict {
-                            current: live_index,
-                        }));
-                    }
+                if let Some(index) = expect
+                    && live_index != Some(*index)
+                {
+                    return Ok(Outcome::Deleted(Cas::Conflict {
+                        current: live_index,
+                    }));
                 }
                 if let Some((_, exp)) = existing {
                     if exp != 0 {
@@ -513,9 +515,14 @@ impl Writer {
                 }
                 Ok(Outcome::Deleted(Cas::Applied(live_index.is_some())))
             }
-            Write::DeleteRange { dir, .. } => {
+            Write::DeleteRange { dir, with_dir, .. } => {
                 let prefix = dir.child_prefix();
                 let mut doomed = Vec::new();
+                if let Some(key) = dir.as_key().filter(|_| *with_dir)
+                    && let Some((_, exp)) = current(&data, key.as_str())?
+                {
+                    doomed.push((key.into_string(), exp));
+                }
                 for entry in data
                     .range::<&str>((Bound::Included(prefix.as_str()), Bound::Unbounded))
                     .map_err(storage)?
@@ -670,7 +677,23 @@ impl Backend for Redb {
 
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
         let dir = dir.clone();
-        self.submit(|reply| Write::DeleteRange { dir, reply }).await
+        self.submit(|reply| Write::DeleteRange {
+            dir,
+            with_dir: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Native: `dir` and everything below it in one transaction.
+    async fn delete_tree(&self, dir: &Dir) -> Result<()> {
+        let dir = dir.clone();
+        self.submit(|reply| Write::DeleteRange {
+            dir,
+            with_dir: true,
+            reply,
+        })
+        .await
     }
 
     async fn watch(&self, key: &Key) -> Result<RedbWatch> {
