@@ -36,12 +36,11 @@ pub mod backend;
 pub mod error;
 pub mod key;
 mod kv;
-// pub mod memory; (in progress)
-// mod notify;
-// pub mod recipe;
-
-
-
+pub mod memory;
+mod notify;
+pub mod recipe;
+#[cfg(feature = "redb")]
+pub mod redb;
 
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
