@@ -380,6 +380,14 @@ async fn standalone_server() {
     locks(&addr, &kv).await;
     eprintln!("digest auth");
     digest_auth(&addr).await;
+    eprintln!("conformance suite");
+    kvkit::testing::conformance::run_all(&kv).await;
+    eprintln!("model harness");
+    let started = std::time::Instant::now();
+    kvkit::testing::model::check_against_memory(&kv, kvkit::testing::model::ModelConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.0));
+    eprintln!("model harness passed in {:?}", started.elapsed());
     kv.close().await.unwrap();
     assert_eq!(kind(kv.get("a2/x").await), ErrorKind::Closed);
 }
