@@ -18,7 +18,11 @@ async fn connect(connect: &str, root: &str) -> Kv<Zookeeper> {
         .root(root)
         .session_timeout(Duration::from_secs(4))
         .request_timeout(Duration::from_secs(5));
-    Kv::new(Zookeeper::connect(config).await.expect("connect to ZooKeeper"))
+    Kv::new(
+        Zookeeper::connect(config)
+            .await
+            .expect("connect to ZooKeeper"),
+    )
 }
 
 fn kind<T: std::fmt::Debug>(result: kvkit::Result<T>) -> ErrorKind {
@@ -55,7 +59,12 @@ where
 fn values(pairs: &[kvkit::KvPair]) -> Vec<(String, String)> {
     pairs
         .iter()
-        .map(|p| (p.key.clone(), String::from_utf8_lossy(&p.value).into_owned()))
+        .map(|p| {
+            (
+                p.key.clone(),
+                String::from_utf8_lossy(&p.value).into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -67,20 +76,33 @@ async fn basics(kv: &Kv<Zookeeper>) {
     assert_eq!(kind(kv.get("a").await), ErrorKind::NotFound);
     assert_eq!(kind(kv.get("a/b").await), ErrorKind::NotFound);
     assert!(!kv.exists("a/b").await.unwrap());
-    assert_eq!(values(&kv.list("a").await.unwrap()), [("a/b/c".into(), "v1".into())]);
-    // A key may hold a value and have children.
-    kv.put("a/b", "parent", PutOptions::default()).await.unwrap();
-    kv.put("a2/x", "sibling", PutOptions::default()).await.unwrap();
     assert_eq!(
         values(&kv.list("a").await.unwrap()),
-        [("a/b".into(), "parent".into()), ("a/b/c".into(), "v1".into())]
+        [("a/b/c".into(), "v1".into())]
+    );
+    // A key may hold a value and have children.
+    kv.put("a/b", "parent", PutOptions::default())
+        .await
+        .unwrap();
+    kv.put("a2/x", "sibling", PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        values(&kv.list("a").await.unwrap()),
+        [
+            ("a/b".into(), "parent".into()),
+            ("a/b/c".into(), "v1".into())
+        ]
     );
     assert!(kv.list("nothing/here").await.unwrap().is_empty());
     // Deleting a key keeps its children; it becomes an implicit parent again.
     kv.delete("a/b").await.unwrap();
     assert_eq!(kind(kv.get("a/b").await), ErrorKind::NotFound);
     assert_eq!(kind(kv.delete("a/b").await), ErrorKind::NotFound);
-    assert_eq!(values(&kv.list("a").await.unwrap()), [("a/b/c".into(), "v1".into())]);
+    assert_eq!(
+        values(&kv.list("a").await.unwrap()),
+        [("a/b/c".into(), "v1".into())]
+    );
     // last_index changes on every write and never goes back, across delete + re-create.
     let b = kv.put("a/b/c", "v2", PutOptions::default()).await.unwrap();
     assert!(b.last_index > a.last_index);
@@ -96,10 +118,15 @@ async fn basics(kv: &Kv<Zookeeper>) {
     assert_eq!(kv.get("a2/x").await.unwrap().value, "sibling");
     // Bad input never reaches the server and never panics.
     assert_eq!(kind(kv.get("a/../b").await), ErrorKind::InvalidKey);
-    assert_eq!(kind(kv.put("x\u{1}y", "v", PutOptions::default()).await), ErrorKind::InvalidKey);
+    assert_eq!(
+        kind(kv.put("x\u{1}y", "v", PutOptions::default()).await),
+        ErrorKind::InvalidKey
+    );
     // Values: the limit, and one byte over it.
     let big = vec![7u8; MAX_VALUE_SIZE];
-    kv.put("big", big.clone(), PutOptions::default()).await.unwrap();
+    kv.put("big", big.clone(), PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(kv.get("big").await.unwrap().value.len(), MAX_VALUE_SIZE);
     let over = vec![7u8; 2 * 1024 * 1024];
     assert!(matches!(
@@ -111,28 +138,55 @@ async fn basics(kv: &Kv<Zookeeper>) {
 }
 
 async fn cas(kv: &Kv<Zookeeper>) {
-    let created = kv.atomic_put("c/k", "1", None, PutOptions::default()).await.unwrap();
-    assert_eq!(kind(kv.atomic_put("c/k", "x", None, PutOptions::default()).await), ErrorKind::KeyExists);
-    let second = kv.atomic_put("c/k", "2", Some(&created), PutOptions::default()).await.unwrap();
+    let created = kv
+        .atomic_put("c/k", "1", None, PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(kv.atomic_put("c/k", "x", None, PutOptions::default()).await),
+        ErrorKind::KeyExists
+    );
+    let second = kv
+        .atomic_put("c/k", "2", Some(&created), PutOptions::default())
+        .await
+        .unwrap();
     assert!(second.last_index > created.last_index);
     assert_eq!(
-        kind(kv.atomic_put("c/k", "3", Some(&created), PutOptions::default()).await),
+        kind(
+            kv.atomic_put("c/k", "3", Some(&created), PutOptions::default())
+                .await
+        ),
         ErrorKind::KeyModified
     );
-    assert_eq!(kind(kv.atomic_delete("c/k", &created).await), ErrorKind::KeyModified);
-    kv.atomic_delete("c/k", &second).await.unwrap();
-    assert_eq!(kind(kv.atomic_delete("c/k", &second).await), ErrorKind::NotFound);
     assert_eq!(
-        kind(kv.atomic_put("c/k", "4", Some(&second), PutOptions::default()).await),
+        kind(kv.atomic_delete("c/k", &created).await),
+        ErrorKind::KeyModified
+    );
+    kv.atomic_delete("c/k", &second).await.unwrap();
+    assert_eq!(
+        kind(kv.atomic_delete("c/k", &second).await),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(
+            kv.atomic_put("c/k", "4", Some(&second), PutOptions::default())
+                .await
+        ),
         ErrorKind::NotFound
     );
     // Create-only on an implicit parent succeeds (it holds no value).
-    kv.put("c/p/child", "x", PutOptions::default()).await.unwrap();
-    kv.atomic_put("c/p", "now", None, PutOptions::default()).await.unwrap();
+    kv.put("c/p/child", "x", PutOptions::default())
+        .await
+        .unwrap();
+    kv.atomic_put("c/p", "now", None, PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(kv.get("c/p").await.unwrap().value, "now");
 
     // Atomicity under contention: 4 clients x 10 increments of one counter.
-    kv.put("c/counter", "0", PutOptions::default()).await.unwrap();
+    kv.put("c/counter", "0", PutOptions::default())
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let kv = kv.clone();
@@ -145,7 +199,12 @@ async fn cas(kv: &Kv<Zookeeper>) {
                 let cur = kv.get("c/counter").await.unwrap();
                 let n: u64 = std::str::from_utf8(&cur.value).unwrap().parse().unwrap();
                 match kv
-                    .atomic_put("c/counter", (n + 1).to_string(), Some(&cur), PutOptions::default())
+                    .atomic_put(
+                        "c/counter",
+                        (n + 1).to_string(),
+                        Some(&cur),
+                        PutOptions::default(),
+                    )
                     .await
                 {
                     Ok(_) => done += 1,
@@ -165,23 +224,50 @@ async fn ttl(server: &str, kv: &Kv<Zookeeper>) {
     // Written by a client that then disconnects: still there until the TTL passes.
     let writer = connect(server, "/kvkit-ttl").await;
     writer
-        .put("t/k", "short", PutOptions::with_ttl(Duration::from_millis(1_500)))
+        .put(
+            "t/k",
+            "short",
+            PutOptions::with_ttl(Duration::from_millis(1_500)),
+        )
         .await
         .unwrap();
-    writer.put("t/keep", "forever", PutOptions::with_ttl(Duration::from_millis(1_500))).await.unwrap();
-    writer.put("t/keep", "forever", PutOptions::default()).await.unwrap();
+    writer
+        .put(
+            "t/keep",
+            "forever",
+            PutOptions::with_ttl(Duration::from_millis(1_500)),
+        )
+        .await
+        .unwrap();
+    writer
+        .put("t/keep", "forever", PutOptions::default())
+        .await
+        .unwrap();
     writer.close().await.unwrap();
     let reader = connect(server, "/kvkit-ttl").await;
     let mut watch = reader.watch("t/k").await.unwrap();
-    assert_eq!(next(&mut watch, "first state").await.unwrap().unwrap().value, "short");
+    assert_eq!(
+        next(&mut watch, "first state")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "short"
+    );
     assert_eq!(reader.get("t/k").await.unwrap().value, "short");
     assert_eq!(reader.list("t").await.unwrap().len(), 2);
     // The watch sees the expiry without any write.
     assert_eq!(next(&mut watch, "expiry").await.unwrap(), None);
     assert_eq!(kind(reader.get("t/k").await), ErrorKind::NotFound);
-    assert_eq!(values(&reader.list("t").await.unwrap()), [("t/keep".into(), "forever".into())]);
+    assert_eq!(
+        values(&reader.list("t").await.unwrap()),
+        [("t/keep".into(), "forever".into())]
+    );
     // A create-only write succeeds on an expired key.
-    reader.atomic_put("t/k", "again", None, PutOptions::default()).await.unwrap();
+    reader
+        .atomic_put("t/k", "again", None, PutOptions::default())
+        .await
+        .unwrap();
     reader.delete_tree("t").await.unwrap();
     let _ = kv;
 }
@@ -191,7 +277,14 @@ async fn list_is_pipelined(kv: &Kv<Zookeeper>) {
     let puts = futures::stream::iter(0..N)
         .map(|i| {
             let kv = kv.clone();
-            async move { kv.put(format!("many/k{i:04}"), format!("{i}"), PutOptions::default()).await }
+            async move {
+                kv.put(
+                    format!("many/k{i:04}"),
+                    format!("{i}"),
+                    PutOptions::default(),
+                )
+                .await
+            }
         })
         .buffer_unordered(64)
         .collect::<Vec<_>>()
@@ -207,7 +300,10 @@ async fn list_is_pipelined(kv: &Kv<Zookeeper>) {
     eprintln!("list of {N} keys: {requests} requests in {waves} sequential waves");
     // One getChildren, then one getData per key, all pipelined in one wave.
     assert!(requests <= N as u64 + 2, "{requests} requests");
-    assert!(waves <= 3, "{waves} sequential waves for a flat list of {N} keys");
+    assert!(
+        waves <= 3,
+        "{waves} sequential waves for a flat list of {N} keys"
+    );
     let before = kv.backend().stats();
     kv.delete_tree("many").await.unwrap();
     let after = kv.backend().stats();
@@ -229,39 +325,67 @@ async fn watches(kv: &Kv<Zookeeper>) {
     kv.put("w/key", "v1", PutOptions::default()).await.unwrap();
     let got = watch_until(&mut w, "v1", |s: &Option<kvkit::KvPair>| s.is_some()).await;
     assert_eq!(got.unwrap().value, "v1");
-    watch_until(&mut tree, "tree with v1", |t: &Vec<kvkit::KvPair>| values(t) == [("w/key".into(), "v1".into())]).await;
+    watch_until(&mut tree, "tree with v1", |t: &Vec<kvkit::KvPair>| {
+        values(t) == [("w/key".into(), "v1".into())]
+    })
+    .await;
 
     // A value change of an existing child is seen by the tree watch.
     kv.put("w/key", "v2", PutOptions::default()).await.unwrap();
-    watch_until(&mut w, "v2", |s: &Option<kvkit::KvPair>| s.as_ref().is_some_and(|p| p.value == "v2")).await;
-    watch_until(&mut tree, "tree with v2", |t: &Vec<kvkit::KvPair>| values(t) == [("w/key".into(), "v2".into())]).await;
+    watch_until(&mut w, "v2", |s: &Option<kvkit::KvPair>| {
+        s.as_ref().is_some_and(|p| p.value == "v2")
+    })
+    .await;
+    watch_until(&mut tree, "tree with v2", |t: &Vec<kvkit::KvPair>| {
+        values(t) == [("w/key".into(), "v2".into())]
+    })
+    .await;
 
     // Deep keys, created below new implicit parents.
-    kv.put("w/deep/er/x", "d", PutOptions::default()).await.unwrap();
+    kv.put("w/deep/er/x", "d", PutOptions::default())
+        .await
+        .unwrap();
     watch_until(&mut tree, "deep key", |t: &Vec<kvkit::KvPair>| t.len() == 2).await;
 
     // Lock contenders never show up in the tree.
-    let guard = kv.lock("w/lock", LockOptions::default().value("holder")).await.unwrap();
-    let t = watch_until(&mut tree, "lock value", |t: &Vec<kvkit::KvPair>| t.len() == 3).await;
+    let guard = kv
+        .lock("w/lock", LockOptions::default().value("holder"))
+        .await
+        .unwrap();
+    let t = watch_until(&mut tree, "lock value", |t: &Vec<kvkit::KvPair>| {
+        t.len() == 3
+    })
+    .await;
     assert_eq!(values(&t)[2], ("w/lock".into(), "holder".into()));
     guard.unlock().await.unwrap();
-    watch_until(&mut tree, "lock gone", |t: &Vec<kvkit::KvPair>| t.len() == 2).await;
+    watch_until(&mut tree, "lock gone", |t: &Vec<kvkit::KvPair>| {
+        t.len() == 2
+    })
+    .await;
 
     kv.delete("w/key").await.unwrap();
     watch_until(&mut w, "deletion", |s: &Option<kvkit::KvPair>| s.is_none()).await;
     kv.delete_tree("w").await.unwrap();
-    watch_until(&mut tree, "empty tree", |t: &Vec<kvkit::KvPair>| t.is_empty()).await;
+    watch_until(&mut tree, "empty tree", |t: &Vec<kvkit::KvPair>| {
+        t.is_empty()
+    })
+    .await;
 
     // Versions never go back in a watch.
     let mut w = kv.watch("w/fast").await.unwrap();
     assert_eq!(next(&mut w, "initial").await.unwrap(), None);
     for i in 0..50 {
-        kv.put("w/fast", format!("{i}"), PutOptions::default()).await.unwrap();
+        kv.put("w/fast", format!("{i}"), PutOptions::default())
+            .await
+            .unwrap();
     }
     let mut last = 0;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let item = tokio::time::timeout_at(deadline, w.next()).await.expect("converge").unwrap();
+        let item = tokio::time::timeout_at(deadline, w.next())
+            .await
+            .expect("converge")
+            .unwrap();
         let pair = item.unwrap().expect("present");
         assert!(pair.last_index > last, "version went back");
         last = pair.last_index;
@@ -273,16 +397,38 @@ async fn watches(kv: &Kv<Zookeeper>) {
 
 async fn locks(server: &str, kv: &Kv<Zookeeper>) {
     let other = connect(server, "/kvkit-suite").await;
-    let guard = kv.lock("l/job", LockOptions::default().value("one")).await.unwrap();
+    let guard = kv
+        .lock("l/job", LockOptions::default().value("one"))
+        .await
+        .unwrap();
     assert_eq!(kv.get("l/job").await.unwrap().value, "one");
-    assert!(other.try_lock("l/job", LockOptions::default().value("two")).await.unwrap().is_none());
+    assert!(
+        other
+            .try_lock("l/job", LockOptions::default().value("two"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Contender bookkeeping is invisible.
-    assert_eq!(values(&kv.list("l").await.unwrap()), [("l/job".into(), "one".into())]);
-    assert!(kv.list("").await.unwrap().iter().all(|p| !p.key.contains("c-")));
+    assert_eq!(
+        values(&kv.list("l").await.unwrap()),
+        [("l/job".into(), "one".into())]
+    );
+    assert!(
+        kv.list("")
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| !p.key.contains("c-"))
+    );
 
     let waiter = tokio::spawn({
         let other = other.clone();
-        async move { other.lock("l/job", LockOptions::default().value("two")).await }
+        async move {
+            other
+                .lock("l/job", LockOptions::default().value("two"))
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "the second lock must wait");
@@ -297,7 +443,11 @@ async fn locks(server: &str, kv: &Kv<Zookeeper>) {
     drop(second); // releases in the background
     let mut relocked = None;
     for _ in 0..50 {
-        if let Some(g) = kv.try_lock("l/job", LockOptions::default().value("three")).await.unwrap() {
+        if let Some(g) = kv
+            .try_lock("l/job", LockOptions::default().value("three"))
+            .await
+            .unwrap()
+        {
             relocked = Some(g);
             break;
         }
@@ -313,12 +463,18 @@ async fn locks(server: &str, kv: &Kv<Zookeeper>) {
     for client in [kv.clone(), other.clone()] {
         tasks.push(tokio::spawn(async move {
             for _ in 0..5 {
-                let g = client.lock("l/mutex", LockOptions::default()).await.unwrap();
+                let g = client
+                    .lock("l/mutex", LockOptions::default())
+                    .await
+                    .unwrap();
                 let n: u64 = std::str::from_utf8(&client.get("l/count").await.unwrap().value)
                     .unwrap()
                     .parse()
                     .unwrap();
-                client.put("l/count", (n + 1).to_string(), PutOptions::default()).await.unwrap();
+                client
+                    .put("l/count", (n + 1).to_string(), PutOptions::default())
+                    .await
+                    .unwrap();
                 g.unlock().await.unwrap();
             }
         }));
@@ -332,38 +488,64 @@ async fn locks(server: &str, kv: &Kv<Zookeeper>) {
 
 async fn digest_auth(server: &str) {
     let alice = Kv::new(
-        Zookeeper::connect(ZookeeperConfig::new(server).root("/secure").digest("alice", "s3cret"))
-            .await
-            .unwrap(),
+        Zookeeper::connect(
+            ZookeeperConfig::new(server)
+                .root("/secure")
+                .digest("alice", "s3cret"),
+        )
+        .await
+        .unwrap(),
     );
-    alice.put("private/k", "hidden", PutOptions::default()).await.unwrap();
+    alice
+        .put("private/k", "hidden", PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(alice.get("private/k").await.unwrap().value, "hidden");
 
     let anonymous = connect(server, "/secure").await;
-    assert_eq!(kind(anonymous.get("private/k").await), ErrorKind::PermissionDenied);
+    assert_eq!(
+        kind(anonymous.get("private/k").await),
+        ErrorKind::PermissionDenied
+    );
     assert_eq!(kind(anonymous.list("").await), ErrorKind::PermissionDenied);
     assert_eq!(
         kind(anonymous.put("private/k", "x", PutOptions::default()).await),
         ErrorKind::PermissionDenied
     );
     let mallory = Kv::new(
-        Zookeeper::connect(ZookeeperConfig::new(server).root("/secure").digest("alice", "guess"))
-            .await
-            .unwrap(),
+        Zookeeper::connect(
+            ZookeeperConfig::new(server)
+                .root("/secure")
+                .digest("alice", "guess"),
+        )
+        .await
+        .unwrap(),
     );
-    assert_eq!(kind(mallory.get("private/k").await), ErrorKind::PermissionDenied);
+    assert_eq!(
+        kind(mallory.get("private/k").await),
+        ErrorKind::PermissionDenied
+    );
     let alice2 = Kv::new(
-        Zookeeper::connect(ZookeeperConfig::new(server).root("/secure").digest("alice", "s3cret"))
-            .await
-            .unwrap(),
+        Zookeeper::connect(
+            ZookeeperConfig::new(server)
+                .root("/secure")
+                .digest("alice", "s3cret"),
+        )
+        .await
+        .unwrap(),
     );
     assert_eq!(alice2.get("private/k").await.unwrap().value, "hidden");
-    assert_eq!(values(&alice2.list("").await.unwrap()), [("private/k".into(), "hidden".into())]);
+    assert_eq!(
+        values(&alice2.list("").await.unwrap()),
+        [("private/k".into(), "hidden".into())]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_server() {
-    let Some(server) = ZkServer::start() else { return };
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
     let addr = server.connect_string();
     let kv = connect(&addr, "/kvkit-suite").await;
     eprintln!("basics");
@@ -394,27 +576,46 @@ async fn standalone_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_and_session_expiry() {
-    let Some(mut server) = ZkServer::start() else { return };
+    let Some(mut server) = ZkServer::start() else {
+        return;
+    };
     let addr = server.connect_string();
     let kv = connect(&addr, "/kvkit-restart").await;
-    kv.put("r/k", "before", PutOptions::default()).await.unwrap();
+    kv.put("r/k", "before", PutOptions::default())
+        .await
+        .unwrap();
     let mut w = kv.watch("r/k").await.unwrap();
     let mut tree = kv.watch_tree("r").await.unwrap();
-    assert_eq!(next(&mut w, "initial").await.unwrap().unwrap().value, "before");
+    assert_eq!(
+        next(&mut w, "initial").await.unwrap().unwrap().value,
+        "before"
+    );
     next(&mut tree, "initial tree").await.unwrap();
 
     // Restart: the watches are re-armed on the new connection and converge.
     server.restart();
     let writer = connect(&addr, "/kvkit-restart").await;
-    writer.put("r/k", "after", PutOptions::default()).await.unwrap();
-    writer.put("r/new", "n", PutOptions::default()).await.unwrap();
-    watch_until(&mut w, "the write after the restart", |s: &Option<kvkit::KvPair>| {
-        s.as_ref().is_some_and(|p| p.value == "after")
-    })
+    writer
+        .put("r/k", "after", PutOptions::default())
+        .await
+        .unwrap();
+    writer
+        .put("r/new", "n", PutOptions::default())
+        .await
+        .unwrap();
+    watch_until(
+        &mut w,
+        "the write after the restart",
+        |s: &Option<kvkit::KvPair>| s.as_ref().is_some_and(|p| p.value == "after"),
+    )
     .await;
-    watch_until(&mut tree, "the tree after the restart", |t: &Vec<kvkit::KvPair>| {
-        values(t) == [("r/k".into(), "after".into()), ("r/new".into(), "n".into())]
-    })
+    watch_until(
+        &mut tree,
+        "the tree after the restart",
+        |t: &Vec<kvkit::KvPair>| {
+            values(t) == [("r/k".into(), "after".into()), ("r/new".into(), "n".into())]
+        },
+    )
     .await;
     assert_eq!(kv.get("r/new").await.unwrap().value, "n");
 
@@ -431,10 +632,19 @@ async fn restart_and_session_expiry() {
         .await
         .unwrap(),
     );
-    let guard = holder.lock("r/lock", LockOptions::default().value("h")).await.unwrap();
+    let guard = holder
+        .lock("r/lock", LockOptions::default().value("h"))
+        .await
+        .unwrap();
     let mut holder_watch = holder.watch("r/k").await.unwrap();
     next(&mut holder_watch, "holder's initial").await.unwrap();
-    assert!(writer.try_lock("r/lock", LockOptions::default()).await.unwrap().is_none());
+    assert!(
+        writer
+            .try_lock("r/lock", LockOptions::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
     proxy.set_blocked(true);
     tokio::time::timeout(Duration::from_secs(20), guard.lost())
         .await
@@ -453,7 +663,11 @@ async fn restart_and_session_expiry() {
     // The holder's client works again on a new session, and its watch resumes.
     let mut ok = false;
     for _ in 0..100 {
-        if holder.put("r/k", "from-holder", PutOptions::default()).await.is_ok() {
+        if holder
+            .put("r/k", "from-holder", PutOptions::default())
+            .await
+            .is_ok()
+        {
             ok = true;
             break;
         }
@@ -461,20 +675,30 @@ async fn restart_and_session_expiry() {
     }
     assert!(ok, "the cut-off client never recovered");
     assert_eq!(writer.get("r/k").await.unwrap().value, "from-holder");
-    writer.put("r/k", "seen", PutOptions::default()).await.unwrap();
-    watch_until(&mut holder_watch, "a write after the new session", |s: &Option<kvkit::KvPair>| {
-        s.as_ref().is_some_and(|p| p.value == "seen")
-    })
+    writer
+        .put("r/k", "seen", PutOptions::default())
+        .await
+        .unwrap();
+    watch_until(
+        &mut holder_watch,
+        "a write after the new session",
+        |s: &Option<kvkit::KvPair>| s.as_ref().is_some_and(|p| p.value == "seen"),
+    )
     .await;
     taken.unlock().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensemble_with_one_member_down() {
-    let Some(mut ensemble) = ZkEnsemble::start() else { return };
+    let Some(mut ensemble) = ZkEnsemble::start() else {
+        return;
+    };
     let kv = connect(&ensemble.connect_string(), "/kvkit-ensemble").await;
     kv.put("e/k", "1", PutOptions::default()).await.unwrap();
-    let guard = kv.lock("e/lock", LockOptions::default().value("x")).await.unwrap();
+    let guard = kv
+        .lock("e/lock", LockOptions::default().value("x"))
+        .await
+        .unwrap();
     let mut w = kv.watch("e/k").await.unwrap();
     next(&mut w, "initial").await.unwrap();
     ensemble.stop(0);
@@ -496,7 +720,13 @@ async fn ensemble_with_one_member_down() {
     assert_eq!(kv.list("e").await.unwrap().len(), 3);
     let other = connect(&ensemble.connect_string(), "/kvkit-ensemble").await;
     assert_eq!(other.get("e/k2").await.unwrap().value, "2");
-    assert!(other.try_lock("e/lock", LockOptions::default()).await.unwrap().is_none());
+    assert!(
+        other
+            .try_lock("e/lock", LockOptions::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
     kv.put("e/k", "last", PutOptions::default()).await.unwrap();
     watch_until(&mut w, "the last write", |s: &Option<kvkit::KvPair>| {
         s.as_ref().is_some_and(|p| p.value == "last")
@@ -505,5 +735,11 @@ async fn ensemble_with_one_member_down() {
     assert!(!guard.is_lost());
     guard.unlock().await.unwrap();
     ensemble.start_member(0);
-    assert!(other.try_lock("e/lock", LockOptions::default()).await.unwrap().is_some());
+    assert!(
+        other
+            .try_lock("e/lock", LockOptions::default())
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

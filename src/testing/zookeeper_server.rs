@@ -27,7 +27,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 fn classpath() -> String {
     // The manifest's Class-Path brings the dependencies; add a logging binding.
     let mut parts = vec![ZOOKEEPER_JAR.to_owned()];
-    for extra in ["/usr/share/java/slf4j-simple.jar", "/usr/share/java/zookeeper-jute.jar"] {
+    for extra in [
+        "/usr/share/java/slf4j-simple.jar",
+        "/usr/share/java/zookeeper-jute.jar",
+    ] {
         if Path::new(extra).is_file() {
             parts.push(extra.to_owned());
         }
@@ -113,10 +116,7 @@ fn write_config(dir: &Path, client_port: u16, servers: &[(u16, u16)], id: usize)
     );
     if servers.len() > 1 {
         for (i, (quorum, election)) in servers.iter().enumerate() {
-            cfg.push_str(&format!(
-                "server.{}=127.0.0.1:{quorum}:{election}\n",
-                i + 1
-            ));
+            cfg.push_str(&format!("server.{}=127.0.0.1:{quorum}:{election}\n", i + 1));
         }
         std::fs::write(data.join("myid"), format!("{}\n", id + 1)).expect("write myid");
     }

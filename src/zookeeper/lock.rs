@@ -43,9 +43,15 @@ struct Held {
 impl Held {
     /// Deletes the lock's value (only if still ours) and then the contender znode.
     async fn release(&self) -> Result<()> {
-        let _ = self.backend.compare_and_delete_raw(&self.key, self.index).await;
+        let _ = self
+            .backend
+            .compare_and_delete_raw(&self.key, self.index)
+            .await;
         let inner = self.backend.inner();
-        match inner.call(|| inner.zk().delete(&self.contender, None)).await {
+        match inner
+            .call(|| inner.zk().delete(&self.contender, None))
+            .await
+        {
             Ok(()) | Err(ZkError::NoNode) => Ok(()),
             Err(e) => Err(self.backend.map_err(e)),
         }
@@ -141,20 +147,21 @@ pub(crate) async fn lock(
         };
         let my_name = created.rsplit('/').next().unwrap_or_default().to_owned();
         let Some(my_seq) = sequence(&my_name) else {
-            return Err(Error::backend(super::NAME, format!("unexpected contender {created}")));
+            return Err(Error::backend(
+                super::NAME,
+                format!("unexpected contender {created}"),
+            ));
         };
         loop {
-            let mut children: Vec<(i64, String)> = match inner
-                .call(|| inner.zk().get_children(&dir, false))
-                .await
-            {
-                Ok(children) => children
-                    .into_iter()
-                    .filter_map(|c| sequence(&c).map(|s| (s, c)))
-                    .collect(),
-                Err(ZkError::NoNode) => Vec::new(),
-                Err(e) => return Err(backend.map_err(e)),
-            };
+            let mut children: Vec<(i64, String)> =
+                match inner.call(|| inner.zk().get_children(&dir, false)).await {
+                    Ok(children) => children
+                        .into_iter()
+                        .filter_map(|c| sequence(&c).map(|s| (s, c)))
+                        .collect(),
+                    Err(ZkError::NoNode) => Vec::new(),
+                    Err(e) => return Err(backend.map_err(e)),
+                };
             children.sort_unstable();
             let Some(pos) = children.iter().position(|(s, _)| *s == my_seq) else {
                 // Our contender is gone (the session expired): start again.
@@ -239,7 +246,10 @@ async fn cut_off(backend: &Zookeeper, timeout: Duration) {
         if ready.wait_for(|r| !*r).await.is_err() {
             return std::future::pending().await;
         }
-        if tokio::time::timeout(timeout, ready.wait_for(|r| *r)).await.is_err() {
+        if tokio::time::timeout(timeout, ready.wait_for(|r| *r))
+            .await
+            .is_err()
+        {
             return;
         }
     }

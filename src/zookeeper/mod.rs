@@ -338,7 +338,10 @@ impl Zookeeper {
                 _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::unavailable(NAME, "no ZooKeeper session could be established"));
+                return Err(Error::unavailable(
+                    NAME,
+                    "no ZooKeeper session could be established",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -356,7 +359,10 @@ impl Zookeeper {
                 Err(ZkError::NoAuth) => continue,
                 Err(e) => return Err(self.map_err(e)),
             }
-            match inner.create_with_parents(&path, codec::no_value(), CreateMode::Persistent).await {
+            match inner
+                .create_with_parents(&path, codec::no_value(), CreateMode::Persistent)
+                .await
+            {
                 Ok(_) | Err(ZkError::NodeExists) | Err(ZkError::NoAuth) => {}
                 Err(e) => return Err(self.map_err(e)),
             }
@@ -372,7 +378,9 @@ impl Zookeeper {
         let path = format!("{}/clock", inner.root);
         for _ in 0..2 {
             let before = now_ms();
-            let result = inner.call(|| inner.zk.set_data(&path, Vec::new(), None)).await;
+            let result = inner
+                .call(|| inner.zk.set_data(&path, Vec::new(), None))
+                .await;
             let after = now_ms();
             match result {
                 Ok(stat) => {
@@ -449,7 +457,10 @@ impl Zookeeper {
         let inner = &self.inner;
         let path = inner.key_path(key.as_str());
         for _ in 0..MAX_ATTEMPTS {
-            match inner.call(|| inner.zk.set_data(&path, data.clone(), None)).await {
+            match inner
+                .call(|| inner.zk.set_data(&path, data.clone(), None))
+                .await
+            {
                 Ok(stat) => return Ok(pair(key.as_str(), &data, &stat)),
                 Err(ZkError::NoNode) => {}
                 Err(e) => return Err(self.map_err(e)),
@@ -512,7 +523,7 @@ impl Zookeeper {
         while !frontier.is_empty() {
             depth += 1;
             inner.waves.fetch_add(1, Ordering::Relaxed);
-            let lists: Vec<(String, ZkResultVec)> = stream::iter(frontier.into_iter())
+            let lists: Vec<(String, ZkResultVec)> = stream::iter(frontier)
                 .map(|parent| async move {
                     let r = inner.call(|| inner.zk.get_children(&parent, false)).await;
                     (parent, r)
@@ -540,6 +551,7 @@ impl Zookeeper {
 }
 
 type ZkResultVec = std::result::Result<Vec<String>, ZkError>;
+type ZkResultData = std::result::Result<(Vec<u8>, Stat), ZkError>;
 
 fn on_state(weak: &Weak<Inner>, state: ZkState) {
     let Some(inner) = weak.upgrade() else {
@@ -765,7 +777,10 @@ impl Inner {
         data: Vec<u8>,
         mode: CreateMode,
     ) -> std::result::Result<Stat, ZkError> {
-        match self.call(|| self.zk.create2(path, data.clone(), self.acl.clone(), mode)).await {
+        match self
+            .call(|| self.zk.create2(path, data.clone(), self.acl.clone(), mode))
+            .await
+        {
             Err(ZkError::NoNode) => {}
             other => return other.map(|(_, stat)| stat),
         }
@@ -774,8 +789,12 @@ impl Inner {
             let creates = futures::future::join_all(parents.iter().map(|p| async move {
                 match self
                     .call(|| {
-                        self.zk
-                            .create(p, codec::no_value(), self.acl.clone(), CreateMode::Persistent)
+                        self.zk.create(
+                            p,
+                            codec::no_value(),
+                            self.acl.clone(),
+                            CreateMode::Persistent,
+                        )
                     })
                     .await
                 {
@@ -849,8 +868,10 @@ impl Inner {
                 expired_version: None,
             },
             Decoded::Value { value, ttl_ms } => {
-                let deadline_ms =
-                    ttl_ms.map(|ttl| stat.mtime.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
+                let deadline_ms = ttl_ms.map(|ttl| {
+                    stat.mtime
+                        .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
+                });
                 if let Some(deadline) = deadline_ms
                     && deadline <= self.server_now_ms()
                 {
@@ -936,11 +957,15 @@ impl Backend for Zookeeper {
 
     async fn put(&self, key: &Key, value: Bytes, options: &PutOptions) -> Result<KvPair> {
         let data = codec::encode(&value, Self::ttl_ms(options));
-        self.write_new_or_update(key, data, CreateMode::Persistent).await
+        self.write_new_or_update(key, data, CreateMode::Persistent)
+            .await
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {
-        Ok(matches!(self.delete_node(key, None).await?, Cas::Applied(())))
+        Ok(matches!(
+            self.delete_node(key, None).await?,
+            Cas::Applied(())
+        ))
     }
 
     async fn compare_and_put(
@@ -1009,7 +1034,7 @@ impl Backend for Zookeeper {
         let mut frontier = vec![base];
         while !frontier.is_empty() {
             inner.waves.fetch_add(1, Ordering::Relaxed);
-            let lists: Vec<(String, ZkResultVec)> = stream::iter(frontier.into_iter())
+            let lists: Vec<(String, ZkResultVec)> = stream::iter(frontier)
                 .map(|parent| async move {
                     let r = inner.call(|| inner.zk.get_children(&parent, false)).await;
                     (parent, r)
@@ -1031,15 +1056,14 @@ impl Backend for Zookeeper {
                 break;
             }
             inner.waves.fetch_add(1, Ordering::Relaxed);
-            let reads: Vec<(String, std::result::Result<(Vec<u8>, Stat), ZkError>)> =
-                stream::iter(paths.into_iter())
-                    .map(|path| async move {
-                        let r = inner.call(|| inner.zk.get_data(&path, false)).await;
-                        (path, r)
-                    })
-                    .buffered(PIPELINE_WINDOW)
-                    .collect()
-                    .await;
+            let reads: Vec<(String, ZkResultData)> = stream::iter(paths)
+                .map(|path| async move {
+                    let r = inner.call(|| inner.zk.get_data(&path, false)).await;
+                    (path, r)
+                })
+                .buffered(PIPELINE_WINDOW)
+                .collect()
+                .await;
             frontier = Vec::new();
             for (path, result) in reads {
                 let (data, stat) = match result {
@@ -1075,7 +1099,7 @@ impl Backend for Zookeeper {
                 return Ok(());
             }
             // Deepest first; each depth in one pipelined wave.
-            paths.sort_by(|a, b| b.0.cmp(&a.0));
+            paths.sort_by_key(|entry| std::cmp::Reverse(entry.0));
             let mut retry = false;
             let mut start = 0;
             while start < paths.len() {
@@ -1086,12 +1110,11 @@ impl Backend for Zookeeper {
                     .map_or(paths.len(), |p| start + p);
                 inner.waves.fetch_add(1, Ordering::Relaxed);
                 let batch: Vec<String> = paths[start..end].iter().map(|e| e.1.clone()).collect();
-                let results: Vec<std::result::Result<(), ZkError>> =
-                    stream::iter(batch)
-                        .map(|path| async move { inner.call(|| inner.zk.delete(&path, None)).await })
-                        .buffered(PIPELINE_WINDOW)
-                        .collect()
-                        .await;
+                let results: Vec<std::result::Result<(), ZkError>> = stream::iter(batch)
+                    .map(|path| async move { inner.call(|| inner.zk.delete(&path, None)).await })
+                    .buffered(PIPELINE_WINDOW)
+                    .collect()
+                    .await;
                 for result in results {
                     match result {
                         Ok(()) | Err(ZkError::NoNode) => {}
@@ -1148,7 +1171,9 @@ impl Backend for Zookeeper {
     async fn lock(&self, key: &Key, options: &LockOptions) -> Result<Self::Lock> {
         lock::lock(self.clone(), key.clone(), options.value.clone(), true)
             .await
-            .and_then(|held| held.ok_or_else(|| Error::backend(NAME, "lock wait ended without the lock")))
+            .and_then(|held| {
+                held.ok_or_else(|| Error::backend(NAME, "lock wait ended without the lock"))
+            })
     }
 
     async fn try_lock(&self, key: &Key, options: &LockOptions) -> Result<Option<Self::Lock>> {
@@ -1186,8 +1211,7 @@ mod tests {
 
     #[test]
     fn config_deserialises_with_defaults() {
-        let config: ZookeeperConfig =
-            serde_json_like(r#"{"connect":"127.0.0.1:2181"}"#);
+        let config: ZookeeperConfig = serde_json_like(r#"{"connect":"127.0.0.1:2181"}"#);
         assert_eq!(config, ZookeeperConfig::new("127.0.0.1:2181"));
     }
 

@@ -53,7 +53,9 @@ impl Arm {
     }
 
     fn armed(&self) -> std::sync::MutexGuard<'_, HashSet<Fired>> {
-        self.armed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.armed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The watcher to leave on `path` when no such watch is armed yet (marking it
@@ -212,7 +214,7 @@ async fn scan_tree(
     let mut frontier = vec![base.clone()];
     while !frontier.is_empty() {
         let lists: Vec<(String, std::result::Result<Vec<String>, ZkError>)> =
-            stream::iter(frontier.into_iter())
+            stream::iter(frontier)
                 .map(|parent| async move {
                     let result = match arm.claim(&parent, Kind::Child) {
                         Some(fire) => {
@@ -241,7 +243,10 @@ async fn scan_tree(
                     // The directory does not exist (yet): watch for its creation.
                     arm.unmark(&parent, Kind::Data);
                     if let Some(fire) = arm.claim(&parent, Kind::Data) {
-                        match inner.call(|| inner.zk().exists_w(&parent, fire.clone())).await {
+                        match inner
+                            .call(|| inner.zk().exists_w(&parent, fire.clone()))
+                            .await
+                        {
                             Ok(None) => {}
                             // Created in between: the exists watch fires, we read again.
                             Ok(Some(_)) => {}
@@ -256,16 +261,15 @@ async fn scan_tree(
                 Err(e) => return Err(e),
             }
         }
-        let reads: Vec<(String, std::result::Result<Node, ZkError>)> =
-            stream::iter(paths.into_iter())
-                .map(|path| async move {
-                    let key = inner.key_of(&path).unwrap_or_default().to_owned();
-                    let result = inner.read_node(&path, &key, Some(arm)).await;
-                    (path, result)
-                })
-                .buffered(super::PIPELINE_WINDOW)
-                .collect()
-                .await;
+        let reads: Vec<(String, std::result::Result<Node, ZkError>)> = stream::iter(paths)
+            .map(|path| async move {
+                let key = inner.key_of(&path).unwrap_or_default().to_owned();
+                let result = inner.read_node(&path, &key, Some(arm)).await;
+                (path, result)
+            })
+            .buffered(super::PIPELINE_WINDOW)
+            .collect()
+            .await;
         frontier = Vec::new();
         for (path, result) in reads {
             match result? {
