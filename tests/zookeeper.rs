@@ -575,6 +575,25 @@ async fn standalone_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_is_unavailable() {
+    // Nothing listens on this port: connect fails as retryable Unavailable, in time.
+    let port = kvkit::testing::server::free_port();
+    let config = ZookeeperConfig::new(format!("127.0.0.1:{port}"))
+        .request_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let err = Zookeeper::connect(config)
+        .await
+        .expect_err("no server there");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_retryable());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let bad = Zookeeper::connect(ZookeeperConfig::new("127.0.0.1:1").root("/"))
+        .await
+        .expect_err("the root must name a znode");
+    assert_eq!(bad.kind(), ErrorKind::InvalidKey);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_and_session_expiry() {
     let Some(mut server) = ZkServer::start() else {
         return;

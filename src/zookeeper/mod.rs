@@ -188,7 +188,7 @@ struct Shared {
 }
 
 pub(crate) struct Inner {
-    zk: ZooKeeper,
+    zk: Arc<ZooKeeper>,
     shared: Arc<Shared>,
     root: String,
     kv_root: String,
@@ -279,13 +279,18 @@ impl Zookeeper {
             session,
             ready,
         });
-        let zk = ZooKeeper::connect_with_retry_time(
-            &config.connect,
-            session_timeout,
-            |_event: zookeeper_async::WatchedEvent| {},
-            Duration::from_millis(200),
+        // The crate retries the first TCP connect forever: bound it.
+        let zk = tokio::time::timeout(
+            request_timeout,
+            ZooKeeper::connect_with_retry_time(
+                &config.connect,
+                session_timeout,
+                |_event: zookeeper_async::WatchedEvent| {},
+                Duration::from_millis(200),
+            ),
         )
         .await
+        .map_err(|_| Error::unavailable(NAME, format!("cannot reach {}", config.connect)))?
         .map_err(|e| Error::backend(NAME, format!("bad connect string: {e}")))?;
         let digest = config
             .digest
@@ -297,7 +302,7 @@ impl Zookeeper {
             Acl::open_unsafe().clone()
         };
         let inner = Arc::new(Inner {
-            zk,
+            zk: Arc::new(zk),
             shared: shared.clone(),
             kv_root: format!("{root}/kv"),
             lock_root: format!("{root}/locks"),
@@ -907,6 +912,23 @@ impl Inner {
                 .await
                 .map(|_| ()),
             other => other,
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The client crate keeps its connection (and so the session, with its ephemeral
+    /// lock znodes) alive until the session is closed: close it when the last handle
+    /// goes without `close()`.
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let zk = self.zk.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), zk.close()).await;
+            });
         }
     }
 }
