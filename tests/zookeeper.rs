@@ -128,6 +128,13 @@ async fn basics(kv: &Kv<Zookeeper>) {
         .await
         .unwrap();
     assert_eq!(kv.get("big").await.unwrap().value.len(), MAX_VALUE_SIZE);
+    // The limit holds with the longest key too.
+    let long_key = format!("long/{}", "k".repeat(kvkit::key::MAX_KEY_LEN - 5));
+    kv.put(&long_key, big.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(kv.get(&long_key).await.unwrap().value.len(), MAX_VALUE_SIZE);
+    kv.delete_tree("long").await.unwrap();
     let over = vec![7u8; 2 * 1024 * 1024];
     assert!(matches!(
         kv.put("big", over, PutOptions::default()).await,
@@ -570,8 +577,19 @@ async fn standalone_server() {
         .await
         .unwrap_or_else(|e| panic!("{}", e.0));
     eprintln!("model harness passed in {:?}", started.elapsed());
+    let mut w = kv.watch("a2/x").await.unwrap();
+    next(&mut w, "initial").await.unwrap();
+    let guard = kv.lock("closing", LockOptions::default()).await.unwrap();
     kv.close().await.unwrap();
     assert_eq!(kind(kv.get("a2/x").await), ErrorKind::Closed);
+    // Closing ends watch streams and the session's locks.
+    let end = tokio::time::timeout(WAIT, w.next())
+        .await
+        .expect("the watch ends on close");
+    assert!(end.is_none(), "{end:?}");
+    tokio::time::timeout(WAIT, guard.lost())
+        .await
+        .expect("locks are lost on close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

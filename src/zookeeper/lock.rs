@@ -233,6 +233,8 @@ async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64) {
     tokio::select! {
         _ = follow(&held, session_at_start) => {}
         _ = cut_off(&held.backend, timeout) => {}
+        // Closing the store ends its session, and with it every lock.
+        _ = held.backend.inner().shutdown() => {}
     }
     lost.fire();
 }

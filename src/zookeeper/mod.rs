@@ -203,6 +203,8 @@ pub(crate) struct Inner {
     session_timeout: Duration,
     request_timeout: Duration,
     closed: AtomicBool,
+    /// Cancelled by `close()`: ends watch streams and lock monitors.
+    shutdown: tokio_util::sync::CancellationToken,
     requests: AtomicU64,
     waves: AtomicU64,
 }
@@ -314,6 +316,7 @@ impl Zookeeper {
             session_timeout,
             request_timeout,
             closed: AtomicBool::new(false),
+            shutdown: tokio_util::sync::CancellationToken::new(),
             requests: AtomicU64::new(0),
             waves: AtomicU64::new(0),
         });
@@ -670,6 +673,11 @@ impl Inner {
 
     pub(crate) fn session(&self) -> tokio_watch::Receiver<u64> {
         self.shared.session.subscribe()
+    }
+
+    /// Resolves when the store is closed.
+    pub(crate) fn shutdown(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shutdown.cancelled()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -1206,6 +1214,7 @@ impl Backend for Zookeeper {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        self.inner.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.zk.close()).await;
         self.inner.shared.ready.send_replace(false);
         Ok(())
@@ -1233,17 +1242,15 @@ mod tests {
 
     #[test]
     fn config_deserialises_with_defaults() {
-        let config: ZookeeperConfig = serde_json_like(r#"{"connect":"127.0.0.1:2181"}"#);
-        assert_eq!(config, ZookeeperConfig::new("127.0.0.1:2181"));
-    }
-
-    fn serde_json_like(_s: &str) -> ZookeeperConfig {
-        // serde_json is not a dependency: deserialise from a map of values instead.
+        // serde_json is not a dependency: deserialise from a map of strings.
         use serde::de::IntoDeserializer;
         use serde::de::value::{Error as DeError, MapDeserializer};
-        let entries = vec![("connect", "127.0.0.1:2181")];
+        let entries = vec![("connect", "127.0.0.1:2181"), ("root", "/app")];
         let de: MapDeserializer<'_, _, DeError> =
             MapDeserializer::new(entries.into_iter().map(|(k, v)| (k, v.into_deserializer())));
-        ZookeeperConfig::deserialize(de).unwrap()
+        let config = ZookeeperConfig::deserialize(de).unwrap();
+        assert_eq!(config, ZookeeperConfig::new("127.0.0.1:2181").root("/app"));
+        assert_eq!(config.session_timeout_ms, 10_000);
+        assert!(config.digest.is_none());
     }
 }

@@ -358,6 +358,7 @@ async fn follow<W: Watched>(
         };
         tokio::select! {
             _ = tx.closed() => return,
+            _ = backend.inner().shutdown() => return,
             event = fired.recv() => {
                 let Some((path, kind)) = event else { return };
                 arm.unmark(&path, kind);
