@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(15);
 async fn connect(connect: &str, root: &str) -> Kv<Zookeeper> {
     let config = ZookeeperConfig::new(connect)
         .root(root)
-        .session_timeout(Duration::from_secs(4))
+        .session_timeout(Duration::from_secs(8))
         .request_timeout(Duration::from_secs(5));
     Kv::new(
         Zookeeper::connect(config)
@@ -573,7 +573,15 @@ async fn standalone_server() {
     kvkit::testing::conformance::run_all(&kv).await;
     eprintln!("model harness");
     let started = std::time::Instant::now();
-    kvkit::testing::model::check_against_memory(&kv, kvkit::testing::model::ModelConfig::default())
+    // KVKIT_MODEL_CASES raises the number of random sequences for a longer soak.
+    let mut config = kvkit::testing::model::ModelConfig::default();
+    if let Some(cases) = std::env::var("KVKIT_MODEL_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+    {
+        config.cases = cases;
+    }
+    kvkit::testing::model::check_against_memory(&kv, config)
         .await
         .unwrap_or_else(|e| panic!("{}", e.0));
     eprintln!("model harness passed in {:?}", started.elapsed());
