@@ -548,6 +548,100 @@ async fn digest_auth(server: &str) {
     );
 }
 
+/// The documented znode encoding, seen with a raw ZooKeeper client.
+async fn encoding(server: &str, kv: &Kv<Zookeeper>) {
+    use zookeeper_async::{Acl, CreateMode, ZooKeeper};
+    let raw = ZooKeeper::connect(
+        server,
+        Duration::from_secs(8),
+        |_: zookeeper_async::WatchedEvent| {},
+    )
+    .await
+    .unwrap();
+    let root = "/kvkit-suite/kv";
+    kv.put("enc/a/k", "v", PutOptions::default()).await.unwrap();
+    let (data, stat) = raw
+        .get_data(&format!("{root}/enc/a/k"), false)
+        .await
+        .unwrap();
+    assert_eq!(data, b"\x01v");
+    assert_eq!(
+        kv.get("enc/a/k").await.unwrap().last_index,
+        stat.mzxid as u64
+    );
+    let (parent, _) = raw.get_data(&format!("{root}/enc/a"), false).await.unwrap();
+    assert!(parent.is_empty(), "an implicit parent has no value");
+    kv.put("enc/t", "x", PutOptions::with_ttl(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let (data, _) = raw.get_data(&format!("{root}/enc/t"), false).await.unwrap();
+    assert_eq!(data[0], 2);
+    assert_eq!(u64::from_be_bytes(data[1..9].try_into().unwrap()), 60_000);
+    assert_eq!(&data[9..], b"x");
+    // Data written by others: with the header it is a value, without it is not.
+    raw.create(
+        &format!("{root}/enc/foreign"),
+        b"hello".to_vec(),
+        Acl::open_unsafe().clone(),
+        CreateMode::Persistent,
+    )
+    .await
+    .unwrap();
+    assert_eq!(kind(kv.get("enc/foreign").await), ErrorKind::NotFound);
+    raw.set_data(&format!("{root}/enc/foreign"), b"\x01hi".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(kv.get("enc/foreign").await.unwrap().value, "hi");
+    // Deleting the last key below implicit parents prunes them.
+    kv.delete("enc/a/k").await.unwrap();
+    assert!(
+        raw.exists(&format!("{root}/enc/a"), false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        raw.exists(&format!("{root}/enc"), false)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Lock contenders live outside the key space and go with the lock.
+    let guard = kv
+        .lock("enc/lock", LockOptions::default().value("l"))
+        .await
+        .unwrap();
+    let contenders = raw
+        .get_children("/kvkit-suite/locks/enc%2Flock", false)
+        .await
+        .unwrap();
+    assert_eq!(contenders.len(), 1);
+    assert!(contenders[0].starts_with("c-"));
+    let (_, lock_stat) = raw
+        .get_data(&format!("{root}/enc/lock"), false)
+        .await
+        .unwrap();
+    assert!(
+        lock_stat.ephemeral_owner != 0,
+        "a new lock key is ephemeral"
+    );
+    guard.unlock().await.unwrap();
+    assert!(
+        raw.exists("/kvkit-suite/locks/enc%2Flock", false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    kv.delete_tree("enc").await.unwrap();
+    assert!(
+        raw.exists(&format!("{root}/enc"), false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    raw.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_server() {
     let Some(server) = ZkServer::start() else {
@@ -557,6 +651,8 @@ async fn standalone_server() {
     let kv = connect(&addr, "/kvkit-suite").await;
     eprintln!("basics");
     basics(&kv).await;
+    eprintln!("encoding");
+    encoding(&addr, &kv).await;
     eprintln!("cas");
     cas(&kv).await;
     eprintln!("ttl");

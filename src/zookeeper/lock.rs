@@ -52,9 +52,15 @@ impl Held {
             .call(|| inner.zk().delete(&self.contender, None))
             .await
         {
-            Ok(()) | Err(ZkError::NoNode) => Ok(()),
-            Err(e) => Err(self.backend.map_err(e)),
+            Ok(()) | Err(ZkError::NoNode) => {}
+            Err(e) => return Err(self.backend.map_err(e)),
         }
+        // The lock's directory, unless other contenders wait in it (a contender that
+        // finds it gone creates it again).
+        if let Some((dir, _)) = self.contender.rsplit_once('/') {
+            let _ = inner.call(|| inner.zk().delete(dir, None)).await;
+        }
+        Ok(())
     }
 }
 

@@ -513,7 +513,7 @@ impl Zookeeper {
                 });
             }
             match inner.remove_versioned(&path, stat.version).await {
-                Ok(()) => return Ok(Cas::Applied(())),
+                Ok(_) => return Ok(Cas::Applied(())),
                 Err(ZkError::BadVersion | ZkError::NoNode) => continue,
                 Err(e) => return Err(self.map_err(e)),
             }
@@ -909,17 +909,52 @@ impl Inner {
 
     /// Removes the value of a znode at data `version`: deletes the znode, or, when it
     /// has children, turns it into an implicit parent (versioned `setData`).
+    /// Returns true when the znode itself was deleted (then its implicit ancestors
+    /// that are left without children are pruned).
     pub(crate) async fn remove_versioned(
         &self,
         path: &str,
         version: i32,
-    ) -> std::result::Result<(), ZkError> {
+    ) -> std::result::Result<bool, ZkError> {
         match self.call(|| self.zk.delete(path, Some(version))).await {
+            Ok(()) => {
+                self.prune_ancestors(path).await;
+                Ok(true)
+            }
             Err(ZkError::NotEmpty) => self
                 .call(|| self.zk.set_data(path, codec::no_value(), Some(version)))
                 .await
-                .map(|_| ()),
-            other => other,
+                .map(|_| false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the implicit parents of `path` (below the key space's root) that hold no
+    /// value and have no children left, innermost first. Sound against concurrent
+    /// writers: the delete is versioned (a value written since the read keeps the
+    /// znode) and the server refuses to delete a znode that got a child (a concurrent
+    /// put below it re-creates the parents it needs). Best effort: stops at the first
+    /// ancestor that stays.
+    pub(crate) async fn prune_ancestors(&self, path: &str) {
+        let mut current = path;
+        while let Some(pos) = current.rfind('/') {
+            current = &current[..pos];
+            if current.len() <= self.kv_root.len() || !current.starts_with(&self.kv_root) {
+                return;
+            }
+            let Ok((data, stat)) = self.call(|| self.zk.get_data(current, false)).await else {
+                return;
+            };
+            if stat.num_children != 0 || codec::decode(data) != Decoded::NoValue {
+                return;
+            }
+            if self
+                .call(|| self.zk.delete(current, Some(stat.version)))
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }
@@ -1170,7 +1205,8 @@ impl Backend for Zookeeper {
             let inner = &self.inner;
             let path = inner.key_path(key.as_str());
             match inner.call(|| inner.zk.delete(&path, None)).await {
-                Ok(()) | Err(ZkError::NoNode) => {}
+                Ok(()) => inner.prune_ancestors(&path).await,
+                Err(ZkError::NoNode) => {}
                 Err(ZkError::NotEmpty) => {
                     match inner
                         .call(|| inner.zk.set_data(&path, codec::no_value(), None))
