@@ -13,4 +13,5 @@
 
 pub mod conformance;
 pub mod model;
+pub mod recipes;
 pub mod server;
