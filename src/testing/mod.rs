@@ -13,6 +13,7 @@
 
 pub mod conformance;
 pub mod model;
+pub mod recipes;
 pub mod server;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper_server;
