@@ -548,6 +548,78 @@ async fn digest_auth(server: &str) {
     );
 }
 
+/// watch_tree keeps a cache current from the watches that fired: one change costs a
+/// few requests, not a re-read of the subtree; and random changes converge to `list`.
+async fn watch_tree_incremental(kv: &Kv<Zookeeper>) {
+    for i in 0..200 {
+        kv.put(format!("inc/k{i:03}"), "v", PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let mut tree = kv.watch_tree("inc").await.unwrap();
+    assert_eq!(next(&mut tree, "initial").await.unwrap().len(), 200);
+    let before = kv.backend().stats();
+    kv.put("inc/k100", "changed", PutOptions::default())
+        .await
+        .unwrap();
+    watch_until(&mut tree, "the change", |t: &Vec<kvkit::KvPair>| {
+        t.iter()
+            .any(|p| p.key == "inc/k100" && p.value == "changed")
+    })
+    .await;
+    let cost = kv.backend().stats().requests - before.requests;
+    eprintln!("one change in a watched tree of 200 keys: {cost} requests (put included)");
+    assert!(cost <= 6, "{cost} requests for one change");
+    kv.delete_tree("inc").await.unwrap();
+    watch_until(&mut tree, "the empty tree", |t: &Vec<kvkit::KvPair>| {
+        t.is_empty()
+    })
+    .await;
+
+    // Random changes over a small nested key space converge to `list`.
+    let keys = [
+        "a", "a/b", "a/b/c", "a/c", "b", "b/a", "b/a/x", "ab", "ab/c",
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut random = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for round in 0..12 {
+        for _ in 0..8 {
+            let key = format!("inc/{}", keys[random(keys.len())]);
+            match random(6) {
+                0 | 1 | 2 => {
+                    kv.put(&key, format!("r{round}"), PutOptions::default())
+                        .await
+                        .unwrap();
+                }
+                3 | 4 => {
+                    let _ = kv.delete(&key).await;
+                }
+                _ => kv.delete_tree(&key).await.unwrap(),
+            }
+        }
+        let expected: Vec<(String, u64)> = kv
+            .list("inc")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.key, p.last_index))
+            .collect();
+        watch_until(&mut tree, "the listed state", |t: &Vec<kvkit::KvPair>| {
+            t.iter()
+                .map(|p| (p.key.clone(), p.last_index))
+                .collect::<Vec<_>>()
+                == expected
+        })
+        .await;
+    }
+    kv.delete_tree("inc").await.unwrap();
+}
+
 /// The documented znode encoding, seen with a raw ZooKeeper client.
 async fn encoding(server: &str, kv: &Kv<Zookeeper>) {
     use zookeeper_async::{Acl, CreateMode, ZooKeeper};
@@ -661,6 +733,8 @@ async fn standalone_server() {
     list_is_pipelined(&kv).await;
     eprintln!("watches");
     watches(&kv).await;
+    eprintln!("incremental watch_tree");
+    watch_tree_incremental(&kv).await;
     eprintln!("locks");
     locks(&addr, &kv).await;
     eprintln!("digest auth");

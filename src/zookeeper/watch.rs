@@ -7,7 +7,7 @@
 //! and yields the new state when it differs from the last one yielded. A TTL value makes
 //! the task wake up at its deadline too, so expiry is seen without a write.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -133,12 +133,16 @@ trait Watched: Send + 'static {
     type State: Clone + Send + PartialEq + 'static;
     /// Reads the state, arming the watches that are not armed.
     fn read(
-        &self,
+        &mut self,
         backend: &Zookeeper,
         arm: &Arm,
     ) -> impl std::future::Future<Output = std::result::Result<Snapshot<Self::State>, ZkError>> + Send;
     /// True when `new` may be yielded after `old` (versions never go back).
     fn newer(old: &Self::State, new: &Self::State) -> bool;
+    /// A watch armed on `path` fired.
+    fn fired(&mut self, _path: &str, _kind: Kind) {}
+    /// Every armed watch is gone (reconnect, failure): start again from scratch.
+    fn reset(&mut self) {}
 }
 
 struct OneKey(Key);
@@ -147,7 +151,7 @@ impl Watched for OneKey {
     type State = Option<KvPair>;
 
     async fn read(
-        &self,
+        &mut self,
         backend: &Zookeeper,
         arm: &Arm,
     ) -> std::result::Result<Snapshot<Self::State>, ZkError> {
@@ -177,17 +181,225 @@ impl Watched for OneKey {
     }
 }
 
-struct Tree(Dir);
+/// `watch_tree`: a cache of the subtree, kept current incrementally. A full scan arms
+/// a child watch on every znode (and on the directory, or an exists watch while it is
+/// missing) and a data watch on every znode below it; afterwards only what fired is
+/// read again: a data watch re-reads that znode, a child watch re-lists that znode's
+/// children and scans the new ones. A reconnect or a failed read starts from a full
+/// scan again.
+struct Tree {
+    dir: Dir,
+    base: String,
+    /// Every known znode strictly below `base`, by path (path order is key order).
+    nodes: BTreeMap<String, Entry>,
+    full: bool,
+    dirty: HashSet<Fired>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    pair: Option<KvPair>,
+    deadline_ms: Option<i64>,
+    version: i32,
+}
+
+impl Tree {
+    fn new(backend: &Zookeeper, dir: Dir) -> Self {
+        Tree {
+            base: backend.inner().dir_path(&dir),
+            dir,
+            nodes: BTreeMap::new(),
+            full: true,
+            dirty: HashSet::new(),
+        }
+    }
+
+    fn remove_subtree(&mut self, path: &str) {
+        let below = format!("{path}/");
+        self.nodes
+            .retain(|known, _| known != path && !known.starts_with(&below));
+    }
+
+    fn cached_children(&self, parent: &str) -> Vec<String> {
+        let below = format!("{parent}/");
+        self.nodes
+            .range(below.clone()..)
+            .take_while(|(path, _)| path.starts_with(&below))
+            .filter(|(path, _)| !path[below.len()..].contains('/'))
+            .map(|(path, _)| path.clone())
+            .collect()
+    }
+
+    async fn full_scan(
+        &mut self,
+        backend: &Zookeeper,
+        arm: &Arm,
+    ) -> std::result::Result<(), ZkError> {
+        self.nodes.clear();
+        self.dirty.clear();
+        let inner = backend.inner();
+        let base = self.base.clone();
+        let children = match list_children(backend, arm, &base).await {
+            Ok(children) => children,
+            Err(ZkError::NoNode) => {
+                // The directory does not exist (yet): watch for its creation.
+                arm.unmark(&base, Kind::Data);
+                if let Some(fire) = arm.claim(&base, Kind::Data) {
+                    let exists = inner
+                        .call(|| inner.zk().exists_w(&base, fire.clone()))
+                        .await;
+                    if exists.is_err() {
+                        arm.unmark(&base, Kind::Data);
+                    }
+                    if exists?.is_some() {
+                        // Created in between: scan again.
+                        self.full = true;
+                        return Ok(());
+                    }
+                }
+                self.full = false;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let scanned = scan_nodes(backend, arm, children).await?;
+        self.nodes.extend(scanned);
+        self.full = false;
+        Ok(())
+    }
+
+    async fn apply_events(
+        &mut self,
+        backend: &Zookeeper,
+        arm: &Arm,
+    ) -> std::result::Result<(), ZkError> {
+        let dirty: Vec<Fired> = self.dirty.drain().collect();
+        let mut rereads = Vec::new();
+        let mut relists = Vec::new();
+        for (path, kind) in dirty {
+            let known = path == self.base || self.nodes.contains_key(&path);
+            match kind {
+                // The exists watch on a missing directory fired (the directory's own
+                // value is not part of the tree).
+                Kind::Data if path == self.base => self.full = true,
+                Kind::Data if known => rereads.push(path),
+                Kind::Child if known => relists.push(path),
+                _ => {}
+            }
+        }
+        if self.full {
+            return Ok(());
+        }
+        // Changed values, all pipelined.
+        let read: Vec<(String, std::result::Result<Option<Entry>, ZkError>)> =
+            stream::iter(rereads)
+                .map(|path| async move {
+                    let entry = read_entry(backend, arm, &path).await;
+                    (path, entry)
+                })
+                .buffered(super::PIPELINE_WINDOW)
+                .collect()
+                .await;
+        for (path, entry) in read {
+            match entry? {
+                Some(entry) => {
+                    self.nodes.insert(path, entry);
+                }
+                None => self.remove_subtree(&path),
+            }
+        }
+        // Changed child lists, all pipelined; then the new children's subtrees.
+        let listed: Vec<(String, std::result::Result<Vec<String>, ZkError>)> =
+            stream::iter(relists)
+                .map(|path| async move {
+                    let children = list_children(backend, arm, &path).await;
+                    (path, children)
+                })
+                .buffered(super::PIPELINE_WINDOW)
+                .collect()
+                .await;
+        let mut new_paths = Vec::new();
+        for (parent, children) in listed {
+            let children = match children {
+                Ok(children) => children,
+                Err(ZkError::NoNode) if parent == self.base => {
+                    self.full = true;
+                    return Ok(());
+                }
+                Err(ZkError::NoNode) => {
+                    self.remove_subtree(&parent);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if parent != self.base && !self.nodes.contains_key(&parent) {
+                continue; // removed meanwhile by another event of this round
+            }
+            let now: HashSet<String> = children.into_iter().collect();
+            for gone in self.cached_children(&parent) {
+                if !now.contains(&gone) {
+                    self.remove_subtree(&gone);
+                }
+            }
+            for path in now {
+                if !self.nodes.contains_key(&path) {
+                    new_paths.push(path);
+                }
+            }
+        }
+        let scanned = scan_nodes(backend, arm, new_paths).await?;
+        self.nodes.extend(scanned);
+        Ok(())
+    }
+
+    fn snapshot(&self, backend: &Zookeeper) -> Snapshot<Vec<KvPair>> {
+        let now = backend.inner().server_now_ms();
+        let mut out = Vec::new();
+        let mut deadline: Option<i64> = None;
+        for (path, entry) in &self.nodes {
+            let Some(pair) = &entry.pair else { continue };
+            if let Some(d) = entry.deadline_ms {
+                if d <= now {
+                    backend.collect_expired(path.clone(), entry.version);
+                    continue;
+                }
+                deadline = Some(deadline.map_or(d, |old: i64| old.min(d)));
+            }
+            out.push(pair.clone());
+        }
+        debug_assert!(out.iter().all(|p| self.dir.contains(&p.key)));
+        (out, deadline)
+    }
+}
 
 impl Watched for Tree {
     type State = Vec<KvPair>;
 
     async fn read(
-        &self,
+        &mut self,
         backend: &Zookeeper,
         arm: &Arm,
     ) -> std::result::Result<Snapshot<Self::State>, ZkError> {
-        scan_tree(backend, &self.0, arm).await
+        if !self.full {
+            self.apply_events(backend, arm).await?;
+        }
+        // A full scan may ask for another (the directory appeared meanwhile).
+        for _ in 0..3 {
+            if !self.full {
+                break;
+            }
+            self.full_scan(backend, arm).await?;
+        }
+        Ok(self.snapshot(backend))
+    }
+
+    fn fired(&mut self, path: &str, kind: Kind) {
+        self.dirty.insert((path.to_owned(), kind));
+    }
+
+    fn reset(&mut self) {
+        self.full = true;
+        self.dirty.clear();
     }
 
     fn newer(old: &Self::State, new: &Self::State) -> bool {
@@ -199,102 +411,123 @@ impl Watched for Tree {
     }
 }
 
-/// Reads every value below `dir`, leaving a child watch on every znode of the subtree
-/// (and on `dir`, or an exists watch when `dir` is missing) and a data watch on every
-/// znode below `dir`. Pipelined: two waves per level of depth.
-async fn scan_tree(
+/// The children of `path` (full paths), leaving a child watch unless one is armed.
+async fn list_children(
     backend: &Zookeeper,
-    dir: &Dir,
     arm: &Arm,
-) -> std::result::Result<Snapshot<Vec<KvPair>>, ZkError> {
+    path: &str,
+) -> std::result::Result<Vec<String>, ZkError> {
     let inner = backend.inner();
-    let base = inner.dir_path(dir);
-    let mut out = Vec::new();
-    let mut deadline: Option<i64> = None;
-    let mut frontier = vec![base.clone()];
-    while !frontier.is_empty() {
-        let lists: Vec<(String, std::result::Result<Vec<String>, ZkError>)> =
-            stream::iter(frontier)
-                .map(|parent| async move {
-                    let result = match arm.claim(&parent, Kind::Child) {
-                        Some(fire) => {
-                            let r = inner
-                                .call(|| inner.zk().get_children_w(&parent, fire.clone()))
-                                .await;
-                            if r.is_err() {
-                                arm.unmark(&parent, Kind::Child);
-                            }
-                            r
-                        }
-                        None => inner.call(|| inner.zk().get_children(&parent, false)).await,
-                    };
-                    (parent, result)
-                })
-                .buffered(super::PIPELINE_WINDOW)
-                .collect()
+    let result = match arm.claim(path, Kind::Child) {
+        Some(fire) => {
+            let r = inner
+                .call(|| inner.zk().get_children_w(path, fire.clone()))
                 .await;
-        let mut paths = Vec::new();
-        for (parent, result) in lists {
-            match result {
-                Ok(children) => {
-                    paths.extend(children.into_iter().map(|c| format!("{parent}/{c}")));
-                }
-                Err(ZkError::NoNode) if parent == base => {
-                    // The directory does not exist (yet): watch for its creation.
-                    arm.unmark(&parent, Kind::Data);
-                    if let Some(fire) = arm.claim(&parent, Kind::Data) {
-                        match inner
-                            .call(|| inner.zk().exists_w(&parent, fire.clone()))
-                            .await
-                        {
-                            Ok(None) => {}
-                            // Created in between: the exists watch fires, we read again.
-                            Ok(Some(_)) => {}
-                            Err(e) => {
-                                arm.unmark(&parent, Kind::Data);
-                                return Err(e);
-                            }
-                        }
-                    }
-                }
-                Err(ZkError::NoNode) => {}
-                Err(e) => return Err(e),
+            if r.is_err() {
+                arm.unmark(path, Kind::Child);
+            }
+            r
+        }
+        None => inner.call(|| inner.zk().get_children(path, false)).await,
+    };
+    result.map(|children| {
+        children
+            .into_iter()
+            .map(|c| format!("{path}/{c}"))
+            .collect()
+    })
+}
+
+/// One znode of the tree, leaving a data watch unless one is armed; `None` when it is
+/// gone (its creation is seen by its parent's child watch, so no exists watch).
+async fn read_entry(
+    backend: &Zookeeper,
+    arm: &Arm,
+    path: &str,
+) -> std::result::Result<Option<Entry>, ZkError> {
+    let inner = backend.inner();
+    let result = match arm.claim(path, Kind::Data) {
+        Some(fire) => {
+            let r = inner
+                .call(|| inner.zk().get_data_w(path, fire.clone()))
+                .await;
+            if r.is_err() {
+                arm.unmark(path, Kind::Data);
+            }
+            r
+        }
+        None => inner.call(|| inner.zk().get_data(path, false)).await,
+    };
+    let (data, stat) = match result {
+        Ok(found) => found,
+        Err(ZkError::NoNode) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let version = stat.version;
+    let key = inner.key_of(path).unwrap_or_default().to_owned();
+    Ok(Some(match inner.decode_node(&key, data, stat) {
+        Node::Value {
+            pair, deadline_ms, ..
+        } => Entry {
+            pair: Some(pair),
+            deadline_ms,
+            version,
+        },
+        Node::Empty {
+            expired_version, ..
+        } => {
+            if let Some(version) = expired_version {
+                backend.collect_expired(path.to_owned(), version);
+            }
+            Entry {
+                pair: None,
+                deadline_ms: None,
+                version,
             }
         }
-        let reads: Vec<(String, std::result::Result<Node, ZkError>)> = stream::iter(paths)
+        Node::Missing => return Ok(None),
+    }))
+}
+
+type ScanRead = (
+    String,
+    std::result::Result<Option<Entry>, ZkError>,
+    std::result::Result<Vec<String>, ZkError>,
+);
+
+/// Reads `paths` and everything below them, arming watches: one pipelined wave per
+/// level of depth (the data and the children of a level go together).
+async fn scan_nodes(
+    backend: &Zookeeper,
+    arm: &Arm,
+    paths: Vec<String>,
+) -> std::result::Result<Vec<(String, Entry)>, ZkError> {
+    let mut out = Vec::new();
+    let mut level = paths;
+    while !level.is_empty() {
+        let reads: Vec<ScanRead> = stream::iter(level)
             .map(|path| async move {
-                let key = inner.key_of(&path).unwrap_or_default().to_owned();
-                let result = inner.read_node(&path, &key, Some(arm)).await;
-                (path, result)
+                let (entry, children) = futures::join!(
+                    read_entry(backend, arm, &path),
+                    list_children(backend, arm, &path)
+                );
+                (path, entry, children)
             })
-            .buffered(super::PIPELINE_WINDOW)
+            .buffered(super::PIPELINE_WINDOW / 2)
             .collect()
             .await;
-        frontier = Vec::new();
-        for (path, result) in reads {
-            match result? {
-                Node::Missing => continue,
-                Node::Empty {
-                    expired_version, ..
-                } => {
-                    if let Some(version) = expired_version {
-                        backend.collect_expired(path.clone(), version);
-                    }
-                }
-                Node::Value {
-                    pair, deadline_ms, ..
-                } => {
-                    if let Some(d) = deadline_ms {
-                        deadline = Some(deadline.map_or(d, |old: i64| old.min(d)));
-                    }
-                    out.push(pair);
-                }
+        level = Vec::new();
+        for (path, entry, children) in reads {
+            let Some(entry) = entry? else { continue };
+            match children {
+                Ok(children) => level.extend(children),
+                Err(ZkError::NoNode) => continue,
+                Err(e) => return Err(e),
             }
-            frontier.push(path);
+            out.push((path, entry));
         }
     }
-    out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    Ok((out, deadline))
+    Ok(out)
 }
 
 pub(crate) async fn watch_key(backend: Zookeeper, key: Key) -> Result<ZookeeperWatch> {
@@ -306,7 +539,8 @@ pub(crate) async fn watch_key(backend: Zookeeper, key: Key) -> Result<ZookeeperW
 }
 
 pub(crate) async fn watch_tree(backend: Zookeeper, dir: Dir) -> Result<ZookeeperWatchTree> {
-    let (rx, task) = start(backend, Tree(dir)).await?;
+    let tree = Tree::new(&backend, dir);
+    let (rx, task) = start(backend, tree).await?;
     Ok(ZookeeperWatchTree {
         rx,
         _task: AbortOnDrop(task),
@@ -317,7 +551,7 @@ pub(crate) async fn watch_tree(backend: Zookeeper, dir: Dir) -> Result<Zookeeper
 /// spawns the task that follows the changes.
 async fn start<W: Watched>(
     backend: Zookeeper,
-    watched: W,
+    mut watched: W,
 ) -> Result<(mpsc::Receiver<Result<W::State>>, AbortHandle)> {
     let (arm, fired) = Arm::new();
     let epoch = backend.inner().epoch();
@@ -332,7 +566,7 @@ async fn start<W: Watched>(
 
 async fn follow<W: Watched>(
     backend: Zookeeper,
-    watched: W,
+    mut watched: W,
     arm: Arm,
     mut fired: mpsc::UnboundedReceiver<Fired>,
     mut epoch: tokio::sync::watch::Receiver<u64>,
@@ -362,18 +596,21 @@ async fn follow<W: Watched>(
             event = fired.recv() => {
                 let Some((path, kind)) = event else { return };
                 arm.unmark(&path, kind);
+                watched.fired(&path, kind);
             }
             changed = epoch.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 arm.clear();
+                watched.reset();
             }
             _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
         }
         // Coalesce whatever else fired meanwhile.
         while let Ok((path, kind)) = fired.try_recv() {
             arm.unmark(&path, kind);
+            watched.fired(&path, kind);
         }
         if backend.inner().is_closed() {
             return;
@@ -392,6 +629,7 @@ async fn follow<W: Watched>(
             Err(e) => {
                 // Watches of a failed read may not be armed: start again from scratch.
                 arm.clear();
+                watched.reset();
                 if !failing {
                     failing = true;
                     if tx.send(Err(backend.map_err(e))).await.is_err() {
