@@ -591,7 +591,7 @@ async fn watch_tree_incremental(kv: &Kv<Zookeeper>) {
         for _ in 0..8 {
             let key = format!("inc/{}", keys[random(keys.len())]);
             match random(6) {
-                0 | 1 | 2 => {
+                0..=2 => {
                     kv.put(&key, format!("r{round}"), PutOptions::default())
                         .await
                         .unwrap();
