@@ -144,7 +144,7 @@ async fn basics(kv: &Kv<Zookeeper>) {
     assert_eq!(kv.get("empty").await.unwrap(), empty);
 }
 
-async fn cas(kv: &Kv<Zookeeper>) {
+async fn cas(server: &str, kv: &Kv<Zookeeper>) {
     let created = kv
         .atomic_put("c/k", "1", None, PutOptions::default())
         .await
@@ -190,13 +190,14 @@ async fn cas(kv: &Kv<Zookeeper>) {
         .unwrap();
     assert_eq!(kv.get("c/p").await.unwrap().value, "now");
 
-    // Atomicity under contention: 4 clients x 10 increments of one counter.
+    // Atomicity under contention: 2 sessions x 2 tasks x 10 increments of one counter.
     kv.put("c/counter", "0", PutOptions::default())
         .await
         .unwrap();
+    let other = connect(server, "/kvkit-suite").await;
     let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let kv = kv.clone();
+    for client in [kv, kv, &other, &other] {
+        let kv = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut done = 0;
             let mut attempts = 0;
@@ -225,6 +226,7 @@ async fn cas(kv: &Kv<Zookeeper>) {
         task.await.unwrap();
     }
     assert_eq!(kv.get("c/counter").await.unwrap().value, "40");
+    other.close().await.unwrap();
 }
 
 async fn ttl(server: &str, kv: &Kv<Zookeeper>) {
@@ -726,7 +728,7 @@ async fn standalone_server() {
     eprintln!("encoding");
     encoding(&addr, &kv).await;
     eprintln!("cas");
-    cas(&kv).await;
+    cas(&addr, &kv).await;
     eprintln!("ttl");
     ttl(&addr, &kv).await;
     eprintln!("list");
