@@ -876,6 +876,32 @@ async fn restart_and_session_expiry() {
     .unwrap();
     assert_eq!(writer.get("r/lock").await.unwrap().value, "w");
     proxy.set_blocked(false);
+    // Losing a lock by someone else taking the key frees it for others even while the
+    // lost guard lives.
+    let victim = writer
+        .lock("r/taken", LockOptions::default().value("v"))
+        .await
+        .unwrap();
+    writer
+        .put("r/taken", "overwritten", PutOptions::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, victim.lost())
+        .await
+        .expect("lost on overwrite");
+    let mut free = None;
+    for _ in 0..50 {
+        free = writer
+            .try_lock("r/taken", LockOptions::default())
+            .await
+            .unwrap();
+        if free.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(free.is_some(), "a lost lock kept blocking others");
+    drop(victim);
     assert_eq!(kind(guard.unlock().await), ErrorKind::LockLost);
     // The holder's client works again on a new session, and its watch resumes.
     let mut ok = false;

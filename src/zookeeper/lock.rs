@@ -243,6 +243,11 @@ async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64) {
         _ = held.backend.inner().shutdown() => {}
     }
     lost.fire();
+    // A lost lock must not keep blocking others while its guard lives: give up the
+    // contender (and the value, only if it is still the one this lock wrote).
+    if !held.backend.inner().is_closed() {
+        let _ = held.release().await;
+    }
 }
 
 /// Resolves once the client has been disconnected for a whole session timeout: the
