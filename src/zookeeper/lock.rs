@@ -182,7 +182,17 @@ pub(crate) async fn lock(
                 break;
             }
             if !wait {
-                return Ok(None); // `contender` deletes our znode on drop
+                // Withdraw before answering, so our contender cannot block a later
+                // `try_lock` of someone else.
+                let path = contender.disarm();
+                if inner
+                    .call(|| inner.zk().delete(&path, None))
+                    .await
+                    .is_err_and(|e| e != ZkError::NoNode)
+                {
+                    spawn_delete(backend.clone(), path);
+                }
+                return Ok(None);
             }
             let predecessor = format!("{dir}/{}", children[pos - 1].1);
             let (tx, mut rx) = mpsc::unbounded_channel::<()>();
