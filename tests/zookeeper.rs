@@ -492,6 +492,25 @@ async fn locks(server: &str, kv: &Kv<Zookeeper>) {
         t.await.unwrap();
     }
     assert_eq!(kv.get("l/count").await.unwrap().value, "10");
+
+    // A failed try_lock leaves nothing behind that could block the next one.
+    let held = kv.lock("l/quick", LockOptions::default()).await.unwrap();
+    for _ in 0..3 {
+        assert!(
+            other
+                .try_lock("l/quick", LockOptions::default())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    held.unlock().await.unwrap();
+    let next = other
+        .try_lock("l/quick", LockOptions::default())
+        .await
+        .unwrap();
+    assert!(next.is_some(), "free right after the unlock");
+    next.unwrap().unlock().await.unwrap();
     other.close().await.unwrap();
 }
 
