@@ -37,11 +37,10 @@ pub mod error;
 pub mod key;
 mod kv;
 // pub mod memory; (in progress)
+#[cfg(feature = "etcd")]
+pub mod etcd;
 // mod notify;
 // pub mod recipe;
-
-
-
 
 #[cfg(feature = "testing")]
 pub mod testing;
