@@ -34,13 +34,15 @@
 
 pub mod backend;
 pub mod error;
-pub mod key;
-mod kv;
-// pub mod memory; (in progress)
 #[cfg(feature = "etcd")]
 pub mod etcd;
-// mod notify;
-// pub mod recipe;
+pub mod key;
+mod kv;
+pub mod memory;
+mod notify;
+pub mod recipe;
+#[cfg(feature = "redb")]
+pub mod redb;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -648,3 +648,27 @@ fn config_deserialises_with_durations_in_seconds_or_with_units() {
     assert_eq!(defaults, EtcdConfig::default());
     assert!(serde_json::from_str::<EtcdConfig>(r#"{"endpoint": []}"#).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_passes() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config().prefix("conformance")).await;
+    kvkit::testing::conformance::run_all(&kv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_harness_agrees_with_memory() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config().prefix("model")).await;
+    let config = kvkit::testing::model::ModelConfig {
+        cases: 24,
+        ..Default::default()
+    };
+    kvkit::testing::model::check_against_memory(&kv, config)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"));
+}

@@ -48,10 +48,8 @@ impl LeaseCache {
         }
         let granted_ttl = secs + slack(secs);
         let sent = Instant::now();
-        let mut lease = etcd.inner.lease.clone();
-        let resp = etcd
-            .call(lease.grant(i64::try_from(granted_ttl).unwrap_or(i64::MAX), None))
-            .await?;
+        let ttl = i64::try_from(granted_ttl).unwrap_or(i64::MAX);
+        let resp = super::request!(etcd, lease => lease.grant(ttl, None)).await?;
         let ttl = u64::try_from(resp.ttl()).unwrap_or(0);
         let cached = Cached {
             id: resp.id(),

@@ -17,7 +17,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, Tx
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{DEFAULT_LOCK_TTL, Etcd, header_revision, is_lease_not_found, ttl_secs};
+use super::{DEFAULT_LOCK_TTL, Etcd, header_revision, is_lease_not_found, request, ttl_secs};
 use crate::backend::{LockGuard, LockLost, LockOptions, LostSignal};
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -45,8 +45,10 @@ impl LeaseHold {
     async fn revoke(&mut self) -> Result<()> {
         self.armed = false;
         self.stop.cancel();
-        let mut lease = self.etcd.inner.lease.clone();
-        self.etcd.call(lease.revoke(self.id)).await.map(drop)
+        let id = self.id;
+        request!(self.etcd, lease => lease.revoke(id))
+            .await
+            .map(drop)
     }
 }
 
@@ -61,8 +63,7 @@ impl Drop for LeaseHold {
             let etcd = self.etcd.clone();
             let id = self.id;
             runtime.spawn(async move {
-                let mut lease = etcd.inner.lease.clone();
-                if let Err(err) = etcd.call(lease.revoke(id)).await {
+                if let Err(err) = request!(etcd, lease => lease.revoke(id)).await {
                     tracing::debug!(%err, lease = id, "releasing a dropped etcd lock failed; it expires with its lease");
                 }
             });
@@ -118,10 +119,8 @@ pub(crate) async fn acquire(
 ) -> Result<Option<EtcdLock>> {
     let secs = ttl_secs(options.ttl.unwrap_or(DEFAULT_LOCK_TTL)).max(2);
     let granted_at = Instant::now();
-    let mut lease_client = etcd.inner.lease.clone();
-    let grant = etcd
-        .call(lease_client.grant(i64::try_from(secs).unwrap_or(i64::MAX), None))
-        .await?;
+    let ttl_secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    let grant = request!(etcd, lease => lease.grant(ttl_secs, None)).await?;
     let mut hold = LeaseHold {
         etcd: etcd.clone(),
         id: grant.id(),
@@ -149,14 +148,10 @@ pub(crate) async fn acquire(
         .when([Compare::create_revision(contenders.clone(), CompareOp::Equal, 0).with_prefix()])
         .and_then([register.clone(), value_put.clone()]);
     let txn = if wait { txn.or_else([register]) } else { txn };
-    let mut kv = etcd.kv();
-    let resp = etcd.call(kv.txn(txn)).await?;
+    let resp = request!(etcd, kv => kv.txn(txn), clone txn).await?;
     if resp.succeeded() {
-        return Ok(Some(EtcdLock {
-            key: key.as_str().to_owned(),
-            lease: hold,
-            lost,
-        }));
+        let held_at = header_revision(resp.header());
+        return Ok(Some(guard(etcd, key, hold, lost, held_at)));
     }
     if !wait {
         // Best effort: the lease expires anyway.
@@ -176,18 +171,109 @@ pub(crate) async fn acquire(
             my_revision,
         )])
         .and_then([value_put]);
-    let mut kv = etcd.kv();
-    let resp = etcd.call(kv.txn(txn)).await?;
+    let resp = request!(etcd, kv => kv.txn(txn), clone txn).await?;
     if !resp.succeeded() {
         return Err(Error::LockLost {
             key: key.as_str().to_owned(),
         });
     }
-    Ok(Some(EtcdLock {
+    let held_at = header_revision(resp.header());
+    Ok(Some(guard(etcd, key, hold, lost, held_at)))
+}
+
+/// The guard of a lock acquired at revision `held_at`; starts the task that watches the
+/// lock key for being taken away.
+fn guard(etcd: &Etcd, key: &Key, hold: LeaseHold, lost: LostSignal, held_at: i64) -> EtcdLock {
+    tokio::spawn(watch_lock_key(
+        etcd.clone(),
+        etcd.full(key.as_str()),
+        hold.id,
+        held_at,
+        lost.clone(),
+        hold.stop.clone(),
+    ));
+    EtcdLock {
         key: key.as_str().to_owned(),
         lease: hold,
         lost,
-    }))
+    }
+}
+
+/// Fires `lost` when the lock key is deleted or overwritten by someone else after
+/// revision `held_at` (or when the lease expires, which deletes it), then revokes the
+/// lease so the contender key goes too and the lock is free for others. Resumes from
+/// the last seen revision when the watch breaks; ends on `stop` (unlock, drop) or
+/// `close`.
+async fn watch_lock_key(
+    etcd: Etcd,
+    key: Vec<u8>,
+    lease: i64,
+    held_at: i64,
+    lost: LostSignal,
+    stop: CancellationToken,
+) {
+    let closed = etcd.inner.closed.clone();
+    let mut from = held_at + 1;
+    loop {
+        let mut client = etcd.inner.watch.clone();
+        let options = etcd_client::WatchOptions::new().with_start_revision(from);
+        let timeout = etcd.inner.request_timeout;
+        let opened = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = closed.cancelled() => return,
+            () = lost.wait() => return,
+            opened = tokio::time::timeout(timeout, client.watch(key.clone(), Some(options))) => opened,
+        };
+        if let Ok(Ok(mut stream)) = opened {
+            loop {
+                let message = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    () = closed.cancelled() => return,
+                    () = lost.wait() => return,
+                    message = stream.message() => message,
+                };
+                let Ok(Some(resp)) = message else { break };
+                if resp.canceled() {
+                    // Compacted or cancelled: check the key as it is now, then watch
+                    // again from there.
+                    if let Ok(now) = request!(etcd, kv => kv.get(key, None), clone key).await {
+                        if now.kvs().first().is_none_or(|kv| kv.lease() != lease) {
+                            lost.fire();
+                            let id = lease;
+                            let _ = request!(etcd, lease => lease.revoke(id)).await;
+                            return;
+                        }
+                        from = header_revision(now.header()) + 1;
+                    }
+                    break;
+                }
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    from = from.max(kv.mod_revision() + 1);
+                    let taken = match event.event_type() {
+                        etcd_client::EventType::Delete => true,
+                        etcd_client::EventType::Put => kv.lease() != lease,
+                    };
+                    if taken {
+                        tracing::debug!(lease, "etcd lock key was taken away; the lock is lost");
+                        lost.fire();
+                        let id = lease;
+                        let _ = request!(etcd, lease => lease.revoke(id)).await;
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = closed.cancelled() => return,
+            () = lost.wait() => return,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
 }
 
 /// Waits until no contender older than ours (created before `my_revision`) is left,
@@ -212,20 +298,22 @@ async fn wait_for_predecessors(
             .with_sort(SortTarget::Create, SortOrder::Descend)
             .with_limit(1)
             .with_keys_only();
-        let mut kv = etcd.kv();
-        let resp = match etcd.call(kv.get(contenders.to_vec(), Some(options))).await {
-            Ok(resp) => resp,
-            Err(err) if err.is_retryable() => {
-                // The keep-alive fires `lost` if the server stays away longer than the
-                // lease; until then, retry.
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    () = lost.wait() => return Err(lost_error()),
+        let resp =
+            match request!(etcd, kv => kv.get(contenders.to_vec(), Some(options)), clone options)
+                .await
+            {
+                Ok(resp) => resp,
+                Err(err) if err.is_retryable() => {
+                    // The keep-alive fires `lost` if the server stays away longer than the
+                    // lease; until then, retry.
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = lost.wait() => return Err(lost_error()),
+                    }
+                    continue;
                 }
-                continue;
-            }
-            Err(err) => return Err(err),
-        };
+                Err(err) => return Err(err),
+            };
         let Some(predecessor) = resp.kvs().first() else {
             return Ok(());
         };

@@ -53,6 +53,20 @@ use crate::key::{Dir, Key};
 
 use lease::LeaseCache;
 
+/// Sends one request through [`Etcd::call`]: `$client` names a client field of
+/// `Inner` (`kv`, `lease`) bound for the request, and the variables after `clone` are
+/// cloned for each attempt.
+macro_rules! request {
+    ($etcd:expr, $client:ident => $call:expr $(, clone $($arg:ident),*)?) => {
+        $etcd.call(|| {
+            let mut $client = $etcd.inner.$client.clone();
+            $($(let $arg = $arg.clone();)*)?
+            async move { $call.await }
+        })
+    };
+}
+pub(crate) use request;
+
 /// The backend's name in errors.
 const NAME: &str = "etcd";
 
@@ -161,26 +175,14 @@ impl Etcd {
         // The probe (a count of one hidden key): the first request also establishes
         // the connection.
         let probe = etcd.full("\u{1}probe");
-        let mut kv = etcd.kv();
-        match tokio::time::timeout(
-            budget,
-            kv.get(probe, Some(GetOptions::new().with_count_only())),
-        )
-        .await
-        {
-            Ok(result) => result.map_err(map_error)?,
-            Err(_) => return Err(timeout_error(budget)),
-        };
+        let options = GetOptions::new().with_count_only();
+        request!(etcd, kv => kv.get(probe, Some(options)), clone probe, options).await?;
         Ok(etcd)
     }
 
     /// The underlying `etcd-client` client, for operations kvkit does not cover.
     pub fn client(&self) -> &Client {
         &self.inner.client
-    }
-
-    fn kv(&self) -> KvClient {
-        self.inner.kv.clone()
     }
 
     /// The etcd key of a kvkit key.
@@ -224,18 +226,34 @@ impl Etcd {
     }
 
     /// Runs one request under the request timeout, mapping errors; fails fast after
-    /// `close`.
-    async fn call<T>(
-        &self,
-        request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
+    /// `close`. `request` makes the request afresh for each attempt: a request that
+    /// could not even connect (a stopped cluster member still in the balancer) is sent
+    /// again, through another member, until the timeout. Nothing was sent then, so
+    /// this is safe for every request, conditional ones included.
+    async fn call<T, F, Fut>(&self, mut request: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
         if self.inner.closed.is_cancelled() {
             return Err(Error::Closed);
         }
         let timeout = self.inner.request_timeout;
-        match tokio::time::timeout(timeout, request).await {
-            Ok(result) => result.map_err(map_error),
-            Err(_) => Err(timeout_error(timeout)),
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match tokio::time::timeout_at(deadline, request()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(err)) => {
+                    let err = map_error(err);
+                    if !is_connect_error(&err) || tokio::time::Instant::now() + pause >= deadline {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(_) => return Err(timeout_error(timeout)),
+            }
         }
     }
 
@@ -245,12 +263,9 @@ impl Etcd {
         let secs = ttl_secs(ttl);
         for attempt in 0..2 {
             let lease = self.inner.leases.lease(self, secs).await?;
-            let mut kv = self.kv();
             let options = etcd_client::PutOptions::new().with_lease(lease);
-            match self
-                .call(kv.put(full.clone(), value.clone(), Some(options)))
-                .await
-            {
+            let put = request!(self, kv => kv.put(full, value, Some(options)), clone full, value, options);
+            match put.await {
                 Ok(resp) => return Ok(header_revision(resp.header())),
                 Err(err) if attempt == 0 && is_lease_not_found(&err) => {
                     self.inner.leases.forget(secs, lease);
@@ -293,17 +308,15 @@ impl Backend for Etcd {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
-        let mut kv = self.kv();
-        let resp = self.call(kv.get(self.full(key.as_str()), None)).await?;
+        let full = self.full(key.as_str());
+        let resp = request!(self, kv => kv.get(full, None), clone full).await?;
         Ok(resp.kvs().first().and_then(|kv| self.pair(kv)))
     }
 
     async fn exists(&self, key: &Key) -> Result<bool> {
-        let mut kv = self.kv();
+        let full = self.full(key.as_str());
         let options = GetOptions::new().with_count_only();
-        let resp = self
-            .call(kv.get(self.full(key.as_str()), Some(options)))
-            .await?;
+        let resp = request!(self, kv => kv.get(full, Some(options)), clone full, options).await?;
         Ok(resp.count() > 0)
     }
 
@@ -312,8 +325,8 @@ impl Backend for Etcd {
         let rev = match options.ttl {
             Some(ttl) => self.put_with_ttl(full, value.to_vec(), ttl).await?,
             None => {
-                let mut kv = self.kv();
-                let resp = self.call(kv.put(full, value.to_vec(), None)).await?;
+                let raw = value.to_vec();
+                let resp = request!(self, kv => kv.put(full, raw, None), clone full, raw).await?;
                 header_revision(resp.header())
             }
         };
@@ -325,8 +338,8 @@ impl Backend for Etcd {
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {
-        let mut kv = self.kv();
-        let resp = self.call(kv.delete(self.full(key.as_str()), None)).await?;
+        let full = self.full(key.as_str());
+        let resp = request!(self, kv => kv.delete(full, None), clone full).await?;
         Ok(resp.deleted() > 0)
     }
 
@@ -354,8 +367,7 @@ impl Backend for Etcd {
                     full.clone(),
                     Some(GetOptions::new().with_keys_only()),
                 )]);
-            let mut kv = self.kv();
-            let resp = match self.call(kv.txn(txn)).await {
+            let resp = match request!(self, kv => kv.txn(txn), clone txn).await {
                 Ok(resp) => resp,
                 Err(err) if attempt == 0 && is_lease_not_found(&err) => {
                     if let Some((secs, id)) = lease {
@@ -389,8 +401,7 @@ impl Backend for Etcd {
             )])
             .and_then([TxnOp::delete(full.clone(), None)])
             .or_else([TxnOp::get(full, Some(GetOptions::new().with_keys_only()))]);
-        let mut kv = self.kv();
-        let resp = self.call(kv.txn(txn)).await?;
+        let resp = request!(self, kv => kv.txn(txn), clone txn).await?;
         if resp.succeeded() {
             Ok(Cas::Applied(()))
         } else {
@@ -406,19 +417,16 @@ impl Backend for Etcd {
 
     async fn list(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         let (start, end) = self.dir_range(dir);
-        let mut kv = self.kv();
         // etcd returns ranges sorted by key bytes, which is the order of `String`.
-        let resp = self
-            .call(kv.get(start, Some(GetOptions::new().with_range(end))))
-            .await?;
+        let options = GetOptions::new().with_range(end);
+        let resp = request!(self, kv => kv.get(start, Some(options)), clone start, options).await?;
         Ok(resp.kvs().iter().filter_map(|kv| self.pair(kv)).collect())
     }
 
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
         let (start, end) = self.dir_range(dir);
-        let mut kv = self.kv();
-        self.call(kv.delete(start, Some(DeleteOptions::new().with_range(end))))
-            .await?;
+        let options = DeleteOptions::new().with_range(end);
+        request!(self, kv => kv.delete(start, Some(options)), clone start, options).await?;
         Ok(())
     }
 
@@ -431,8 +439,7 @@ impl Backend for Etcd {
             TxnOp::delete(self.full(key.as_str()), None),
             TxnOp::delete(start, Some(DeleteOptions::new().with_range(end))),
         ]);
-        let mut kv = self.kv();
-        self.call(kv.txn(txn)).await?;
+        request!(self, kv => kv.txn(txn), clone txn).await?;
         Ok(())
     }
 
@@ -591,6 +598,14 @@ pub(crate) fn map_error(err: etcd_client::Error) -> Error {
         E::LeaseKeepAliveError(err) => Error::unavailable(NAME, err),
         other => Error::backend(NAME, other),
     }
+}
+
+/// True for a request that failed before reaching any server (refused connection).
+fn is_connect_error(err: &Error) -> bool {
+    matches!(err, Error::Unavailable { source, .. } if {
+        let text = source.to_string();
+        text.contains("tcp connect error") || text.contains("Connection refused")
+    })
 }
 
 fn is_transport_message(message: &str) -> bool {

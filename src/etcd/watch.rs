@@ -212,8 +212,7 @@ pub(crate) async fn watch_tree(etcd: Etcd, dir: &Dir) -> Result<EtcdWatchTree> {
 async fn read<S: Follow>(etcd: &Etcd, state: &S) -> Result<(i64, Vec<etcd_client::KeyValue>)> {
     let (key, end) = state.range();
     let options = end.map(|end| GetOptions::new().with_range(end));
-    let mut kv = etcd.kv();
-    let mut resp = etcd.call(kv.get(key, options)).await?;
+    let mut resp = super::request!(etcd, kv => kv.get(key, options), clone key, options).await?;
     let revision = super::header_revision(resp.header());
     Ok((revision, resp.take_kvs()))
 }
