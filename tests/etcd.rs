@@ -672,3 +672,142 @@ async fn model_harness_agrees_with_memory() {
         .await
         .unwrap_or_else(|failure| panic!("{failure}"));
 }
+
+/// The gRPC requests `op` made, counted on the server (its `/metrics`).
+async fn round_trips<F, Fut, T>(server: &EtcdServer, op: F) -> (T, Vec<(String, u64)>)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let before = server.grpc_calls();
+    let out = op().await;
+    let after = server.grpc_calls();
+    let diff = after
+        .iter()
+        .filter_map(|(method, n)| {
+            let delta = n - before.get(method).copied().unwrap_or(0);
+            (delta > 0).then(|| (method.clone(), delta))
+        })
+        .collect();
+    (out, diff)
+}
+
+fn calls(expected: &[(&str, u64)]) -> Vec<(String, u64)> {
+    let mut calls: Vec<(String, u64)> = expected.iter().map(|(m, n)| (m.to_string(), *n)).collect();
+    calls.sort();
+    calls
+}
+
+/// Each operation takes the round trips `docs/etcd.md` promises, counted by the
+/// server itself; also prints the median latency of the common operations.
+#[tokio::test]
+async fn round_trips_per_operation_match_the_docs() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config().prefix("rt")).await;
+    let opts = PutOptions::default;
+
+    let (pair, rt) = round_trips(&server, || kv.put("d/k", "v", opts())).await;
+    let pair = pair.unwrap();
+    assert_eq!(rt, calls(&[("Put", 1)]), "put");
+    let (_, rt) = round_trips(&server, || kv.get("d/k")).await;
+    assert_eq!(rt, calls(&[("Range", 1)]), "get");
+    let (_, rt) = round_trips(&server, || kv.exists("d/k")).await;
+    assert_eq!(rt, calls(&[("Range", 1)]), "exists");
+    let (_, rt) = round_trips(&server, || kv.list("d")).await;
+    assert_eq!(rt, calls(&[("Range", 1)]), "list");
+    let (r, rt) = round_trips(&server, || kv.atomic_put("d/k", "w", Some(&pair), opts())).await;
+    let pair = r.unwrap();
+    assert_eq!(rt, calls(&[("Txn", 1)]), "atomic_put applied");
+    let (r, rt) = round_trips(&server, || kv.atomic_put("d/k", "w", None, opts())).await;
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::KeyExists);
+    assert_eq!(rt, calls(&[("Txn", 1)]), "atomic_put conflict");
+    let (r, rt) = round_trips(&server, || kv.atomic_delete("d/gone", &pair)).await;
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(rt, calls(&[("Txn", 1)]), "atomic_delete conflict");
+    let (r, rt) = round_trips(&server, || kv.atomic_delete("d/k", &pair)).await;
+    r.unwrap();
+    assert_eq!(rt, calls(&[("Txn", 1)]), "atomic_delete applied");
+    let (_, rt) = round_trips(&server, || kv.delete("d/k")).await;
+    assert_eq!(rt, calls(&[("DeleteRange", 1)]), "delete");
+    let (_, rt) = round_trips(&server, || kv.delete_tree("d")).await;
+    assert_eq!(rt, calls(&[("Txn", 1)]), "delete_tree");
+
+    let ttl = || PutOptions::with_ttl(Duration::from_secs(30));
+    let (_, rt) = round_trips(&server, || kv.put("d/t1", "v", ttl())).await;
+    assert_eq!(rt, calls(&[("LeaseGrant", 1), ("Put", 1)]), "first TTL put");
+    let (_, rt) = round_trips(&server, || kv.put("d/t2", "v", ttl())).await;
+    assert_eq!(rt, calls(&[("Put", 1)]), "TTL put reusing the lease");
+
+    // Lock: one LeaseGrant and one Txn, then the guard's two background streams
+    // (keep-alive, watch of the lock key).
+    let (guard, rt) = round_trips(&server, || async {
+        let guard = kv.lock("l", LockOptions::default().value("x")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        guard
+    })
+    .await;
+    let guard = guard.unwrap();
+    assert_eq!(
+        rt,
+        calls(&[
+            ("LeaseGrant", 1),
+            ("LeaseKeepAlive", 1),
+            ("Txn", 1),
+            ("Watch", 1)
+        ]),
+        "uncontended lock"
+    );
+    let (r, rt) = round_trips(&server, || kv.try_lock("l", LockOptions::default())).await;
+    assert!(r.unwrap().is_none());
+    assert_eq!(
+        rt,
+        calls(&[("LeaseGrant", 1), ("LeaseRevoke", 1), ("Txn", 1)]),
+        "try_lock on a held lock"
+    );
+    let (r, rt) = round_trips(&server, || guard.unlock()).await;
+    r.unwrap();
+    assert_eq!(rt, calls(&[("LeaseRevoke", 1)]), "unlock");
+
+    let (w, rt) = round_trips(&server, || async {
+        let mut w = kv.watch("d/w").await.unwrap();
+        assert_eq!(next(&mut w).await, None);
+        // The etcd watch is opened by the background task.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        w
+    })
+    .await;
+    assert_eq!(rt, calls(&[("Range", 1), ("Watch", 1)]), "watch");
+    drop(w);
+
+    // Latency on this machine (loopback, one member, fsync on): printed, not asserted.
+    for (name, runs) in [("put", 100), ("get", 100), ("atomic_put", 100)] {
+        let mut times = Vec::with_capacity(runs);
+        let mut last = kv.put("bench", "0", opts()).await.unwrap();
+        for i in 0..runs {
+            let started = Instant::now();
+            match name {
+                "put" => {
+                    kv.put("bench", i.to_string(), opts()).await.unwrap();
+                }
+                "get" => {
+                    kv.get("bench").await.unwrap();
+                }
+                _ => {
+                    last = kv
+                        .atomic_put("bench", i.to_string(), Some(&last), opts())
+                        .await
+                        .unwrap();
+                }
+            }
+            times.push(started.elapsed());
+        }
+        times.sort();
+        eprintln!(
+            "etcd {name}: median {:?}, p90 {:?} over {runs}",
+            times[runs / 2],
+            times[runs * 9 / 10]
+        );
+    }
+}

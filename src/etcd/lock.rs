@@ -129,14 +129,17 @@ pub(crate) async fn acquire(
     };
     let lost = LostSignal::new();
     let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(secs));
-    tokio::spawn(keep_alive(
-        etcd.clone(),
-        hold.id,
-        ttl,
-        granted_at + ttl,
-        lost.clone(),
-        hold.stop.clone(),
-    ));
+    // Renewals start once the lease serves a contender (not for a failed try_lock).
+    let start_keep_alive = |hold: &LeaseHold| {
+        tokio::spawn(keep_alive(
+            etcd.clone(),
+            hold.id,
+            ttl,
+            granted_at + ttl,
+            lost.clone(),
+            hold.stop.clone(),
+        ));
+    };
 
     let contenders = etcd.lock_prefix(key.as_str());
     let mut mine = contenders.clone();
@@ -150,6 +153,7 @@ pub(crate) async fn acquire(
     let txn = if wait { txn.or_else([register]) } else { txn };
     let resp = request!(etcd, kv => kv.txn(txn), clone txn).await?;
     if resp.succeeded() {
+        start_keep_alive(&hold);
         let held_at = header_revision(resp.header());
         return Ok(Some(guard(etcd, key, hold, lost, held_at)));
     }
@@ -159,6 +163,7 @@ pub(crate) async fn acquire(
         return Ok(None);
     }
 
+    start_keep_alive(&hold);
     let my_revision = header_revision(resp.header());
     wait_for_predecessors(etcd, key, &contenders, my_revision, &lost).await?;
 

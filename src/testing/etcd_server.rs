@@ -298,6 +298,52 @@ impl EtcdServer {
         self.processes.wait_ready(0).await;
     }
 
+    /// How many gRPC requests of each method (`"Range"`, `"Txn"`, `"LeaseGrant"`,
+    /// `"Watch"`, ...) the server has started so far, from its Prometheus `/metrics`
+    /// (plain-HTTP servers only). Diff two readings to count an operation's round
+    /// trips.
+    pub fn grpc_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        use std::io::{Read, Write};
+        let member = &self.processes.members[0];
+        assert!(
+            self.processes.tls.is_none(),
+            "grpc_calls needs a plain-HTTP server"
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], member.client_port));
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .expect("connect to etcd's metrics endpoint");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .expect("request the metrics");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read the metrics");
+        let mut calls = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("grpc_server_started_total{") else {
+                continue;
+            };
+            let Some(method) = rest
+                .split("grpc_method=\"")
+                .nth(1)
+                .and_then(|m| m.split('"').next())
+            else {
+                continue;
+            };
+            let count = line
+                .rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if count > 0.0 {
+                *calls.entry(method.to_owned()).or_insert(0) += count as u64;
+            }
+        }
+        calls
+    }
+
     /// Enables etcd authentication with a `root` user having `password`.
     pub async fn enable_auth(&self, password: &str) -> Result<(), etcd_client::Error> {
         let mut options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5));
