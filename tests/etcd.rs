@@ -811,3 +811,67 @@ async fn round_trips_per_operation_match_the_docs() {
         );
     }
 }
+
+/// Writes and compacts from another thread (its own runtime) while this test's
+/// current-thread runtime is blocked, so the watch tasks spawned here have not yet
+/// opened their etcd watches: they will open them at a compacted revision.
+fn write_and_compact_elsewhere(config: EtcdConfig) {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let kv = connect(config).await;
+            kv.put("c/k", "1", PutOptions::default()).await.unwrap();
+            kv.put("c/k", "2", PutOptions::default()).await.unwrap();
+            let last = kv.put("c/other", "x", PutOptions::default()).await.unwrap();
+            let mut client = kv.backend().client().clone();
+            client
+                .compact(
+                    last.last_index as i64,
+                    Some(etcd_client::CompactionOptions::new().with_physical()),
+                )
+                .await
+                .unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn watches_starting_at_a_compacted_revision_reread_and_continue() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config()).await;
+
+    // watch_tree: created last, so its task has not run before the compaction.
+    let mut tree = kv.watch_tree("c").await.unwrap();
+    write_and_compact_elsewhere(server.config());
+    assert_eq!(values(&next(&mut tree).await), []);
+    // "c/k" = "1" was compacted away: the fresh state comes next, then live changes.
+    assert_eq!(
+        values(&next(&mut tree).await),
+        [("c/k".into(), "2".into()), ("c/other".into(), "x".into())]
+    );
+    kv.put("c/k", "3", PutOptions::default()).await.unwrap();
+    assert_eq!(
+        values(&next(&mut tree).await),
+        [("c/k".into(), "3".into()), ("c/other".into(), "x".into())]
+    );
+    assert_quiet(&mut tree, Duration::from_millis(300)).await;
+
+    // watch: the same, on a key that exists.
+    let mut watch = kv.watch("c/k").await.unwrap();
+    write_and_compact_elsewhere(server.config());
+    let initial = next(&mut watch).await.expect("c/k exists");
+    assert_eq!(initial.value, "3");
+    let fresh = next(&mut watch).await.expect("c/k exists");
+    assert_eq!(fresh.value, "2");
+    assert!(fresh.last_index > initial.last_index);
+    kv.delete("c/k").await.unwrap();
+    assert_eq!(next(&mut watch).await, None);
+    assert_quiet(&mut watch, Duration::from_millis(300)).await;
+}
