@@ -267,8 +267,20 @@ async fn watches_start_on_missing_keys_and_follow_every_change() {
         assert_eq!(values(&next(&mut tree).await), want);
     }
     assert_quiet(&mut tree, Duration::from_millis(300)).await;
+
+    // Dropping the streams cancels their etcd watches: the server's count of open
+    // watchers falls back to zero.
+    assert_eq!(server.metric("etcd_debugging_mvcc_watcher_total"), 2.0);
     drop(watch);
     drop(tree);
+    let deadline = Instant::now() + STEP;
+    while server.metric("etcd_debugging_mvcc_watcher_total") != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "dropped watches must be cancelled on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

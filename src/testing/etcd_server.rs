@@ -298,30 +298,48 @@ impl EtcdServer {
         self.processes.wait_ready(0).await;
     }
 
-    /// How many gRPC requests of each method (`"Range"`, `"Txn"`, `"LeaseGrant"`,
-    /// `"Watch"`, ...) the server has started so far, from its Prometheus `/metrics`
-    /// (plain-HTTP servers only). Diff two readings to count an operation's round
-    /// trips.
-    pub fn grpc_calls(&self) -> std::collections::BTreeMap<String, u64> {
+    /// The server's Prometheus metrics text (`/metrics`; plain-HTTP servers only).
+    pub fn metrics(&self) -> String {
         use std::io::{Read, Write};
-        let member = &self.processes.members[0];
         assert!(
             self.processes.tls.is_none(),
-            "grpc_calls needs a plain-HTTP server"
+            "metrics need a plain-HTTP server"
         );
+        let member = &self.processes.members[0];
         let addr = SocketAddr::from(([127, 0, 0, 1], member.client_port));
         let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
             .expect("connect to etcd's metrics endpoint");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("set a read timeout");
+        // HTTP/1.0: no chunked encoding to undo.
         stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             .expect("request the metrics");
         let mut text = String::new();
         stream.read_to_string(&mut text).expect("read the metrics");
+        text
+    }
+
+    /// The value of metric `name`, summed over its labels (0 when absent), e.g.
+    /// `etcd_debugging_mvcc_watcher_total` (open watchers).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// How many gRPC requests of each method (`"Range"`, `"Txn"`, `"LeaseGrant"`,
+    /// `"Watch"`, ...) the server has started so far. Diff two readings to count an
+    /// operation's round trips.
+    pub fn grpc_calls(&self) -> std::collections::BTreeMap<String, u64> {
         let mut calls = std::collections::BTreeMap::new();
-        for line in text.lines() {
+        for line in self.metrics().lines() {
             let Some(rest) = line.strip_prefix("grpc_server_started_total{") else {
                 continue;
             };
