@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kvkit::etcd::{Etcd, EtcdConfig, EtcdTls, MAX_VALUE_SIZE};
-use kvkit::testing::etcd_server::{EtcdCluster, EtcdServer, ServerTls};
+use kvkit::testing::etcd_server::{ClientAuth, EtcdCluster, EtcdServer, ServerTls};
 use kvkit::{ErrorKind, Kv, KvPair, LockGuard, LockOptions, PutOptions};
 
 /// Bounds every wait on a stream item.
@@ -508,34 +508,52 @@ async fn cluster_survives_stopping_the_leader() {
     }
 }
 
-fn certificates() -> (ServerTls, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let ca_params = {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-    };
-    let ca = CertifiedIssuer::self_signed(ca_params.clone(), KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let other_ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    (
-        ServerTls {
-            ca_pem: ca.pem(),
-            cert_pem: server_cert.pem(),
-            key_pem: server_key.serialize_pem(),
-        },
-        other_ca.pem(),
-    )
+/// A CA, and a certificate for 127.0.0.1 signed by it.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        TestCa { issuer }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A certificate and key (PEM) for 127.0.0.1 and localhost.
+    fn issue(&self) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .unwrap()
+                .signed_by(&key, &self.issuer)
+                .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn server_tls(ca: &TestCa, client_auth: Option<ClientAuth>) -> ServerTls {
+    let (cert_pem, key_pem) = ca.issue();
+    ServerTls {
+        ca_pem: ca.pem(),
+        cert_pem,
+        key_pem,
+        client_auth,
+    }
 }
 
 #[tokio::test]
 async fn tls_connects_with_the_ca_and_is_refused_without_it() {
-    let (tls, other_ca) = certificates();
-    let Some(server) = EtcdServer::start_tls(tls).await else {
+    let ca = TestCa::new();
+    let other_ca = TestCa::new().pem();
+    let Some(server) = EtcdServer::start_tls(server_tls(&ca, None)).await else {
         return;
     };
     assert!(server.endpoint().starts_with("https://"));
@@ -676,11 +694,7 @@ async fn model_harness_agrees_with_memory() {
         return;
     };
     let kv = connect(server.config().prefix("model")).await;
-    let config = kvkit::testing::model::ModelConfig {
-        cases: 24,
-        ..Default::default()
-    };
-    kvkit::testing::model::check_against_memory(&kv, config)
+    kvkit::testing::model::check_against_memory(&kv, Default::default())
         .await
         .unwrap_or_else(|failure| panic!("{failure}"));
 }
@@ -886,4 +900,82 @@ async fn watches_starting_at_a_compacted_revision_reread_and_continue() {
     kv.delete("c/k").await.unwrap();
     assert_eq!(next(&mut watch).await, None);
     assert_quiet(&mut watch, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn mutual_tls_needs_a_client_certificate_from_the_trusted_ca() {
+    let ca = TestCa::new();
+    let client_ca = TestCa::new();
+    let (cert_pem, key_pem) = client_ca.issue();
+    let client_auth = ClientAuth {
+        ca_pem: client_ca.pem(),
+        cert_pem,
+        key_pem,
+    };
+    let Some(server) = EtcdServer::start_tls(server_tls(&ca, Some(client_auth))).await else {
+        return;
+    };
+    // The harness config carries the client certificate.
+    let kv = connect(server.config()).await;
+    kv.put("mtls", "yes", PutOptions::default()).await.unwrap();
+    assert_eq!(kv.get("mtls").await.unwrap().value, "yes");
+
+    let fast = |config: EtcdConfig| {
+        config
+            .connect_timeout(Duration::from_millis(500))
+            .request_timeout(Duration::from_secs(1))
+    };
+    // Without a client certificate, and with one from a CA the server does not trust.
+    let (stranger_cert, stranger_key) = TestCa::new().issue();
+    let refused = [
+        EtcdTls::with_ca_pem(ca.pem()),
+        EtcdTls::with_ca_pem(ca.pem()).identity_pem(stranger_cert, stranger_key),
+    ];
+    for tls in refused {
+        let err = Etcd::connect(fast(EtcdConfig::new([server.endpoint()])).tls(tls))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_waiters_are_served_in_arrival_order() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config()).await;
+    let holder = kv.lock("fifo", LockOptions::default()).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let kv = kv.clone();
+        let tx = tx.clone();
+        waiters.push(tokio::spawn(async move {
+            let guard = kv
+                .lock("fifo", LockOptions::default().value(format!("w{i}")))
+                .await
+                .unwrap();
+            tx.send(i).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            guard.unlock().await.unwrap();
+        }));
+        // Let waiter i register before waiter i + 1.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    holder.unlock().await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.push(
+            tokio::time::timeout(STEP, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(order, [0, 1, 2]);
+    for waiter in waiters {
+        tokio::time::timeout(STEP, waiter).await.unwrap().unwrap();
+    }
+    assert!(!kv.exists("fifo").await.unwrap());
 }

@@ -34,6 +34,21 @@ pub struct ServerTls {
     pub cert_pem: String,
     /// The server's private key (PEM).
     pub key_pem: String,
+    /// When set, clients must present a certificate signed by its CA
+    /// (`--client-cert-auth`); the harness and [`EtcdServer::config`] use its
+    /// certificate.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client-certificate authentication for a TLS server.
+#[derive(Clone, Debug)]
+pub struct ClientAuth {
+    /// The CA the server trusts for client certificates (PEM).
+    pub ca_pem: String,
+    /// A client certificate signed by that CA (PEM).
+    pub cert_pem: String,
+    /// The client certificate's key (PEM).
+    pub key_pem: String,
 }
 
 /// One etcd member's process and settings.
@@ -100,13 +115,31 @@ impl Processes {
         }
     }
 
-    fn write_tls_files(&self) -> Option<(PathBuf, PathBuf)> {
-        let tls = self.tls.as_ref()?;
+    /// Writes the TLS files; returns etcd's TLS arguments.
+    fn write_tls_files(&self) -> Vec<std::ffi::OsString> {
+        let Some(tls) = self.tls.as_ref() else {
+            return Vec::new();
+        };
         let cert = self.dir.path().join("server.pem");
         let key = self.dir.path().join("server-key.pem");
         std::fs::write(&cert, &tls.cert_pem).expect("write the server certificate");
         std::fs::write(&key, &tls.key_pem).expect("write the server key");
-        Some((cert, key))
+        let mut args = vec![
+            "--cert-file".into(),
+            cert.into_os_string(),
+            "--key-file".into(),
+            key.into_os_string(),
+        ];
+        if let Some(client) = &tls.client_auth {
+            let ca = self.dir.path().join("client-ca.pem");
+            std::fs::write(&ca, &client.ca_pem).expect("write the client CA");
+            args.extend([
+                "--client-cert-auth".into(),
+                "--trusted-ca-file".into(),
+                ca.into_os_string(),
+            ]);
+        }
+        args
     }
 
     fn spawn(&mut self, index: usize) {
@@ -146,13 +179,7 @@ impl Processes {
             .arg("500")
             .arg("--logger")
             .arg("zap");
-        if let Some((cert, key)) = &tls_files {
-            command
-                .arg("--cert-file")
-                .arg(cert)
-                .arg("--key-file")
-                .arg(key);
-        }
+        command.args(&tls_files);
         // One log per start, so a restart does not truncate the previous one.
         member.starts += 1;
         let log = self
@@ -185,19 +212,35 @@ impl Processes {
             .connect_timeout(Duration::from_secs(2))
             .request_timeout(Duration::from_secs(5));
         if let Some(tls) = &self.tls {
-            config = config.tls(EtcdTls::with_ca_pem(tls.ca_pem.clone()));
+            let mut client_tls = EtcdTls::with_ca_pem(tls.ca_pem.clone());
+            if let Some(client) = &tls.client_auth {
+                client_tls =
+                    client_tls.identity_pem(client.cert_pem.clone(), client.key_pem.clone());
+            }
+            config = config.tls(client_tls);
         }
         config
+    }
+
+    /// The harness's own client TLS settings.
+    fn client_tls(&self) -> Option<etcd_client::TlsOptions> {
+        let tls = self.tls.as_ref()?;
+        let mut options = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(tls.ca_pem.clone()));
+        if let Some(client) = &tls.client_auth {
+            options = options.identity(etcd_client::Identity::from_pem(
+                client.cert_pem.clone(),
+                client.key_pem.clone(),
+            ));
+        }
+        Some(options)
     }
 
     /// Waits until `index` answers a client request (bounded by [`START_TIMEOUT`]).
     async fn wait_ready(&self, index: usize) {
         let member = &self.members[index];
         let deadline = Instant::now() + START_TIMEOUT;
-        let tls = self.tls.as_ref().map(|tls| {
-            etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(tls.ca_pem.clone()))
-        });
+        let tls = self.client_tls();
         let mut last_error = String::new();
         while Instant::now() < deadline {
             let mut options = etcd_client::ConnectOptions::new()
@@ -365,11 +408,8 @@ impl EtcdServer {
     /// Enables etcd authentication with a `root` user having `password`.
     pub async fn enable_auth(&self, password: &str) -> Result<(), etcd_client::Error> {
         let mut options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5));
-        if let Some(tls) = &self.processes.tls {
-            options = options.with_tls(
-                etcd_client::TlsOptions::new()
-                    .ca_certificate(etcd_client::Certificate::from_pem(tls.ca_pem.clone())),
-            );
+        if let Some(tls) = self.processes.client_tls() {
+            options = options.with_tls(tls);
         }
         let mut client = etcd_client::Client::connect([self.endpoint()], Some(options)).await?;
         client.user_add("root", password, None).await?;
