@@ -33,6 +33,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
+pub mod discovery;
+pub mod election;
 pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;

@@ -15,4 +15,5 @@ pub mod conformance;
 #[cfg(feature = "etcd")]
 pub mod etcd_server;
 pub mod model;
+pub mod recipes;
 pub mod server;
