@@ -979,3 +979,12 @@ async fn lock_waiters_are_served_in_arrival_order() {
     }
     assert!(!kv.exists("fifo").await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipes_work_on_etcd() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config().prefix("recipes")).await;
+    kvkit::testing::recipes::run_all(&kv).await;
+}
