@@ -988,3 +988,38 @@ async fn recipes_work_on_etcd() {
     let kv = connect(server.config().prefix("recipes")).await;
     kvkit::testing::recipes::run_all(&kv).await;
 }
+
+/// Long-lived streams (watches, lock keep-alives) are not cut by the per-request
+/// timeout: an idle watch and a held lock keep one stream each for several timeouts.
+#[tokio::test]
+async fn streams_outlive_the_request_timeout() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config().request_timeout(Duration::from_millis(500))).await;
+    let (streams, rt) = round_trips(&server, || async {
+        let mut watch = kv.watch("idle").await.unwrap();
+        assert_eq!(next(&mut watch).await, None);
+        let guard = kv
+            .lock("held", LockOptions::default().ttl(Duration::from_secs(2)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        (watch, guard)
+    })
+    .await;
+    let (mut watch, guard) = streams;
+    let streams: Vec<_> = rt
+        .into_iter()
+        .filter(|(m, _)| m == "Watch" || m == "LeaseKeepAlive")
+        .collect();
+    assert_eq!(
+        streams,
+        calls(&[("LeaseKeepAlive", 1), ("Watch", 2)]),
+        "one watch stream each for the watch and the lock key, one keep-alive stream"
+    );
+    assert!(!guard.is_lost());
+    let pair = kv.put("idle", "now", PutOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch).await, Some(pair));
+    guard.unlock().await.unwrap();
+}
