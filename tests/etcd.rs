@@ -485,7 +485,12 @@ async fn cluster_survives_stopping_the_leader() {
         }
     };
     assert_eq!(kv.get("c/k").await.unwrap(), written);
-    assert_eq!(next(&mut watch).await, Some(written));
+    assert_eq!(next(&mut watch).await, Some(written.clone()));
+    // A new client listing every member, one of them down, connects and works.
+    for _ in 0..5 {
+        let fresh = connect(cluster.config()).await;
+        assert_eq!(fresh.get("c/k").await.unwrap(), written);
+    }
     let new_leader = cluster.leader().await.expect("a new leader");
     assert_ne!(new_leader, leader);
 

@@ -143,14 +143,23 @@ impl Etcd {
             return Err(Error::backend(NAME, "no endpoints configured"));
         }
         let budget = config.connect_timeout + config.request_timeout;
-        let client = match tokio::time::timeout(
-            budget,
-            Client::connect(config.endpoints.clone(), Some(options)),
-        )
-        .await
-        {
-            Ok(result) => result.map_err(map_error)?,
-            Err(_) => return Err(timeout_error(budget)),
+        let deadline = tokio::time::Instant::now() + budget;
+        // With credentials, connecting authenticates (one request): like every request,
+        // it is re-sent while it fails to connect at all (a stopped member).
+        let client = loop {
+            let connect = Client::connect(config.endpoints.clone(), Some(options.clone()));
+            match tokio::time::timeout_at(deadline, connect).await {
+                Ok(Ok(client)) => break client,
+                Ok(Err(err)) => {
+                    let err = map_error(err);
+                    let pause = Duration::from_millis(50);
+                    if !is_connect_error(&err) || tokio::time::Instant::now() + pause >= deadline {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(_) => return Err(timeout_error(budget)),
+            }
         };
         let mut prefix = config.prefix.trim_matches('/').as_bytes().to_vec();
         if !prefix.is_empty() {
