@@ -39,6 +39,8 @@ mod kv;
 // pub mod memory; (in progress)
 // mod notify;
 // pub mod recipe;
+#[cfg(feature = "consul")]
+pub mod consul;
 
 
 

@@ -2,3 +2,5 @@
 //! [`crate::memory::Memory`], and helpers that start real servers for tests.
 
 pub mod server;
+#[cfg(feature = "consul")]
+pub mod consul_emulator;
