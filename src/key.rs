@@ -187,16 +187,27 @@ mod tests {
     #[test]
     fn empty_keys_are_rejected_but_root_dir_is_fine() {
         for raw in ["", "/", "///"] {
-            assert!(matches!(Key::new(raw), Err(Error::InvalidKey { .. })), "{raw:?}");
+            assert!(
+                matches!(Key::new(raw), Err(Error::InvalidKey { .. })),
+                "{raw:?}"
+            );
             assert!(Dir::new(raw).unwrap().is_root());
         }
     }
 
     #[test]
     fn dot_segments_and_control_characters_are_rejected() {
-        for raw in ["a/./b", "..", "a/..", "a\nb", "a\u{0}b", "a\u{7f}", "a\u{85}", "\u{E000}", "\u{FFFF}"] {
-            assert!(matches!(Key::new(raw), Err(Error::InvalidKey { .. })), "{raw:?}");
-            assert!(matches!(Dir::new(raw), Err(Error::InvalidKey { .. })), "{raw:?}");
+        for raw in [
+            "a/./b", "..", "a/..", "a\nb", "a\u{0}b", "a\u{7f}", "a\u{85}", "\u{E000}", "\u{FFFF}",
+        ] {
+            assert!(
+                matches!(Key::new(raw), Err(Error::InvalidKey { .. })),
+                "{raw:?}"
+            );
+            assert!(
+                matches!(Dir::new(raw), Err(Error::InvalidKey { .. })),
+                "{raw:?}"
+            );
         }
         // Dots inside a segment are ordinary characters.
         assert_eq!(Key::new("a/.b/c..").unwrap().as_str(), "a/.b/c..");

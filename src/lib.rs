@@ -36,14 +36,13 @@ pub mod backend;
 pub mod error;
 pub mod key;
 mod kv;
-// pub mod memory; (in progress)
-// mod notify;
-// pub mod recipe;
+pub mod memory;
+mod notify;
+pub mod recipe;
+#[cfg(feature = "redb")]
+pub mod redb;
 #[cfg(feature = "consul")]
 pub mod consul;
-
-
-
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,6 +1,18 @@
 //! Tools to check a backend: the conformance suite, the model harness against
 //! [`crate::memory::Memory`], and helpers that start real servers for tests.
+//!
+//! One call checks any backend, including your own:
+//!
+//! ```no_run
+//! # async fn check() {
+//! use kvkit::{Kv, memory::Memory, testing::model::{check_backend, ModelConfig}};
+//! let kv = Kv::new(Memory::new()); // your backend here
+//! check_backend(&kv, ModelConfig::default()).await.unwrap();
+//! # }
+//! ```
 
+pub mod conformance;
+pub mod model;
 pub mod server;
 #[cfg(feature = "consul")]
 pub mod consul_emulator;

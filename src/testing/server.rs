@@ -45,7 +45,9 @@ pub fn find_binary(what: &str, candidates: &[&str]) -> Option<PathBuf> {
         !servers_required(),
         "{what} is not installed ({candidates:?}) but {REQUIRE_SERVERS_VAR}=1: run scripts/test.sh, which installs it"
     );
-    eprintln!("NOTICE: skipping {what} test: {candidates:?} not found (run scripts/test.sh to install it)");
+    eprintln!(
+        "NOTICE: skipping {what} test: {candidates:?} not found (run scripts/test.sh to install it)"
+    );
     None
 }
 

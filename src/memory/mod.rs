@@ -1,0 +1,461 @@
+//! The in-memory store: the reference model every other backend is checked against.
+//!
+//! A sorted map behind a mutex, a global revision counter for `last_index`, TTLs on the
+//! tokio clock (so tests can pause and advance time), coalescing watches, and the
+//! generic [`CasLock`]. Everything lives in this process and is gone when the last
+//! handle is dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backend::{Backend, Capabilities, Cas, Expect, KvPair, LockOptions, PutOptions};
+use crate::error::{Error, Result};
+use crate::key::{Dir, Key};
+use crate::notify::{LocalStore, LocalWatch, LocalWatchTree, Watchers};
+use crate::recipe::CasLock;
+
+/// Largest value the memory store accepts (the same as redb's, so that the model and
+/// the embedded default agree).
+pub const MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
+
+/// The in-memory reference store. Cloning shares the store.
+#[derive(Clone, Default)]
+pub struct Memory {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    watchers: Watchers,
+    /// Wakes the expiry task when an earlier deadline arrives or the store goes away.
+    reaper: Arc<Notify>,
+    reaper_started: AtomicBool,
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    entries: BTreeMap<String, Entry>,
+    /// Deadline index of the entries that have a TTL.
+    expiries: BTreeSet<(Instant, String)>,
+    revision: u64,
+}
+
+struct Entry {
+    value: Bytes,
+    last_index: u64,
+    expires_at: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+
+    fn pair(&self, key: &str) -> KvPair {
+        KvPair {
+            key: key.to_owned(),
+            value: self.value.clone(),
+            last_index: self.last_index,
+        }
+    }
+}
+
+impl State {
+    fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
+        self.entries.get(key).filter(|e| e.live(now))
+    }
+
+    fn write(&mut self, key: &str, value: Bytes, ttl: Option<Duration>, now: Instant) -> KvPair {
+        self.revision += 1;
+        let expires_at = ttl.map(|ttl| now + ttl);
+        let old = self.entries.insert(
+            key.to_owned(),
+            Entry {
+                value,
+                last_index: self.revision,
+                expires_at,
+            },
+        );
+        if let Some(at) = old.and_then(|e| e.expires_at) {
+            self.expiries.remove(&(at, key.to_owned()));
+        }
+        if let Some(at) = expires_at {
+            self.expiries.insert((at, key.to_owned()));
+        }
+        self.entries[key].pair(key)
+    }
+
+    /// Removes `key`; true when it was live.
+    fn remove(&mut self, key: &str, now: Instant) -> bool {
+        match self.entries.remove(key) {
+            Some(entry) => {
+                if let Some(at) = entry.expires_at {
+                    self.expiries.remove(&(at, key.to_owned()));
+                }
+                self.revision += 1;
+                entry.live(now)
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every expired entry and returns their keys.
+    fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut expired = Vec::new();
+        while let Some((at, _)) = self.expiries.first() {
+            if *at > now {
+                break;
+            }
+            let (_, key) = self.expiries.pop_first().expect("checked above");
+            self.entries.remove(&key);
+            expired.push(key);
+        }
+        if !expired.is_empty() {
+            self.revision += 1;
+        }
+        expired
+    }
+}
+
+impl Memory {
+    /// A new, empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        self.check_open()?;
+        Ok(self.inner.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Starts the expiry task on the first TTL write (there is a runtime by then).
+    fn schedule_expiry(&self) {
+        if !self.inner.reaper_started.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(reap(Arc::downgrade(&self.inner), self.inner.reaper.clone()));
+                }
+                // Reads still hide expired keys; only watchers miss the expiry.
+                Err(_) => self.inner.reaper_started.store(false, Ordering::Release),
+            }
+        }
+        self.inner.reaper.notify_one();
+    }
+
+    fn write(
+        &self,
+        key: &Key,
+        value: Bytes,
+        expect: Option<Expect>,
+        ttl: Option<Duration>,
+    ) -> Result<Cas<KvPair>> {
+        let now = Instant::now();
+        let pair = {
+            let mut state = self.state()?;
+            if let Some(expect) = expect {
+                let current = state.live(key.as_str(), now).map(|e| e.last_index);
+                let holds = match expect {
+                    Expect::Absent => current.is_none(),
+                    Expect::Index(index) => current == Some(index),
+                };
+                if !holds {
+                    return Ok(Cas::Conflict { current });
+                }
+            }
+            state.write(key.as_str(), value, ttl, now)
+        };
+        if ttl.is_some() {
+            self.schedule_expiry();
+        }
+        self.inner.watchers.notify([key.as_str()]);
+        Ok(Cas::Applied(pair))
+    }
+}
+
+/// Deletes expired entries when their deadline passes, so watchers see them go.
+async fn reap(inner: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            let expired = state.expire(Instant::now());
+            let next = state.expiries.first().map(|(at, _)| *at);
+            drop(state);
+            inner.watchers.notify(expired.iter().map(String::as_str));
+            next
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Lets the expiry task see that the store is gone and end.
+        self.reaper.notify_one();
+    }
+}
+
+impl LocalStore for Inner {
+    fn read_key(&self, key: &str) -> Result<Option<KvPair>> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(state.live(key, Instant::now()).map(|e| e.pair(key)))
+    }
+
+    fn read_tree(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(below(&state, dir, Instant::now()))
+    }
+
+    fn watchers(&self) -> &Watchers {
+        &self.watchers
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Live pairs strictly below `dir`, sorted by key.
+fn below(state: &State, dir: &Dir, now: Instant) -> Vec<KvPair> {
+    let prefix = dir.child_prefix();
+    state
+        .entries
+        .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .filter(|(k, e)| e.live(now) && dir.contains(k))
+        .map(|(k, e)| e.pair(k))
+        .collect()
+}
+
+/// The watch stream of [`Memory`].
+#[derive(Debug)]
+pub struct MemoryWatch(LocalWatch<Inner>);
+
+/// The tree watch stream of [`Memory`].
+#[derive(Debug)]
+pub struct MemoryWatchTree(LocalWatchTree<Inner>);
+
+impl Stream for MemoryWatch {
+    type Item = Result<Option<KvPair>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0).poll_next(cx)
+    }
+}
+
+impl Stream for MemoryWatchTree {
+    type Item = Result<Vec<KvPair>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0).poll_next(cx)
+    }
+}
+
+impl Backend for Memory {
+    type Watch = MemoryWatch;
+    type WatchTree = MemoryWatchTree;
+    type Lock = CasLock<Memory>;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "memory",
+            ttl_granularity: Duration::from_millis(1),
+            min_ttl: Duration::from_millis(1),
+            ttl_expiry_factor: 1,
+            default_lock_ttl: None,
+            cross_process_locks: false,
+            watch_sees_every_write: false,
+            max_value_size: MAX_VALUE_SIZE,
+            persistent: false,
+        }
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
+        let state = self.state()?;
+        Ok(state
+            .live(key.as_str(), Instant::now())
+            .map(|e| e.pair(key.as_str())))
+    }
+
+    async fn put(&self, key: &Key, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+        match self.write(key, value, None, options.ttl)? {
+            Cas::Applied(pair) => Ok(pair),
+            Cas::Conflict { .. } => unreachable!("an unconditional write cannot conflict"),
+        }
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        let existed = self.state()?.remove(key.as_str(), Instant::now());
+        self.inner.watchers.notify([key.as_str()]);
+        Ok(existed)
+    }
+
+    async fn compare_and_put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        expect: Expect,
+        options: &PutOptions,
+    ) -> Result<Cas<KvPair>> {
+        self.write(key, value, Some(expect), options.ttl)
+    }
+
+    async fn compare_and_delete(&self, key: &Key, index: u64) -> Result<Cas<()>> {
+        let now = Instant::now();
+        {
+            let mut state = self.state()?;
+            let current = state.live(key.as_str(), now).map(|e| e.last_index);
+            if current != Some(index) {
+                return Ok(Cas::Conflict { current });
+            }
+            state.remove(key.as_str(), now);
+        }
+        self.inner.watchers.notify([key.as_str()]);
+        Ok(Cas::Applied(()))
+    }
+
+    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+        Ok(below(&*self.state()?, dir, Instant::now()))
+    }
+
+    async fn list(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+        // `range` is already sorted and exact.
+        self.range(dir).await
+    }
+
+    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+        let removed: Vec<String> = {
+            let mut state = self.state()?;
+            let now = Instant::now();
+            let keys: Vec<String> = below(&state, dir, now).into_iter().map(|p| p.key).collect();
+            // Expired entries below `dir` go too.
+            let prefix = dir.child_prefix();
+            let stale: Vec<String> = state
+                .entries
+                .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in &stale {
+                state.remove(key, now);
+            }
+            keys
+        };
+        self.inner
+            .watchers
+            .notify(removed.iter().map(String::as_str));
+        Ok(())
+    }
+
+    async fn watch(&self, key: &Key) -> Result<MemoryWatch> {
+        self.check_open()?;
+        Ok(MemoryWatch(LocalWatch::new(self.inner.clone(), key)))
+    }
+
+    async fn watch_tree(&self, dir: &Dir) -> Result<MemoryWatchTree> {
+        self.check_open()?;
+        Ok(MemoryWatchTree(LocalWatchTree::new(
+            self.inner.clone(),
+            dir,
+        )))
+    }
+
+    async fn lock(&self, key: &Key, options: &LockOptions) -> Result<CasLock<Memory>> {
+        CasLock::acquire(self, key, options, true)
+            .await?
+            .ok_or(Error::Closed)
+    }
+
+    async fn try_lock(&self, key: &Key, options: &LockOptions) -> Result<Option<CasLock<Memory>>> {
+        CasLock::acquire(self, key, options, false).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.watchers.notify_all();
+        self.inner.reaper.notify_one();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Kv;
+    use futures::StreamExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_expires_on_the_tokio_clock_and_watchers_see_it() {
+        let kv = Kv::new(Memory::new());
+        let mut watch = kv.watch("t").await.unwrap();
+        assert_eq!(watch.next().await.unwrap().unwrap(), None);
+        kv.put("t", "v", PutOptions::with_ttl(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert!(watch.next().await.unwrap().unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(kv.exists("t").await.unwrap());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!kv.exists("t").await.unwrap());
+        assert_eq!(watch.next().await.unwrap().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn dropped_watchers_are_forgotten() {
+        let memory = Memory::new();
+        let kv = Kv::new(memory.clone());
+        let watch = kv.watch("k").await.unwrap();
+        let tree = kv.watch_tree("d").await.unwrap();
+        assert_eq!(memory.inner.watchers.live(), 2);
+        drop((watch, tree));
+        kv.put("k", "v", PutOptions::default()).await.unwrap();
+        assert_eq!(memory.inner.watchers.live(), 0);
+    }
+
+    #[tokio::test]
+    async fn closed_store_refuses_calls_and_ends_watches() {
+        let kv = Kv::new(Memory::new());
+        let mut watch = kv.watch("k").await.unwrap();
+        assert_eq!(watch.next().await.unwrap().unwrap(), None);
+        kv.close().await.unwrap();
+        assert!(matches!(watch.next().await, Some(Err(Error::Closed))));
+        assert!(watch.next().await.is_none());
+        assert!(matches!(kv.get("k").await, Err(Error::Closed)));
+    }
+}

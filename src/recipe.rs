@@ -1,0 +1,222 @@
+//! Generic recipes built from a backend's primitives.
+//!
+//! [`CasLock`] is a lock made of a create-only write, renewal by compare-and-swap, and a
+//! watch of the lock key. The in-process stores (memory, redb) use it as their lock; a
+//! backend with a native lock (etcd leases, ZooKeeper sequential nodes, Consul
+//! sessions) uses its own.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+use crate::backend::{
+    Backend, Cas, Expect, KvPair, LockGuard, LockLost, LockOptions, LostSignal, PutOptions,
+};
+use crate::error::{Error, Result};
+use crate::key::Key;
+
+type Reply = oneshot::Sender<Result<()>>;
+
+/// A lock held by writing its key create-only; see the module docs.
+///
+/// While held, a background task renews a TTL lock every third of its TTL (by CAS, so a
+/// holder that lost the key can never overwrite a new holder) and watches the key: if
+/// the key is deleted, expires or is overwritten, the lock is lost. Dropping the guard
+/// deletes the key by CAS in the background.
+pub struct CasLock<B: Backend> {
+    key: String,
+    lost: LostSignal,
+    release: Option<oneshot::Sender<Reply>>,
+    _backend: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<B: Backend> fmt::Debug for CasLock<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CasLock")
+            .field("key", &self.key)
+            .field("lost", &self.lost.is_fired())
+            .finish()
+    }
+}
+
+impl<B: Backend> CasLock<B> {
+    /// Takes the lock on `key`, waiting for the holder to release it when `wait`;
+    /// `Ok(None)` when not waiting and the lock is taken.
+    pub async fn acquire(
+        backend: &B,
+        key: &Key,
+        options: &LockOptions,
+        wait: bool,
+    ) -> Result<Option<Self>> {
+        let put_options = PutOptions { ttl: options.ttl };
+        loop {
+            match backend
+                .compare_and_put(key, options.value.clone(), Expect::Absent, &put_options)
+                .await?
+            {
+                Cas::Applied(pair) => {
+                    return Ok(Some(Self::hold(backend, key, options, pair).await?));
+                }
+                Cas::Conflict { .. } if !wait => return Ok(None),
+                Cas::Conflict { .. } => wait_until_absent(backend, key).await?,
+            }
+        }
+    }
+
+    async fn hold(backend: &B, key: &Key, options: &LockOptions, pair: KvPair) -> Result<Self> {
+        // The watch starts before the guard is handed out, so no change is missed.
+        let watch = backend.watch(key).await?;
+        let lost = LostSignal::new();
+        let (release, release_rx) = oneshot::channel();
+        let task = Holder {
+            backend: backend.clone(),
+            key: key.clone(),
+            value: options.value.clone(),
+            ttl: options.ttl,
+            pair,
+            lost: lost.clone(),
+        };
+        tokio::spawn(task.run(watch, release_rx));
+        Ok(CasLock {
+            key: key.as_str().to_owned(),
+            lost,
+            release: Some(release),
+            _backend: std::marker::PhantomData,
+        })
+    }
+}
+
+/// Waits until `key` does not exist.
+async fn wait_until_absent<B: Backend>(backend: &B, key: &Key) -> Result<()> {
+    let mut watch = backend.watch(key).await?;
+    while let Some(state) = watch.next().await {
+        if state?.is_none() {
+            return Ok(());
+        }
+    }
+    Err(Error::Closed)
+}
+
+impl<B: Backend> LockGuard for CasLock<B> {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn lost(&self) -> LockLost {
+        self.lost.wait()
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.is_fired()
+    }
+
+    async fn unlock(mut self) -> Result<()> {
+        let (reply, outcome) = oneshot::channel();
+        let release = self
+            .release
+            .take()
+            .expect("release is taken only here and in drop");
+        if release.send(reply).is_err() {
+            return Err(Error::LockLost {
+                key: self.key.clone(),
+            });
+        }
+        outcome.await.unwrap_or_else(|_| {
+            Err(Error::LockLost {
+                key: self.key.clone(),
+            })
+        })
+    }
+}
+
+impl<B: Backend> Drop for CasLock<B> {
+    fn drop(&mut self) {
+        // Dropping the sender tells the holder task to release.
+        self.release.take();
+    }
+}
+
+/// The background task of a held [`CasLock`].
+struct Holder<B> {
+    backend: B,
+    key: Key,
+    value: Bytes,
+    ttl: Option<Duration>,
+    pair: KvPair,
+    lost: LostSignal,
+}
+
+impl<B: Backend> Holder<B> {
+    async fn run(mut self, mut watch: B::Watch, mut release: oneshot::Receiver<Reply>) {
+        let renew_every = self.ttl.map(|ttl| (ttl / 3).max(Duration::from_millis(1)));
+        let mut renew = tokio::time::interval(renew_every.unwrap_or(Duration::from_secs(3600)));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                request = &mut release => {
+                    let outcome = self.release().await;
+                    if let Ok(reply) = request {
+                        let _ = reply.send(outcome);
+                    }
+                    return;
+                }
+                _ = renew.tick(), if renew_every.is_some() && !self.lost.is_fired() => {
+                    self.renew().await;
+                }
+                state = watch.next(), if !self.lost.is_fired() => {
+                    match state {
+                        Some(Ok(Some(pair))) if pair.last_index <= self.pair.last_index => {}
+                        // Deleted, expired, overwritten, or the watch failed: not ours any more.
+                        _ => self.lost.fire(),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn renew(&mut self) {
+        let options = PutOptions { ttl: self.ttl };
+        let outcome = self
+            .backend
+            .compare_and_put(
+                &self.key,
+                self.value.clone(),
+                Expect::Index(self.pair.last_index),
+                &options,
+            )
+            .await;
+        match outcome {
+            Ok(Cas::Applied(pair)) => self.pair = pair,
+            // A transient failure is retried at the next tick; the TTL covers three.
+            Err(err) if err.is_retryable() => {
+                tracing::warn!(key = %self.key, %err, "lock renewal failed, will retry");
+            }
+            Ok(Cas::Conflict { .. }) | Err(_) => self.lost.fire(),
+        }
+    }
+
+    async fn release(&self) -> Result<()> {
+        if self.lost.is_fired() {
+            return Err(Error::LockLost {
+                key: self.key.as_str().to_owned(),
+            });
+        }
+        match self
+            .backend
+            .compare_and_delete(&self.key, self.pair.last_index)
+            .await?
+        {
+            Cas::Applied(()) => Ok(()),
+            Cas::Conflict { .. } => {
+                self.lost.fire();
+                Err(Error::LockLost {
+                    key: self.key.as_str().to_owned(),
+                })
+            }
+        }
+    }
+}
