@@ -33,6 +33,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
+#[cfg(feature = "consul")]
+pub mod consul;
 pub mod error;
 pub mod key;
 mod kv;
@@ -41,8 +43,6 @@ mod notify;
 pub mod recipe;
 #[cfg(feature = "redb")]
 pub mod redb;
-#[cfg(feature = "consul")]
-pub mod consul;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -12,7 +12,7 @@
 //! ```
 
 pub mod conformance;
-pub mod model;
-pub mod server;
 #[cfg(feature = "consul")]
 pub mod consul_emulator;
+pub mod model;
+pub mod server;

@@ -51,10 +51,13 @@ impl std::error::Error for DropConnection {}
 pub(crate) fn tls_acceptor(tls: &EmulatorTls) -> std::io::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(tls.cert_chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(&e))?;
+    let bad = |e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+    };
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(tls.cert_chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(&e))?;
     let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| bad(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -66,9 +69,12 @@ pub(crate) fn tls_acceptor(tls: &EmulatorTls) -> std::io::Result<TlsAcceptor> {
             for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
                 roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| bad(&e))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| bad(&e))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -118,8 +124,12 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve<I>(io: I, shared: Arc<Shared>, shutdown: CancellationToken, mut dropper: tokio::sync::watch::Receiver<u64>)
-where
+async fn serve<I>(
+    io: I,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    mut dropper: tokio::sync::watch::Receiver<u64>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
@@ -216,8 +226,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         return Ok(text(StatusCode::BAD_REQUEST, "invalid path encoding"));
     };
     let query = parts.uri.query().map(parse_query).unwrap_or_default();
-    let mut token = query.iter().find(|(k, _)| k == "token").and_then(|(_, v)| v.clone());
-    if let Some(t) = parts.headers.get("x-consul-token").and_then(|v| v.to_str().ok()) {
+    let mut token = query
+        .iter()
+        .find(|(k, _)| k == "token")
+        .and_then(|(_, v)| v.clone());
+    if let Some(t) = parts
+        .headers
+        .get("x-consul-token")
+        .and_then(|v| v.to_str().ok())
+    {
         token = Some(t.to_owned());
     } else if let Some(t) = parts
         .headers
@@ -249,11 +266,17 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Resp {
         }
     }
     if req.has("consistent") && req.has("stale") {
-        return text(StatusCode::BAD_REQUEST, "Cannot specify ?stale with ?consistent, conflicting semantics.");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Cannot specify ?stale with ?consistent, conflicting semantics.",
+        );
     }
     if let Some(key) = req.path.strip_prefix("/v1/kv/").map(str::to_owned) {
         if key.split('/').any(|s| s == "..") {
-            return text(StatusCode::BAD_REQUEST, "Invalid key: path traversal is not allowed");
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Invalid key: path traversal is not allowed",
+            );
         }
         return match req.method {
             Method::GET => kv_get(shared, &req, &key).await,
@@ -294,8 +317,10 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Resp {
 fn text(status: StatusCode, body: &str) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -347,7 +372,12 @@ fn parse_wait(req: &Req) -> Result<Duration, Resp> {
         None | Some("") => Ok(DEFAULT_WAIT),
         Some(w) => parse_go_duration(w)
             .map(|d| d.min(MAX_WAIT))
-            .ok_or_else(|| text(StatusCode::BAD_REQUEST, &format!("Invalid wait time: {w:?}"))),
+            .ok_or_else(|| {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Invalid wait time: {w:?}"),
+                )
+            }),
     }
 }
 
@@ -405,7 +435,10 @@ async fn kv_get(shared: &Shared, req: &Req, key: &str) -> Resp {
     let recurse = req.has("recurse");
     let keys = req.has("keys");
     let raw = req.has("raw");
-    let separator = req.get("separator").map(str::to_owned).filter(|s| !s.is_empty());
+    let separator = req
+        .get("separator")
+        .map(str::to_owned)
+        .filter(|s| !s.is_empty());
     let result = blocking(shared, req, |state| {
         if keys {
             let mut names = BTreeSet::new();
@@ -462,8 +495,10 @@ async fn kv_get(shared: &Shared, req: &Req, key: &str) -> Resp {
         KvRead::Keys(names) => json_resp(StatusCode::OK, &json!(names), Some(index)),
         KvRead::Raw(value) => {
             let mut resp = Response::new(Full::new(Bytes::from(value)));
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             add_query_meta(&mut resp, index);
             resp
         }
@@ -497,7 +532,10 @@ fn kv_put(shared: &Shared, req: &Req, key: &str) -> Resp {
         .filter(|b| **b)
         .count();
     if conflicting > 1 {
-        return text(StatusCode::BAD_REQUEST, "Conflicting flags: cas, acquire, release");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Conflicting flags: cas, acquire, release",
+        );
     }
     let value = req.body.to_vec();
     let now = Instant::now();
@@ -570,11 +608,15 @@ struct TxnOp {
 
 fn parse_txn(body: &[u8]) -> Result<Vec<TxnOp>, Resp> {
     let bad = |msg: String| text(StatusCode::BAD_REQUEST, &msg);
-    let ops: Vec<Value> = serde_json::from_slice(body).map_err(|e| bad(format!("Failed to parse body: {e}")))?;
+    let ops: Vec<Value> =
+        serde_json::from_slice(body).map_err(|e| bad(format!("Failed to parse body: {e}")))?;
     if ops.len() > MAX_TXN_OPS {
         return Err(text(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("Transaction contains too many operations ({} > {MAX_TXN_OPS})", ops.len()),
+            &format!(
+                "Transaction contains too many operations ({} > {MAX_TXN_OPS})",
+                ops.len()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(ops.len());
@@ -583,8 +625,14 @@ fn parse_txn(body: &[u8]) -> Result<Vec<TxnOp>, Resp> {
             return Err(bad("only KV operations are emulated".into()));
         };
         let field = |name: &str| kv.get(name).filter(|v| !v.is_null());
-        let verb = field("Verb").and_then(Value::as_str).unwrap_or("").to_owned();
-        let key = field("Key").and_then(Value::as_str).unwrap_or("").to_owned();
+        let verb = field("Verb")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let key = field("Key")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let value = match field("Value") {
             None => Vec::new(),
             Some(Value::String(s)) => B64
@@ -595,18 +643,26 @@ fn parse_txn(body: &[u8]) -> Result<Vec<TxnOp>, Resp> {
         if value.len() > MAX_VALUE {
             return Err(text(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("Value for key {key:?} is too large ({} > {MAX_VALUE} bytes)", value.len()),
+                &format!(
+                    "Value for key {key:?} is too large ({} > {MAX_VALUE} bytes)",
+                    value.len()
+                ),
             ));
         }
         let num = |name: &str| -> Result<u64, Resp> {
             match field(name) {
                 None => Ok(0),
-                Some(v) => v.as_u64().ok_or_else(|| bad(format!("{name} must be an unsigned integer"))),
+                Some(v) => v
+                    .as_u64()
+                    .ok_or_else(|| bad(format!("{name} must be an unsigned integer"))),
             }
         };
         let flags = num("Flags")?;
         let index = num("Index")?;
-        let session = field("Session").and_then(Value::as_str).unwrap_or("").to_owned();
+        let session = field("Session")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         out.push(TxnOp {
             verb,
             key,
@@ -640,22 +696,32 @@ fn txn(shared: &Shared, req: &Req) -> Resp {
         *guard = state;
         drop(guard);
         shared.notify();
-        let mut resp = json_resp(StatusCode::OK, &json!({ "Results": results, "Errors": null }), None);
+        let mut resp = json_resp(
+            StatusCode::OK,
+            &json!({ "Results": results, "Errors": null }),
+            None,
+        );
         add_query_meta(&mut resp, idx);
         resp
     } else {
         // Rolled back; the request still took a Raft index.
         guard.index = idx;
         drop(guard);
-        json_resp(StatusCode::CONFLICT, &json!({ "Results": null, "Errors": errors }), None)
+        json_resp(
+            StatusCode::CONFLICT,
+            &json!({ "Results": null, "Errors": errors }),
+            None,
+        )
     }
 }
 
 /// Applies one KV operation; the entries it returns as results.
 fn apply_op(state: &mut State, idx: u64, op: &TxnOp, now: Instant) -> Result<Vec<Value>, String> {
     let key = op.key.as_str();
-    let one = |state: &State, with_value: bool| state.kv.get(key).map(|e| entry_json(key, e, with_value));
-    let result = |state: &State, with_value: bool| one(state, with_value).into_iter().collect::<Vec<_>>();
+    let one =
+        |state: &State, with_value: bool| state.kv.get(key).map(|e| entry_json(key, e, with_value));
+    let result =
+        |state: &State, with_value: bool| one(state, with_value).into_iter().collect::<Vec<_>>();
     let missing = || format!("key {key:?} doesn't exist");
     match op.verb.as_str() {
         "set" => {
@@ -751,12 +817,23 @@ fn session_create(shared: &Shared, req: &Req) -> Resp {
     } else {
         match serde_json::from_slice(&req.body) {
             Ok(v) => v,
-            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("Request decode failed: {e}")),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Request decode failed: {e}"),
+                );
+            }
         }
     };
     let field = |name: &str| body.get(name).filter(|v| !v.is_null());
-    let name = field("Name").and_then(Value::as_str).unwrap_or("").to_owned();
-    let ttl_text = field("TTL").and_then(Value::as_str).unwrap_or("").to_owned();
+    let name = field("Name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let ttl_text = field("TTL")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let ttl = if ttl_text.is_empty() {
         None
     } else {
@@ -783,15 +860,30 @@ fn session_create(shared: &Shared, req: &Req) -> Resp {
         None => DEFAULT_LOCK_DELAY,
         Some(Value::String(s)) => match parse_go_duration(s) {
             Some(d) => d,
-            None => return text(StatusCode::BAD_REQUEST, &format!("Request decode failed: invalid LockDelay {s:?}")),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Request decode failed: invalid LockDelay {s:?}"),
+                );
+            }
         },
         Some(Value::Number(n)) => match n.as_u64() {
             // A bare number under 1000 means seconds; otherwise nanoseconds.
             Some(v) if v < 1000 => Duration::from_secs(v),
             Some(v) => Duration::from_nanos(v),
-            None => return text(StatusCode::BAD_REQUEST, "Request decode failed: invalid LockDelay"),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "Request decode failed: invalid LockDelay",
+                );
+            }
         },
-        Some(_) => return text(StatusCode::BAD_REQUEST, "Request decode failed: invalid LockDelay"),
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Request decode failed: invalid LockDelay",
+            );
+        }
     }
     .min(MAX_LOCK_DELAY);
     let id = new_uuid(shared);
@@ -809,7 +901,12 @@ fn session_create(shared: &Shared, req: &Req) -> Resp {
     let id = {
         let mut state = shared.lock();
         let idx = state.next_index();
-        state.create_session(idx, session, Instant::now(), shared.config.session_ttl_multiplier)
+        state.create_session(
+            idx,
+            session,
+            Instant::now(),
+            shared.config.session_ttl_multiplier,
+        )
     };
     shared.notify();
     json_resp(StatusCode::OK, &json!({ "ID": id }), None)
@@ -823,7 +920,10 @@ fn session_renew(shared: &Shared, id: &str) -> Resp {
     };
     match renewed {
         Some(s) => json_resp(StatusCode::OK, &json!([session_json(&s)]), Some(index)),
-        None => text(StatusCode::NOT_FOUND, &format!("Session id '{id}' not found")),
+        None => text(
+            StatusCode::NOT_FOUND,
+            &format!("Session id '{id}' not found"),
+        ),
     }
 }
 
@@ -840,7 +940,12 @@ fn session_destroy(shared: &Shared, id: &str) -> Resp {
 async fn session_info(shared: &Shared, req: &Req, id: &str) -> Resp {
     let id = id.to_owned();
     match blocking(shared, req, |state| {
-        let found: Vec<Value> = state.sessions.get(&id).map(session_json).into_iter().collect();
+        let found: Vec<Value> = state
+            .sessions
+            .get(&id)
+            .map(session_json)
+            .into_iter()
+            .collect();
         (state.session_index, found)
     })
     .await
@@ -945,13 +1050,17 @@ pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_end == 0 {
             return None;
         }
         let number: f64 = rest[..num_end].parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_end];
         rest = &rest[unit_end..];
         let scale = match unit {
@@ -978,4 +1087,3 @@ fn format_go_duration(d: Duration) -> String {
     }
     format!("{}s", d.as_secs_f64())
 }
-

@@ -121,8 +121,10 @@ impl Faults {
 
     /// Delays every response by `delay` (zero: no delay).
     pub fn set_delay(&self, delay: Duration) {
-        self.delay_ms
-            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+        self.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     pub(crate) fn take_drop(&self) -> bool {
@@ -174,7 +176,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Wakes blocking queries after a change.
@@ -193,7 +197,10 @@ pub struct ConsulEmulator {
 
 impl std::fmt::Debug for ConsulEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsulEmulator").field("addr", &self.addr).field("tls", &self.tls).finish()
+        f.debug_struct("ConsulEmulator")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -225,7 +232,12 @@ impl ConsulEmulator {
         });
         let shutdown = CancellationToken::new();
         let tls = acceptor.is_some();
-        tokio::spawn(http::accept_loop(listener, acceptor, shared.clone(), shutdown.clone()));
+        tokio::spawn(http::accept_loop(
+            listener,
+            acceptor,
+            shared.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(http::reaper(shared.clone(), shutdown.clone()));
         Ok(ConsulEmulator {
             addr,

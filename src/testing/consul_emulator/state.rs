@@ -93,7 +93,10 @@ impl State {
     /// Entries whose key starts with `prefix` (a plain string prefix).
     pub fn list(&self, prefix: &str) -> Vec<(&String, &Entry)> {
         self.kv
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .collect()
     }
@@ -104,7 +107,10 @@ impl State {
         let entries = self.list(prefix).iter().map(|(_, e)| e.modify_index).max();
         let tombs = self
             .tombstones
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, i)| *i)
             .max();
@@ -221,7 +227,14 @@ impl State {
 
     /// `?release=`: false unless `session` holds the key; clears Session, keeps
     /// LockIndex, writes the body.
-    pub fn release(&mut self, idx: u64, key: &str, value: Vec<u8>, flags: u64, session: &str) -> bool {
+    pub fn release(
+        &mut self,
+        idx: u64,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        session: &str,
+    ) -> bool {
         let Some(entry) = self.kv.get_mut(key) else {
             return false;
         };
@@ -249,7 +262,11 @@ impl State {
 
     /// Deletes every key with `prefix`; the number deleted.
     pub fn delete_tree(&mut self, idx: u64, prefix: &str) -> usize {
-        let keys: Vec<String> = self.list(prefix).into_iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = self
+            .list(prefix)
+            .into_iter()
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in &keys {
             self.delete(idx, key);
         }
@@ -257,7 +274,13 @@ impl State {
     }
 
     /// Creates a session.
-    pub fn create_session(&mut self, idx: u64, mut session: Session, now: Instant, multiplier: u32) -> String {
+    pub fn create_session(
+        &mut self,
+        idx: u64,
+        mut session: Session,
+        now: Instant,
+        multiplier: u32,
+    ) -> String {
         session.create_index = idx;
         session.modify_index = idx;
         session.expires_at = session.ttl.map(|ttl| now + ttl * multiplier);
