@@ -197,6 +197,31 @@ impl Memory {
     }
 }
 
+impl Memory {
+    /// Removes every entry below `dir` (and `dir` itself when `with_dir`), expired
+    /// ones included, in one critical section.
+    fn remove_below(&self, dir: &Dir, with_dir: bool) -> Result<()> {
+        let removed: Vec<String> = {
+            let mut state = self.state()?;
+            let now = Instant::now();
+            let prefix = dir.child_prefix();
+            let mut doomed: Vec<String> = state
+                .entries
+                .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if let Some(key) = dir.as_key().filter(|_| with_dir) {
+                doomed.push(key.into_string());
+            }
+            doomed.retain(|key| state.remove(key, now));
+            doomed
+        };
+        self.inner.watchers.notify(removed.iter().map(String::as_str));
+        Ok(())
+    }
+}
+
 /// Deletes expired entries when their deadline passes, so watchers see them go.
 async fn reap(inner: Weak<Inner>, wake: Arc<Notify>) {
     loop {
@@ -360,27 +385,12 @@ impl Backend for Memory {
     }
 
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
-        let removed: Vec<String> = {
-            let mut state = self.state()?;
-            let now = Instant::now();
-            let keys: Vec<String> = below(&state, dir, now).into_iter().map(|p| p.key).collect();
-            // Expired entries below `dir` go too.
-            let prefix = dir.child_prefix();
-            let stale: Vec<String> = state
-                .entries
-                .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
-                .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in &stale {
-                state.remove(key, now);
-            }
-            keys
-        };
-        self.inner
-            .watchers
-            .notify(removed.iter().map(String::as_str));
-        Ok(())
+        self.remove_below(dir, false)
+    }
+
+    /// Native: `dir` and everything below it under one lock.
+    async fn delete_tree(&self, dir: &Dir) -> Result<()> {
+        self.remove_below(dir, true)
     }
 
     async fn watch(&self, key: &Key) -> Result<MemoryWatch> {

@@ -70,6 +70,7 @@ struct Inner {
     path: PathBuf,
     db: Arc<Database>,
     writes: Mutex<Option<mpsc::Sender<Write>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     watchers: Arc<Watchers>,
     closed: AtomicBool,
 }
@@ -90,6 +91,8 @@ enum Write {
     },
     DeleteRange {
         dir: Dir,
+        /// Delete `dir` itself too (`delete_tree`).
+        with_dir: bool,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -159,10 +162,10 @@ impl Redb {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = std::path::absolute(path.as_ref()).map_err(|e| Error::backend(NAME, e))?;
         let mut open = registry().lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(inner) = open.get(&path).and_then(Weak::upgrade) {
-            if !inner.closed.load(Ordering::Acquire) {
-                return Ok(Redb { inner });
-            }
+        if let Some(inner) = open.get(&path).and_then(Weak::upgrade)
+            && !inner.closed.load(Ordering::Acquire)
+        {
+            return Ok(Redb { inner });
         }
         let db = Arc::new(Database::create(&path).map_err(storage)?);
         let revision = init_tables(&db)?;
@@ -173,7 +176,7 @@ impl Redb {
             watchers: watchers.clone(),
             revision,
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("kvkit-redb-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| Error::backend(NAME, e))?;
@@ -181,6 +184,7 @@ impl Redb {
             path: path.clone(),
             db,
             writes: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
             watchers,
             closed: AtomicBool::new(false),
         });
@@ -238,6 +242,24 @@ impl Inner {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(DATA).map_err(storage)?;
         f(&table)
+    }
+}
+
+impl Inner {
+    /// Stops the writer after it has committed what is queued, and waits for it, so
+    /// the file can be opened again as soon as the last handle is gone.
+    fn stop_writer(&self) {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_writer();
     }
 }
 
@@ -476,12 +498,12 @@ impl Writer {
             Write::Delete { key, expect, .. } => {
                 let existing = current(&data, key.as_str())?;
                 let live_index = existing.filter(|(_, exp)| live(*exp, now)).map(|(i, _)| i);
-                if let Some(index) = expect {
-                    if live_index != Some(*index) {
-                        return Ok(Outcome::Deleted(Cas::Conflict {
-                            current: live_index,
-                        }));
-                    }
+                if let Some(index) = expect
+                    && live_index != Some(*index)
+                {
+                    return Ok(Outcome::Deleted(Cas::Conflict {
+                        current: live_index,
+                    }));
                 }
                 if let Some((_, exp)) = existing {
                     if exp != 0 {
@@ -493,9 +515,14 @@ impl Writer {
                 }
                 Ok(Outcome::Deleted(Cas::Applied(live_index.is_some())))
             }
-            Write::DeleteRange { dir, .. } => {
+            Write::DeleteRange { dir, with_dir, .. } => {
                 let prefix = dir.child_prefix();
                 let mut doomed = Vec::new();
+                if let Some(key) = dir.as_key().filter(|_| *with_dir)
+                    && let Some((_, exp)) = current(&data, key.as_str())?
+                {
+                    doomed.push((key.into_string(), exp));
+                }
                 for entry in data
                     .range::<&str>((Bound::Included(prefix.as_str()), Bound::Unbounded))
                     .map_err(storage)?
@@ -650,7 +677,23 @@ impl Backend for Redb {
 
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
         let dir = dir.clone();
-        self.submit(|reply| Write::DeleteRange { dir, reply }).await
+        self.submit(|reply| Write::DeleteRange {
+            dir,
+            with_dir: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Native: `dir` and everything below it in one transaction.
+    async fn delete_tree(&self, dir: &Dir) -> Result<()> {
+        let dir = dir.clone();
+        self.submit(|reply| Write::DeleteRange {
+            dir,
+            with_dir: true,
+            reply,
+        })
+        .await
     }
 
     async fn watch(&self, key: &Key) -> Result<RedbWatch> {

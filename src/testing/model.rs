@@ -1,7 +1,7 @@
 //! The model harness: random operation sequences run against a backend and against
 //! [`Memory`] side by side, requiring the same observable results.
 //!
-//! Keys come from a small nested space (segments `a`, `b`, `c`, up to three deep, with
+//! Keys come from a small nested space (segments `a`, `ab`, `b`, up to three deep, with
 //! random extra slashes), so operations collide on the same keys, on parents and
 //! children, and on siblings. Compared per step: values, error kinds, list results,
 //! and the relative order of `last_index` between two observations of the same key.
@@ -91,8 +91,9 @@ pub enum Op {
     CompareDelete(String, Version),
 }
 
+/// `a` and `ab` share a string prefix, so a raw-prefix list of `a` would leak `ab/...`.
 fn segment() -> impl Strategy<Value = &'static str> {
-    prop_oneof![Just("a"), Just("b"), Just("c")]
+    prop_oneof![Just("a"), Just("ab"), Just("b")]
 }
 
 fn slashes() -> impl Strategy<Value = &'static str> {
