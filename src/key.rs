@@ -114,7 +114,9 @@ fn invalid(raw: &str, reason: &'static str) -> Error {
 
 /// True for characters no backend accepts in a key.
 fn forbidden_char(c: char) -> bool {
-    c.is_control() || ('\u{E000}'..='\u{F8FF}').contains(&c) || ('\u{FFF0}'..='\u{FFFF}').contains(&c)
+    c.is_control()
+        || ('\u{E000}'..='\u{F8FF}').contains(&c)
+        || ('\u{FFF0}'..='\u{FFFF}').contains(&c)
 }
 
 fn normalise(raw: &str) -> Result<String> {

@@ -418,7 +418,11 @@ async fn an_index_going_backwards_is_handled() {
     // until its wait runs out before it sees the lower index (Consul does the same),
     // so the watch notices the restore within one wait: 1 s here.
     let emu = ConsulEmulator::start(emulator_config()).await.unwrap();
-    let kv = Kv::new(Consul::connect(client_config(&emu).wait(Duration::from_secs(1))).await.unwrap());
+    let kv = Kv::new(
+        Consul::connect(client_config(&emu).wait(Duration::from_secs(1)))
+            .await
+            .unwrap(),
+    );
     kv.put("r/k", "old", PutOptions::default()).await.unwrap();
     let snapshot = emu.snapshot();
     for i in 0..5 {

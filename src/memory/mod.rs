@@ -217,7 +217,9 @@ impl Memory {
             doomed.retain(|key| state.remove(key, now));
             doomed
         };
-        self.inner.watchers.notify(removed.iter().map(String::as_str));
+        self.inner
+            .watchers
+            .notify(removed.iter().map(String::as_str));
         Ok(())
     }
 }
