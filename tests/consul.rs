@@ -724,3 +724,35 @@ async fn ttl_keys_expire_within_the_bound_and_sessions_do_not_leak() {
         emu.session_ids()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_watches_and_refuses_calls_but_guards_still_release() {
+    let (emu, kv) = setup().await;
+    let guard = kv
+        .lock("c/lock", LockOptions::default().value("held"))
+        .await
+        .unwrap();
+    let mut watch = kv.watch("c/k").await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap(), None);
+    kv.close().await.unwrap();
+    let end = timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch ends");
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(kv.get("c/k").await.unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        kv.put("c/k", "v", PutOptions::default())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Closed
+    );
+    assert_eq!(kv.watch("c/k").await.unwrap_err().kind(), ErrorKind::Closed);
+    guard.unlock().await.unwrap();
+    let other = Kv::new(Consul::connect(client_config(&emu)).await.unwrap());
+    assert!(
+        !other.exists("c/lock").await.unwrap(),
+        "the lock key was released"
+    );
+    assert!(emu.session_ids().is_empty(), "{:?}", emu.session_ids());
+}

@@ -290,7 +290,7 @@ impl LockGuard for ConsulLock {
                 json!({"Verb": "check-session", "Key": self.remote, "Session": self.session.id}),
                 json!({"Verb": "delete", "Key": self.remote}),
             ];
-            match inner.txn(ops).await {
+            match inner.txn_even_if_closed(ops).await {
                 Ok(Txn::Applied(_)) => Ok(()),
                 Ok(Txn::RolledBack(_)) => {
                     self.session.lost.fire();
@@ -326,7 +326,7 @@ impl Drop for ConsulLock {
                     json!({"Verb": "check-session", "Key": remote, "Session": id}),
                     json!({"Verb": "delete", "Key": remote}),
                 ];
-                let _ = inner.txn(ops).await;
+                let _ = inner.txn_even_if_closed(ops).await;
                 let _ = inner.destroy_session(&id).await;
             });
         }

@@ -249,9 +249,23 @@ impl Inner {
 
     /// Runs a transaction of KV operations.
     async fn txn(&self, ops: Vec<Value>) -> Result<Txn> {
+        if self.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        self.txn_even_if_closed(ops).await
+    }
+
+    /// Runs a transaction also after `close`: lock guards still release their key.
+    async fn txn_even_if_closed(&self, ops: Vec<Value>) -> Result<Txn> {
         let body = Value::Array(ops.into_iter().map(|kv| json!({ "KV": kv })).collect());
         let resp = self
-            .request(Method::PUT, "/v1/txn", Bytes::from(body.to_string()))
+            .client
+            .request(
+                Method::PUT,
+                "/v1/txn",
+                Bytes::from(body.to_string()),
+                Duration::ZERO,
+            )
             .await?
             .expect(&[StatusCode::OK, StatusCode::CONFLICT])?;
         let parsed: TxnResponse = resp.json()?;
