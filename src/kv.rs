@@ -184,6 +184,33 @@ impl<B: Backend> Kv<B> {
         self.backend.try_lock(&key, &options).await
     }
 
+    /// The value at `key` decoded from JSON; `Error::Decode` when it is not a `T`.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: impl AsRef<str>,
+    ) -> Result<T> {
+        let pair = self.get(key).await?;
+        serde_json::from_slice(&pair.value).map_err(|e| Error::Decode {
+            key: pair.key,
+            source: Box::new(e),
+        })
+    }
+
+    /// Writes `value` at `key` as JSON.
+    pub async fn put_json<T: serde::Serialize + ?Sized>(
+        &self,
+        key: impl AsRef<str>,
+        value: &T,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let key = key.as_ref();
+        let encoded = serde_json::to_vec(value).map_err(|e| Error::Decode {
+            key: key.to_owned(),
+            source: Box::new(e),
+        })?;
+        self.put(key, encoded, options).await
+    }
+
     /// Stops the backend's background work and releases its connections.
     pub async fn close(&self) -> Result<()> {
         self.backend.close().await

@@ -35,6 +35,8 @@
 pub mod backend;
 #[cfg(feature = "consul")]
 pub mod consul;
+pub mod discovery;
+pub mod election;
 pub mod error;
 pub mod key;
 mod kv;

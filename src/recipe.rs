@@ -58,7 +58,18 @@ impl<B: Backend> CasLock<B> {
                 .await?
             {
                 Cas::Applied(pair) => {
-                    return Ok(Some(Self::hold(backend, key, options, pair).await?));
+                    // Cancel-safe: if this future is dropped before the guard exists,
+                    // the taken lock is released instead of being left behind.
+                    let mut taken = Taken {
+                        backend: Some(backend.clone()),
+                        key: key.clone(),
+                        index: pair.last_index,
+                    };
+                    let guard = Self::hold(backend, key, options, pair).await;
+                    if guard.is_ok() {
+                        taken.backend = None;
+                    }
+                    return guard.map(Some);
                 }
                 Cas::Conflict { .. } if !wait => return Ok(None),
                 Cas::Conflict { .. } => wait_until_absent(backend, key).await?,
@@ -86,6 +97,28 @@ impl<B: Backend> CasLock<B> {
             release: Some(release),
             _backend: std::marker::PhantomData,
         })
+    }
+}
+
+/// A lock taken by `acquire` whose guard does not exist yet; released on drop unless
+/// disarmed (`backend = None`).
+struct Taken<B: Backend> {
+    backend: Option<B>,
+    key: Key,
+    index: u64,
+}
+
+impl<B: Backend> Drop for Taken<B> {
+    fn drop(&mut self) {
+        if let (Some(backend), Ok(runtime)) =
+            (self.backend.take(), tokio::runtime::Handle::try_current())
+        {
+            let key = self.key.clone();
+            let index = self.index;
+            runtime.spawn(async move {
+                let _ = backend.compare_and_delete(&key, index).await;
+            });
+        }
     }
 }
 

@@ -756,3 +756,9 @@ async fn close_ends_watches_and_refuses_calls_but_guards_still_release() {
     );
     assert!(emu.session_ids().is_empty(), "{:?}", emu.session_ids());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipes_work_against_the_emulator() {
+    let (_emu, kv) = setup().await;
+    kvkit::testing::recipes::run_all(&kv).await;
+}

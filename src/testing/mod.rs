@@ -15,4 +15,5 @@ pub mod conformance;
 #[cfg(feature = "consul")]
 pub mod consul_emulator;
 pub mod model;
+pub mod recipes;
 pub mod server;
