@@ -218,4 +218,23 @@ mod tests {
         assert_eq!(parse_duration("ten"), None);
         assert_eq!(parse_duration(""), None);
     }
+
+    #[test]
+    fn config_deserializes_with_defaults() {
+        let config: ConsulConfig = serde_json::from_str(
+            r#"{"addresses": ["https://consul:8501"], "token": "t", "prefix": "app",
+                "request_timeout": "2s", "lock_delay": 0.5, "tls": {"ca_file": "/ca.pem"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.addresses, ["https://consul:8501"]);
+        assert_eq!(config.token.as_deref(), Some("t"));
+        assert_eq!(config.request_timeout, Duration::from_secs(2));
+        assert_eq!(config.lock_delay, Duration::from_millis(500));
+        assert_eq!(config.min_session_ttl, Duration::from_secs(10));
+        assert_eq!(config.tls.ca_file, Some(PathBuf::from("/ca.pem")));
+        let empty: ConsulConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty.addresses, ["127.0.0.1:8500"]);
+        assert!(serde_json::from_str::<ConsulConfig>(r#"{"wait": "soon"}"#).is_err());
+        assert!(serde_json::from_str::<ConsulConfig>(r#"{"unknown": 1}"#).is_err());
+    }
 }
