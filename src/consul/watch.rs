@@ -102,9 +102,14 @@ where
         loop {
             let started = Instant::now();
             let outcome = tokio::select! {
+                biased;
                 _ = closed.cancelled() => return,
                 outcome = fetch(inner.clone(), index) => outcome,
             };
+            if closed.is_cancelled() {
+                // `close` ends every watch: the stream ends, without an error item.
+                return;
+            }
             match outcome {
                 Ok((state, at)) => {
                     failures = 0;
