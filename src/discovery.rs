@@ -111,7 +111,11 @@ impl<B: Backend> Registry<B> {
     pub async fn watch(&self, service: &str) -> Result<InstanceWatch<B>> {
         let prefix = self.instance_prefix(service)?;
         let inner = self.kv.watch_tree(self.service_dir(service)).await?;
-        Ok(InstanceWatch { inner, prefix })
+        Ok(InstanceWatch {
+            inner,
+            prefix,
+            last: None,
+        })
     }
 }
 
@@ -192,10 +196,13 @@ impl<B: Backend> Heartbeat<B> {
     }
 }
 
-/// The stream of [`Registry::watch`]: the instances after every change.
+/// The stream of [`Registry::watch`]: the set of instances first, then after every
+/// change of the set (heartbeats that change nothing are not reported).
 pub struct InstanceWatch<B: Backend> {
     inner: B::WatchTree,
     prefix: String,
+    /// The set yielded last: heartbeats rewrite entries without changing the set.
+    last: Option<Vec<Instance>>,
 }
 
 impl<B: Backend> std::fmt::Debug for InstanceWatch<B> {
@@ -209,9 +216,18 @@ impl<B: Backend> Stream for InstanceWatch<B> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let prefix = &this.prefix;
-        Pin::new(&mut this.inner)
-            .poll_next(cx)
-            .map(|item| item.map(|tree| tree.map(|pairs| direct_instances(prefix, &pairs))))
+        loop {
+            match std::task::ready!(Pin::new(&mut this.inner).poll_next(cx)) {
+                Some(Ok(pairs)) => {
+                    let instances = direct_instances(&this.prefix, &pairs);
+                    if this.last.as_ref() != Some(&instances) {
+                        this.last = Some(instances.clone());
+                        return Poll::Ready(Some(Ok(instances)));
+                    }
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                None => return Poll::Ready(None),
+            }
+        }
     }
 }

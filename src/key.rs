@@ -119,7 +119,37 @@ fn forbidden_char(c: char) -> bool {
         || ('\u{FFF0}'..='\u{FFFF}').contains(&c)
 }
 
+/// True when `raw` is already a normal key made of printable ASCII: no leading,
+/// trailing or repeated `/`, no `.`/`..` segment, within the length limit. One pass
+/// over the bytes, no allocation: the common case of [`normalise`].
+fn already_normal(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_KEY_LEN {
+        return false;
+    }
+    let mut segment_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !(0x20..0x7f).contains(&b) {
+            return false;
+        }
+        if b == b'/' {
+            if !normal_segment(&bytes[segment_start..i]) {
+                return false;
+            }
+            segment_start = i + 1;
+        }
+    }
+    normal_segment(&bytes[segment_start..])
+}
+
+fn normal_segment(segment: &[u8]) -> bool {
+    !segment.is_empty() && segment != b"." && segment != b".."
+}
+
 fn normalise(raw: &str) -> Result<String> {
+    if already_normal(raw) {
+        return Ok(raw.to_owned());
+    }
     if raw.chars().any(forbidden_char) {
         return Err(invalid(raw, "control or reserved character"));
     }
@@ -216,6 +246,25 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_agrees_with_the_general_rules() {
+        let samples = [
+            "a", "a/b", "a/b/c", "/a", "a/", "a//b", ".", "..", "a/./b", "a/../b", ".a", "a..",
+            "x y/z", "a\u{7f}b", "ü/ö", "a\tb", "a/b/", "//",
+        ];
+        for raw in samples {
+            if already_normal(raw) {
+                let slow: Vec<&str> = raw.split('/').filter(|s| !s.is_empty()).collect();
+                assert_eq!(slow.join("/"), raw, "{raw:?} is normal");
+                assert!(Key::new(raw).is_ok(), "{raw:?}");
+            }
+        }
+        assert!(already_normal("a/b.c/..d"));
+        for raw in ["/a", "a/", "a//b", "a/./b", "a/..", "a\u{7f}", "ü"] {
+            assert!(!already_normal(raw), "{raw:?} takes the general path");
+        }
+    }
+
+    #[test]
     fn length_limit_applies_after_normalisation() {
         let at_limit = "x".repeat(MAX_KEY_LEN);
         assert!(Key::new(&format!("/{at_limit}/")).is_ok());
@@ -235,5 +284,26 @@ mod tests {
         let root = Dir::root();
         assert!(root.contains("a"));
         assert_eq!(root.child_prefix(), "");
+    }
+
+    /// The rules written plainly, to check the single-pass implementation against.
+    fn reference(raw: &str) -> Option<String> {
+        if raw.chars().any(forbidden_char) {
+            return None;
+        }
+        let segments: Vec<&str> = raw.split('/').filter(|s| !s.is_empty()).collect();
+        if segments.iter().any(|s| *s == "." || *s == "..") {
+            return None;
+        }
+        let key = segments.join("/");
+        (!key.is_empty() && key.len() <= MAX_KEY_LEN).then_some(key)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalisation_matches_the_reference(raw in "[ab./\\x7f\\u{e000}ü ]{0,12}") {
+            let ours = Key::new(&raw).ok().map(Key::into_string);
+            proptest::prop_assert_eq!(ours, reference(&raw));
+        }
     }
 }

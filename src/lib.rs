@@ -33,6 +33,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
+#[cfg(feature = "consul")]
+pub mod consul;
 pub mod discovery;
 pub mod election;
 pub mod error;

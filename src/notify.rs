@@ -253,3 +253,40 @@ impl<S> std::fmt::Debug for LocalWatchTree<S> {
             .finish()
     }
 }
+
+/// Declares a backend's public watch stream types as thin wrappers over
+/// [`LocalWatch`] and [`LocalWatchTree`] of its private store type.
+macro_rules! local_watch_streams {
+    ($store:ty, $backend:literal, $watch:ident, $watch_tree:ident) => {
+        #[doc = concat!("The watch stream of [`", $backend, "`].")]
+        #[derive(Debug)]
+        pub struct $watch($crate::notify::LocalWatch<$store>);
+
+        #[doc = concat!("The tree watch stream of [`", $backend, "`].")]
+        #[derive(Debug)]
+        pub struct $watch_tree($crate::notify::LocalWatchTree<$store>);
+
+        impl futures::Stream for $watch {
+            type Item = $crate::Result<Option<$crate::KvPair>>;
+
+            fn poll_next(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Self::Item>> {
+                std::pin::Pin::new(&mut self.0).poll_next(cx)
+            }
+        }
+
+        impl futures::Stream for $watch_tree {
+            type Item = $crate::Result<Vec<$crate::KvPair>>;
+
+            fn poll_next(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Self::Item>> {
+                std::pin::Pin::new(&mut self.0).poll_next(cx)
+            }
+        }
+    };
+}
+pub(crate) use local_watch_streams;

@@ -7,14 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -290,29 +287,7 @@ fn below(state: &State, dir: &Dir, now: Instant) -> Vec<KvPair> {
         .collect()
 }
 
-/// The watch stream of [`Memory`].
-#[derive(Debug)]
-pub struct MemoryWatch(LocalWatch<Inner>);
-
-/// The tree watch stream of [`Memory`].
-#[derive(Debug)]
-pub struct MemoryWatchTree(LocalWatchTree<Inner>);
-
-impl Stream for MemoryWatch {
-    type Item = Result<Option<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
-
-impl Stream for MemoryWatchTree {
-    type Item = Result<Vec<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
+crate::notify::local_watch_streams!(Inner, "Memory", MemoryWatch, MemoryWatchTree);
 
 impl Backend for Memory {
     type Watch = MemoryWatch;

@@ -17,16 +17,13 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use bytes::Bytes;
-use futures::Stream;
 use tokio::sync::oneshot;
 
 use crate::backend::{Backend, Capabilities, Cas, Expect, KvPair, LockOptions, PutOptions};
@@ -550,29 +547,7 @@ impl Writer {
     }
 }
 
-/// The watch stream of [`Redb`].
-#[derive(Debug)]
-pub struct RedbWatch(LocalWatch<Inner>);
-
-/// The tree watch stream of [`Redb`].
-#[derive(Debug)]
-pub struct RedbWatchTree(LocalWatchTree<Inner>);
-
-impl Stream for RedbWatch {
-    type Item = Result<Option<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
-
-impl Stream for RedbWatchTree {
-    type Item = Result<Vec<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
+crate::notify::local_watch_streams!(Inner, "Redb", RedbWatch, RedbWatchTree);
 
 impl Backend for Redb {
     type Watch = RedbWatch;

@@ -12,6 +12,8 @@
 //! ```
 
 pub mod conformance;
+#[cfg(feature = "consul")]
+pub mod consul_emulator;
 #[cfg(feature = "etcd")]
 pub mod etcd_server;
 pub mod model;

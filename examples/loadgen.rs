@@ -1,0 +1,194 @@
+//! A load generator for any kvkit backend. It starts nothing itself: point it at
+//! running servers (or a redb file).
+//!
+//! ```text
+//! cargo run --release --example loadgen --all-features -- \
+//!     --backend memory|redb|etcd|zookeeper|consul --endpoints ADDR[,ADDR] \
+//!     --ops put,get,cas,list --n 2000 --concurrency 1,16 --value-size 100 --list-size 100
+//! ```
+//!
+//! Prints one JSON line per operation and concurrency:
+//! `{"backend","op","concurrency","n","secs","ops_per_s","p50_us","p99_us"}`.
+//! For redb, `--endpoints` is the database file (default: a temporary one).
+
+use std::time::{Duration, Instant};
+
+use kvkit::{Backend, Kv, PutOptions};
+
+#[derive(Debug, Clone)]
+struct Args {
+    backend: String,
+    endpoints: Vec<String>,
+    ops: Vec<String>,
+    n: usize,
+    concurrency: Vec<usize>,
+    value_size: usize,
+    list_size: usize,
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!(
+        "loadgen: {problem}\nusage: loadgen --backend memory|redb|etcd|zookeeper|consul [--endpoints A,B] \
+         [--ops put,get,cas,list] [--n 2000] [--concurrency 1,16] [--value-size 100] [--list-size 100]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        backend: "memory".into(),
+        endpoints: Vec::new(),
+        ops: vec!["put".into(), "get".into(), "cas".into(), "list".into()],
+        n: 2000,
+        concurrency: vec![1, 16],
+        value_size: 100,
+        list_size: 100,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
+        let list = |v: String| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let number = |v: String| {
+            v.parse::<usize>()
+                .unwrap_or_else(|_| usage(&format!("not a number: {v}")))
+        };
+        match flag.as_str() {
+            "--backend" => args.backend = value(),
+            "--endpoints" => args.endpoints = list(value()),
+            "--ops" => args.ops = list(value()),
+            "--n" => args.n = number(value()),
+            "--concurrency" => args.concurrency = list(value()).into_iter().map(number).collect(),
+            "--value-size" => args.value_size = number(value()),
+            "--list-size" => args.list_size = number(value()),
+            "-h" | "--help" => usage("help"),
+            other => usage(&format!("unknown flag {other}")),
+        }
+    }
+    if args.n == 0 || args.concurrency.contains(&0) {
+        usage("--n and --concurrency must be positive");
+    }
+    args
+}
+
+/// Runs `n` calls of `op` spread over `concurrency` tasks; returns per-call latencies.
+async fn drive<B: Backend>(
+    kv: &Kv<B>,
+    op: &str,
+    n: usize,
+    concurrency: usize,
+    args: &Args,
+) -> kvkit::Result<(Duration, Vec<Duration>)> {
+    let value = vec![b'v'; args.value_size];
+    let per_task = n.div_ceil(concurrency);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for task in 0..concurrency {
+        let kv = kv.clone();
+        let op = op.to_owned();
+        let value = value.clone();
+        let count = per_task.min(n.saturating_sub(task * per_task));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            let key = format!("loadgen/keys/{task}");
+            let mut current = kv.put(&key, value.clone(), PutOptions::default()).await?;
+            for _ in 0..count {
+                let t = Instant::now();
+                match op.as_str() {
+                    "put" => {
+                        kv.put(&key, value.clone(), PutOptions::default()).await?;
+                    }
+                    "get" => {
+                        kv.get(&key).await?;
+                    }
+                    "cas" => {
+                        current = kv
+                            .atomic_put(&key, value.clone(), Some(&current), PutOptions::default())
+                            .await?;
+                    }
+                    "list" => {
+                        kv.list("loadgen/list").await?;
+                    }
+                    other => usage(&format!("unknown op {other}")),
+                }
+                latencies.push(t.elapsed());
+            }
+            kvkit::Result::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for task in tasks {
+        all.extend(
+            task.await
+                .map_err(|e| kvkit::Error::backend("loadgen", e))??,
+        );
+    }
+    Ok((start.elapsed(), all))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> u128 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank].as_micros()
+}
+
+async fn run<B: Backend>(kv: Kv<B>, args: &Args) -> kvkit::Result<()> {
+    if args.ops.iter().any(|op| op == "list") {
+        kv.delete_tree("loadgen/list").await?;
+        for i in 0..args.list_size {
+            kv.put(
+                format!("loadgen/list/{i:06}"),
+                vec![b'l'; args.value_size],
+                PutOptions::default(),
+            )
+            .await?;
+        }
+    }
+    for op in &args.ops {
+        for &concurrency in &args.concurrency {
+            let (elapsed, mut latencies) = drive(&kv, op, args.n, concurrency, args).await?;
+            latencies.sort_unstable();
+            let secs = elapsed.as_secs_f64();
+            println!(
+                "{{\"backend\":\"{}\",\"op\":\"{op}\",\"concurrency\":{concurrency},\"n\":{},\"secs\":{secs:.4},\"ops_per_s\":{:.1},\"p50_us\":{},\"p99_us\":{}}}",
+                args.backend,
+                latencies.len(),
+                latencies.len() as f64 / secs,
+                percentile(&latencies, 0.50),
+                percentile(&latencies, 0.99),
+            );
+        }
+    }
+    kv.delete_tree("loadgen").await?;
+    kv.close().await
+}
+
+#[tokio::main]
+async fn main() -> kvkit::Result<()> {
+    let args = parse_args();
+    match args.backend.as_str() {
+        "memory" => run(Kv::new(kvkit::memory::Memory::new()), &args).await,
+        #[cfg(feature = "redb")]
+        "redb" => {
+            let temp = tempfile::tempdir().map_err(|e| kvkit::Error::backend("loadgen", e))?;
+            let path = args
+                .endpoints
+                .first()
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| temp.path().join("loadgen.redb"));
+            run(Kv::new(kvkit::redb::Redb::open(path)?), &args).await
+        }
+        other => usage(&format!(
+            "backend {other} is unknown or not compiled in (enable its cargo feature)"
+        )),
+    }
+}
