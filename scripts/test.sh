@@ -12,6 +12,7 @@ log() { printf '==> %s\n' "$*"; }
 # Debian packages the suite needs, by the command that proves each is there.
 declare -A NEED=(
   [protoc]=protobuf-compiler            # etcd-client's build script
+  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev  # well-known types etcd-client's protos import
   [etcd]=etcd-server                    # the etcd tests' servers
   [/usr/share/zookeeper/bin/zkServer.sh]=zookeeper  # the ZooKeeper tests' servers
   [java]=default-jre-headless           # ZooKeeper's JVM

@@ -33,9 +33,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
+#[cfg(feature = "consul")]
+pub mod consul;
 pub mod discovery;
 pub mod election;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod key;
 mod kv;
 pub mod memory;

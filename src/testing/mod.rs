@@ -12,6 +12,10 @@
 //! ```
 
 pub mod conformance;
+#[cfg(feature = "consul")]
+pub mod consul_emulator;
+#[cfg(feature = "etcd")]
+pub mod etcd_server;
 pub mod model;
 pub mod recipes;
 pub mod server;

@@ -1,0 +1,359 @@
+//! The HTTP client: pooled keep-alive connections (HTTP or HTTPS), the token and
+//! datacenter on every request, timeouts, and the mapping of failures to [`Error`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+use super::config::{ConsulConfig, Scheme};
+use crate::error::{Error, Result};
+
+pub(crate) const NAME: &str = "consul";
+
+/// A KV entry as Consul returns it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Entry {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub modify_index: u64,
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+impl Entry {
+    pub fn decode_value(&self) -> Result<Bytes> {
+        match &self.value {
+            None => Ok(Bytes::new()),
+            Some(v) => B64.decode(v).map(Bytes::from).map_err(|e| {
+                Error::backend(NAME, format!("bad base64 value for {}: {e}", self.key))
+            }),
+        }
+    }
+}
+
+/// The answer to a request.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub status: StatusCode,
+    /// `X-Consul-Index`, when present.
+    pub index: Option<u64>,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::backend(NAME, format!("unexpected response from Consul: {e}")))
+    }
+
+    /// Fails unless the status is one of `ok`: 403 is PermissionDenied, 5xx is
+    /// Unavailable, anything else is a backend error.
+    pub fn expect(self, ok: &[StatusCode]) -> Result<Self> {
+        if ok.contains(&self.status) {
+            return Ok(self);
+        }
+        let text = String::from_utf8_lossy(&self.body[..self.body.len().min(512)]).into_owned();
+        let msg = format!("HTTP {}: {}", self.status.as_u16(), text.trim());
+        Err(match self.status {
+            StatusCode::FORBIDDEN => Error::PermissionDenied {
+                backend: NAME,
+                source: msg.into(),
+            },
+            s if s.is_server_error() => Error::unavailable(NAME, msg),
+            _ => Error::backend(NAME, msg),
+        })
+    }
+}
+
+type Http = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The shared HTTP client.
+pub(crate) struct Client {
+    http: Http,
+    bases: Vec<String>,
+    current: AtomicUsize,
+    token: Option<HeaderValue>,
+    datacenter: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("bases", &self.bases)
+            .finish()
+    }
+}
+
+fn read_pem(
+    text: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    what: &str,
+) -> Result<Option<Vec<u8>>> {
+    if let Some(text) = text {
+        return Ok(Some(text.clone().into_bytes()));
+    }
+    if let Some(path) = file {
+        return std::fs::read(path).map(Some).map_err(|e| {
+            Error::backend(NAME, format!("cannot read {what} {}: {e}", path.display()))
+        });
+    }
+    Ok(None)
+}
+
+fn tls_config(config: &ConsulConfig) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| Error::backend(NAME, format!("{what}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match read_pem(&config.tls.ca_pem, &config.tls.ca_file, "CA file")? {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| bad("invalid CA PEM", &e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| bad("invalid CA certificate", &e))?;
+            }
+            if roots.is_empty() {
+                return Err(Error::backend(NAME, "the CA PEM holds no certificate"));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS setup", &e))?
+        .with_root_certificates(roots);
+    let cert = read_pem(
+        &config.tls.client_cert_pem,
+        &config.tls.client_cert_file,
+        "client certificate",
+    )?;
+    let key = read_pem(
+        &config.tls.client_key_pem,
+        &config.tls.client_key_file,
+        "client key",
+    )?;
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| bad("invalid client certificate", &e))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad("invalid client key", &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad("client certificate", &e))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(Error::backend(
+            NAME,
+            "a client certificate needs both a certificate and a key",
+        )),
+    }
+}
+
+impl Client {
+    pub fn new(config: &ConsulConfig) -> Result<Self> {
+        if config.addresses.is_empty() {
+            return Err(Error::backend(NAME, "no Consul address configured"));
+        }
+        let bases: Vec<String> = config
+            .addresses
+            .iter()
+            .map(|a| {
+                let a = a.trim_end_matches('/');
+                if a.starts_with("http://") || a.starts_with("https://") {
+                    a.to_owned()
+                } else {
+                    match config.scheme {
+                        Scheme::Http => format!("http://{a}"),
+                        Scheme::Https => format!("https://{a}"),
+                    }
+                }
+            })
+            .collect();
+        let any_https = bases.iter().any(|b| b.starts_with("https://"));
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.request_timeout));
+        let tls = if any_https {
+            tls_config(config)?
+        } else {
+            // Never used for plain HTTP; built without touching the system store.
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::backend(NAME, e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let token =
+            match &config.token {
+                Some(t) => Some(HeaderValue::from_str(t).map_err(|_| {
+                    Error::backend(NAME, "the ACL token is not a valid header value")
+                })?),
+                None => None,
+            };
+        Ok(Client {
+            http,
+            bases,
+            current: AtomicUsize::new(0),
+            token,
+            datacenter: config.datacenter.clone(),
+            timeout: config.request_timeout,
+        })
+    }
+
+    /// Sends one request. `path_and_query` is already encoded; the datacenter is
+    /// appended here. `extra_timeout` is added for blocking queries.
+    pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+        extra_timeout: Duration,
+    ) -> Result<Response> {
+        let which = self.current.load(Ordering::Relaxed) % self.bases.len();
+        let base = &self.bases[which];
+        let mut uri = format!("{base}{path_and_query}");
+        if let Some(dc) = &self.datacenter {
+            uri.push(if path_and_query.contains('?') {
+                '&'
+            } else {
+                '?'
+            });
+            uri.push_str("dc=");
+            uri.push_str(&encode(dc, false));
+        }
+        let mut req = Request::builder().method(method).uri(&uri);
+        if let Some(token) = &self.token {
+            req = req.header("X-Consul-Token", token.clone());
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| Error::backend(NAME, format!("cannot build a request for {uri}: {e}")))?;
+        let timeout = self.timeout + extra_timeout;
+        let outcome = tokio::time::timeout(timeout, async {
+            let resp = self.http.request(req).await.map_err(transport_error)?;
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| Error::unavailable(NAME, format!("reading the response: {e}")))?
+                .to_bytes();
+            Ok::<_, Error>((parts, body))
+        })
+        .await;
+        let (parts, body) = match outcome {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                if e.is_retryable() && self.bases.len() > 1 {
+                    let _ = self.current.compare_exchange(
+                        which,
+                        which + 1,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                return Err(Error::unavailable(
+                    NAME,
+                    format!("no answer from {base} within {timeout:?}"),
+                ));
+            }
+        };
+        let index = parts
+            .headers
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok(Response {
+            status: parts.status,
+            index,
+            body,
+        })
+    }
+}
+
+/// A TLS failure (wrong CA, bad certificate) is a configuration error; anything else
+/// from the transport is retryable.
+fn transport_error(e: hyper_util::client::legacy::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut chain = String::new();
+    let mut tls = false;
+    while let Some(err) = source {
+        if !chain.is_empty() {
+            chain.push_str(": ");
+        }
+        chain.push_str(&err.to_string());
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            tls = true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            tls = true;
+        }
+        source = err.source();
+    }
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
+        tls = true;
+    }
+    if tls {
+        Error::backend(NAME, format!("TLS failure: {chain}"))
+    } else {
+        Error::unavailable(NAME, chain)
+    }
+}
+
+/// Percent-encodes `s` for a URL path (`/` kept when `keep_slash`) or query value.
+pub(crate) fn encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b'/' if keep_slash => out.push('/'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
