@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use kvkit::testing::zookeeper_server::{TcpProxy, ZkEnsemble, ZkServer};
+use kvkit::testing::zookeeper_server::{ProxyMode, TcpProxy, ZkEnsemble, ZkServer};
 use kvkit::zookeeper::{MAX_VALUE_SIZE, Zookeeper, ZookeeperConfig};
 use kvkit::{Error, ErrorKind, Kv, LockGuard, LockOptions, PutOptions};
 
@@ -948,6 +948,60 @@ async fn restart_and_session_expiry() {
     )
     .await;
     taken.unlock().await.unwrap();
+
+    // A silent partition (connections stay open, nothing gets through): the holder
+    // reports lock-lost before the server can expire its session and hand the lock to
+    // someone else.
+    let silent = TcpProxy::start(server.addr()).await.unwrap();
+    let holder2 = Kv::new(
+        Zookeeper::connect(
+            ZookeeperConfig::new(silent.connect_string())
+                .root("/kvkit-restart")
+                .session_timeout(Duration::from_secs(4))
+                .request_timeout(Duration::from_secs(3)),
+        )
+        .await
+        .unwrap(),
+    );
+    let guard2 = holder2
+        .lock("r/silent", LockOptions::default().value("h2"))
+        .await
+        .unwrap();
+    let contender = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            writer
+                .lock("r/silent", LockOptions::default().value("w2"))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!contender.is_finished());
+    silent.set_mode(ProxyMode::Silent);
+    tokio::time::timeout(Duration::from_secs(20), guard2.lost())
+        .await
+        .expect("the silently cut-off holder sees lock-lost");
+    assert!(
+        !contender.is_finished(),
+        "another client got the lock before the holder knew it had lost it"
+    );
+    let taken2 = tokio::time::timeout(Duration::from_secs(20), contender)
+        .await
+        .expect("the other client acquires after the session expired")
+        .unwrap()
+        .unwrap();
+    assert_eq!(writer.get("r/silent").await.unwrap().value, "w2");
+    silent.set_mode(ProxyMode::Open);
+    taken2.unlock().await.unwrap();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if holder2.get("r/k").await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "the silently cut-off client never recovered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -276,14 +276,56 @@ impl ZkEnsemble {
     }
 }
 
-/// A loopback TCP proxy in front of a server that can cut its clients off: while
-/// blocked, connections are dropped and new ones are held without being forwarded, so
-/// the server hears nothing from the client and expires its session.
+/// What a [`TcpProxy`] does with its clients' traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forwards both ways.
+    Open,
+    /// Keeps the connections open but forwards nothing: a silent network partition.
+    Silent,
+    /// Drops the connections and holds new ones without forwarding.
+    Blocked,
+}
+
+/// A loopback TCP proxy in front of a server that can cut its clients off (see
+/// [`ProxyMode`]), so the server hears nothing from them and expires their sessions.
 #[derive(Debug)]
 pub struct TcpProxy {
     port: u16,
-    blocked: Arc<watch::Sender<bool>>,
+    mode: Arc<watch::Sender<ProxyMode>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Copies one direction while the proxy is open; pauses while silent.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<ProxyMode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match mode.wait_for(|m| *m != ProxyMode::Silent).await {
+            Ok(m) if *m == ProxyMode::Open => {}
+            _ => return,
+        }
+        let read = tokio::select! {
+            read = from.read(&mut buf) => read,
+            _ = mode.wait_for(|m| *m != ProxyMode::Open) => continue,
+        };
+        let n = match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Data read just as the proxy went silent is held back, not lost.
+        match mode.wait_for(|m| *m != ProxyMode::Silent).await {
+            Ok(m) if *m == ProxyMode::Open => {}
+            _ => return,
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl TcpProxy {
@@ -291,32 +333,30 @@ impl TcpProxy {
     pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let (blocked, _) = watch::channel(false);
-        let blocked = Arc::new(blocked);
-        let state = blocked.clone();
+        let (mode, _) = watch::channel(ProxyMode::Open);
+        let mode = Arc::new(mode);
+        let state = mode.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let mut rx = state.subscribe();
                 tokio::spawn(async move {
-                    let mut client = client;
-                    if rx.wait_for(|b| !*b).await.is_err() {
+                    if rx.wait_for(|m| *m != ProxyMode::Blocked).await.is_err() {
                         return;
                     }
-                    let Ok(mut server) = TokioTcpStream::connect(target).await else {
+                    let Ok(server) = TokioTcpStream::connect(target).await else {
                         return;
                     };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = rx.wait_for(|b| *b) => {}
+                        _ = pump(client_read, server_write, rx.clone()) => {}
+                        _ = pump(server_read, client_write, rx.clone()) => {}
+                        _ = rx.wait_for(|m| *m == ProxyMode::Blocked) => {}
                     }
                 });
             }
         });
-        Ok(TcpProxy {
-            port,
-            blocked,
-            task,
-        })
+        Ok(TcpProxy { port, mode, task })
     }
 
     /// `127.0.0.1:port` of the proxy.
@@ -324,15 +364,24 @@ impl TcpProxy {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Cuts clients off (`true`) or lets them through again (`false`).
+    /// Switches the proxy's mode.
+    pub fn set_mode(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// Cuts clients off (`true`: [`ProxyMode::Blocked`]) or lets them through again.
     pub fn set_blocked(&self, blocked: bool) {
-        self.blocked.send_replace(blocked);
+        self.set_mode(if blocked {
+            ProxyMode::Blocked
+        } else {
+            ProxyMode::Open
+        });
     }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        self.set_blocked(true);
+        self.set_mode(ProxyMode::Blocked);
         self.task.abort();
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use zookeeper_async::{CreateMode, WatchedEvent, ZkError};
 
 use super::{Node, Zookeeper, codec};
@@ -215,7 +216,9 @@ pub(crate) async fn lock(
                 _ = tokio::time::sleep(inner.session_timeout()) => {}
             }
         }
-        // Held: write the value at the key.
+        // Held: write the value at the key (its answer proves the session alive at
+        // least since `proven`).
+        let proven = Instant::now();
         let pair = match backend.write_lock_value(&key, &value).await {
             Ok(pair) => pair,
             Err(e) => return Err(e), // `contender` deletes our znode on drop
@@ -228,7 +231,12 @@ pub(crate) async fn lock(
             contender,
             index: pair.last_index,
         });
-        let monitor = tokio::spawn(monitor(held.clone(), lost.clone(), session_at_start));
+        let monitor = tokio::spawn(monitor(
+            held.clone(),
+            lost.clone(),
+            session_at_start,
+            proven,
+        ));
         return Ok(Some(ZookeeperLock {
             held,
             lost,
@@ -244,11 +252,10 @@ pub(crate) async fn lock(
 
 /// Fires `lost` when the session expires, the contender znode goes, or the key is
 /// overwritten or deleted by someone else.
-async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64) {
-    let timeout = held.backend.inner().session_timeout();
+async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64, proven: Instant) {
     tokio::select! {
         _ = follow(&held, session_at_start) => {}
-        _ = cut_off(&held.backend, timeout) => {}
+        _ = lease(&held, proven) => {}
         // Closing the store ends its session, and with it every lock.
         _ = held.backend.inner().shutdown() => {}
     }
@@ -260,21 +267,37 @@ async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64) {
     }
 }
 
-/// Resolves once the client has been disconnected for a whole session timeout: the
-/// server has then (most likely) expired the session, and another client may hold the
-/// lock, even though this client only hears of the expiry when it reconnects.
-async fn cut_off(backend: &Zookeeper, timeout: Duration) {
-    let mut ready = backend.inner().ready();
+/// The session's lease as this client can prove it: the server expires a session one
+/// session timeout after it last heard from it, which is no earlier than the sending of
+/// the client's last answered request. A heartbeat (`exists` of the contender) every
+/// quarter timeout renews the proof; when no request sent within the last
+/// `timeout - margin` was answered, the lock is reported lost *before* the server can
+/// expire the session and hand the lock to someone else, even if the connection went
+/// silent without being closed (which the client crate notices only much later).
+async fn lease(held: &Held, mut proven: Instant) {
+    let inner = held.backend.inner();
+    let timeout = inner.session_timeout();
+    let deadline_after = timeout - timeout / 5;
     loop {
-        if ready.wait_for(|r| !*r).await.is_err() {
-            return std::future::pending().await;
-        }
-        if tokio::time::timeout(timeout, ready.wait_for(|r| *r))
-            .await
-            .is_err()
-        {
+        let deadline = proven + deadline_after;
+        let sent = Instant::now();
+        if sent >= deadline {
             return;
         }
+        let beat = tokio::time::timeout_at(
+            deadline,
+            inner.call(|| inner.zk().exists(&held.contender, false)),
+        )
+        .await;
+        match beat {
+            Ok(Ok(Some(_))) => proven = sent,
+            // The contender is gone: `follow` reports it; stop renewing.
+            Ok(Ok(None)) => return,
+            Ok(Err(_)) => {}
+            Err(_) => return,
+        }
+        let pause = timeout / 4;
+        tokio::time::sleep_until((Instant::now() + pause).min(proven + deadline_after)).await;
     }
 }
 

@@ -666,11 +666,6 @@ impl Inner {
         self.shared.epoch.subscribe()
     }
 
-    /// True while requests may be sent on the current connection.
-    pub(crate) fn ready(&self) -> tokio_watch::Receiver<bool> {
-        self.shared.ready.subscribe()
-    }
-
     pub(crate) fn session(&self) -> tokio_watch::Receiver<u64> {
         self.shared.session.subscribe()
     }
