@@ -140,6 +140,21 @@ async fn basics(kv: &Kv<Zookeeper>) {
         kv.put("big", over, PutOptions::default()).await,
         Err(Error::ValueTooLarge { .. })
     ));
+    // Any valid key maps to a valid znode path, and lists back as written.
+    for key in [
+        "ü/日本 語",
+        "pct%2F/x y",
+        "c-0000000001",
+        "zookeeper",
+        "kv/locks",
+    ] {
+        kv.put(format!("odd/{key}"), key, PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(kv.get(format!("odd/{key}")).await.unwrap().value, key);
+    }
+    assert_eq!(kv.list("odd").await.unwrap().len(), 5);
+    kv.delete_tree("odd").await.unwrap();
     let empty = kv.put("empty", "", PutOptions::default()).await.unwrap();
     assert_eq!(kv.get("empty").await.unwrap(), empty);
 }
