@@ -791,6 +791,8 @@ async fn standalone_server() {
         .await
         .unwrap_or_else(|e| panic!("{}", e.0));
     eprintln!("model harness passed in {:?}", started.elapsed());
+    eprintln!("recipes");
+    kvkit::testing::recipes::run_all(&kv).await;
     let mut w = kv.watch("a2/x").await.unwrap();
     next(&mut w, "initial").await.unwrap();
     let guard = kv.lock("closing", LockOptions::default()).await.unwrap();
