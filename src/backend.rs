@@ -172,24 +172,24 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
 
     /// The pair at `key`, or `None`.
-    fn get(&self, key: &Key) -> impl Future<Output = Result<Option<KvPair>>> + Send;
+    fn get(&self, key: &Key<'_>) -> impl Future<Output = Result<Option<KvPair>>> + Send;
 
     /// Writes `value` at `key` unconditionally and returns the new pair.
     fn put(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         value: Bytes,
         options: &PutOptions,
     ) -> impl Future<Output = Result<KvPair>> + Send;
 
     /// Deletes `key`; `false` when it did not exist. Keys below it are kept.
-    fn delete(&self, key: &Key) -> impl Future<Output = Result<bool>> + Send;
+    fn delete(&self, key: &Key<'_>) -> impl Future<Output = Result<bool>> + Send;
 
     /// Writes `value` at `key` only if the key is in the `expect`ed state, atomically
     /// on the server.
     fn compare_and_put(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         value: Bytes,
         expect: Expect,
         options: &PutOptions,
@@ -198,7 +198,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Deletes `key` only if its `last_index` is `index`, atomically on the server.
     fn compare_and_delete(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         index: u64,
     ) -> impl Future<Output = Result<Cas<()>>> + Send;
 
@@ -210,7 +210,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn delete_range(&self, dir: &Dir) -> impl Future<Output = Result<()>> + Send;
 
     /// Watches one key; see [`crate::Kv::watch`] for the guarantees.
-    fn watch(&self, key: &Key) -> impl Future<Output = Result<Self::Watch>> + Send;
+    fn watch(&self, key: &Key<'_>) -> impl Future<Output = Result<Self::Watch>> + Send;
 
     /// Watches everything below `dir`; see [`crate::Kv::watch_tree`].
     fn watch_tree(&self, dir: &Dir) -> impl Future<Output = Result<Self::WatchTree>> + Send;
@@ -218,14 +218,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Waits until the lock on `key` is acquired.
     fn lock(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         options: &LockOptions,
     ) -> impl Future<Output = Result<Self::Lock>> + Send;
 
     /// Acquires the lock on `key` if it is free right now; never waits for a holder.
     fn try_lock(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         options: &LockOptions,
     ) -> impl Future<Output = Result<Option<Self::Lock>>> + Send;
 
@@ -236,7 +236,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     }
 
     /// Derived: whether `key` exists. Default: [`derived::exists`].
-    fn exists(&self, key: &Key) -> impl Future<Output = Result<bool>> + Send {
+    fn exists(&self, key: &Key<'_>) -> impl Future<Output = Result<bool>> + Send {
         derived::exists(self, key)
     }
 
@@ -321,7 +321,7 @@ pub mod derived {
     use super::*;
 
     /// `get` mapped to a bool.
-    pub async fn exists<B: Backend>(backend: &B, key: &Key) -> Result<bool> {
+    pub async fn exists<B: Backend>(backend: &B, key: &Key<'_>) -> Result<bool> {
         Ok(backend.get(key).await?.is_some())
     }
 

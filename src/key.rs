@@ -12,7 +12,11 @@
 //!
 //! A [`Key`] is never empty. A [`Dir`] is a key or the root `""`, which is allowed for
 //! `list`, `delete_tree` and `watch_tree`.
+//!
+//! A key that is already in normal form borrows the caller's string: building one
+//! costs a single pass over its bytes and no allocation.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::{Error, Result};
@@ -21,22 +25,32 @@ use crate::error::{Error, Result};
 /// configured prefix (ZooKeeper paths and Consul URLs being the tightest).
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// A validated, normalised key: non-empty, no leading/trailing/repeated `/`.
+/// A validated, normalised key: non-empty, no leading/trailing/repeated `/`. It
+/// borrows the string it was built from when that was already normal; use
+/// [`Key::owned`] to keep one beyond that string's life.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Key(String);
+pub struct Key<'a>(Cow<'a, str>);
 
 /// A validated, normalised directory: like [`Key`], or the root `""`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dir(String);
 
-impl Key {
+impl<'a> Key<'a> {
     /// Normalises and validates `raw`; `Error::InvalidKey` when it breaks a rule above.
-    pub fn new(raw: &str) -> Result<Self> {
+    pub fn new(raw: &'a str) -> Result<Self> {
+        if already_normal(raw) {
+            return Ok(Key(Cow::Borrowed(raw)));
+        }
         let normalised = normalise(raw)?;
         if normalised.is_empty() {
             return Err(invalid(raw, "empty key"));
         }
-        Ok(Key(normalised))
+        Ok(Key(Cow::Owned(normalised)))
+    }
+
+    /// This key, owning its string.
+    pub fn owned(&self) -> Key<'static> {
+        Key(Cow::Owned(self.0.clone().into_owned()))
     }
 
     /// The normalised key.
@@ -44,14 +58,19 @@ impl Key {
         &self.0
     }
 
+    /// True when the key borrows the string it was built from (no allocation).
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self.0, Cow::Borrowed(_))
+    }
+
     /// The directory form of this key, for `list`-like operations below it.
     pub fn as_dir(&self) -> Dir {
-        Dir(self.0.clone())
+        Dir(self.0.clone().into_owned())
     }
 
     /// Consumes the key, returning its string.
     pub fn into_string(self) -> String {
-        self.0
+        self.0.into_owned()
     }
 }
 
@@ -90,8 +109,8 @@ impl Dir {
     }
 
     /// This directory as a key, or `None` for the root.
-    pub fn as_key(&self) -> Option<Key> {
-        (!self.0.is_empty()).then(|| Key(self.0.clone()))
+    pub fn as_key(&self) -> Option<Key<'_>> {
+        (!self.0.is_empty()).then_some(Key(Cow::Borrowed(self.0.as_str())))
     }
 
     /// True when `key` is strictly below this directory.
@@ -169,13 +188,13 @@ fn normalise(raw: &str) -> Result<String> {
     Ok(out)
 }
 
-impl fmt::Debug for Key {
+impl fmt::Debug for Key<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)
     }
 }
 
-impl fmt::Display for Key {
+impl fmt::Display for Key<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -193,7 +212,7 @@ impl fmt::Display for Dir {
     }
 }
 
-impl AsRef<str> for Key {
+impl AsRef<str> for Key<'_> {
     fn as_ref(&self) -> &str {
         &self.0
     }
@@ -243,6 +262,14 @@ mod tests {
         }
         // Dots inside a segment are ordinary characters.
         assert_eq!(Key::new("a/.b/c..").unwrap().as_str(), "a/.b/c..");
+    }
+
+    #[test]
+    fn normal_keys_borrow_and_others_own() {
+        assert!(Key::new("a/b").unwrap().is_borrowed());
+        assert!(!Key::new("/a/b").unwrap().is_borrowed());
+        let owned: Key<'static> = Key::new("a/b").unwrap().owned();
+        assert_eq!(owned.as_str(), "a/b");
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub(crate) struct LocalWatchTree<S> {
 }
 
 impl<S: LocalStore> LocalWatch<S> {
-    pub(crate) fn new(store: Arc<S>, key: &Key) -> Self {
+    pub(crate) fn new(store: Arc<S>, key: &Key<'_>) -> Self {
         LocalWatch {
             inner: Local::new(store, Filter::Key(key.as_str().to_owned())),
             key: key.as_str().to_owned(),

@@ -47,7 +47,7 @@ impl<B: Backend> CasLock<B> {
     /// `Ok(None)` when not waiting and the lock is taken.
     pub async fn acquire(
         backend: &B,
-        key: &Key,
+        key: &Key<'_>,
         options: &LockOptions,
         wait: bool,
     ) -> Result<Option<Self>> {
@@ -62,7 +62,7 @@ impl<B: Backend> CasLock<B> {
                     // the taken lock is released instead of being left behind.
                     let mut taken = Taken {
                         backend: Some(backend.clone()),
-                        key: key.clone(),
+                        key: key.owned(),
                         index: pair.last_index,
                     };
                     let guard = Self::hold(backend, key, options, pair).await;
@@ -77,14 +77,14 @@ impl<B: Backend> CasLock<B> {
         }
     }
 
-    async fn hold(backend: &B, key: &Key, options: &LockOptions, pair: KvPair) -> Result<Self> {
+    async fn hold(backend: &B, key: &Key<'_>, options: &LockOptions, pair: KvPair) -> Result<Self> {
         // The watch starts before the guard is handed out, so no change is missed.
         let watch = backend.watch(key).await?;
         let lost = LostSignal::new();
         let (release, release_rx) = oneshot::channel();
         let task = Holder {
             backend: backend.clone(),
-            key: key.clone(),
+            key: key.owned(),
             value: options.value.clone(),
             ttl: options.ttl,
             pair,
@@ -104,7 +104,7 @@ impl<B: Backend> CasLock<B> {
 /// disarmed (`backend = None`).
 struct Taken<B: Backend> {
     backend: Option<B>,
-    key: Key,
+    key: Key<'static>,
     index: u64,
 }
 
@@ -123,7 +123,7 @@ impl<B: Backend> Drop for Taken<B> {
 }
 
 /// Waits until `key` does not exist.
-async fn wait_until_absent<B: Backend>(backend: &B, key: &Key) -> Result<()> {
+async fn wait_until_absent<B: Backend>(backend: &B, key: &Key<'_>) -> Result<()> {
     let mut watch = backend.watch(key).await?;
     while let Some(state) = watch.next().await {
         if state?.is_none() {
@@ -175,7 +175,7 @@ impl<B: Backend> Drop for CasLock<B> {
 /// The background task of a held [`CasLock`].
 struct Holder<B> {
     backend: B,
-    key: Key,
+    key: Key<'static>,
     value: Bytes,
     ttl: Option<Duration>,
     pair: KvPair,

@@ -36,15 +36,15 @@ impl Backend for Broken {
         self.inner.capabilities()
     }
 
-    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
         self.inner.get(key).await
     }
 
-    async fn put(&self, key: &Key, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+    async fn put(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
         self.inner.put(key, value, options).await
     }
 
-    async fn delete(&self, key: &Key) -> Result<bool> {
+    async fn delete(&self, key: &Key<'_>) -> Result<bool> {
         if self.bug == Bug::DeleteTakesChildren {
             self.inner.delete_range(&key.as_dir()).await?;
         }
@@ -53,7 +53,7 @@ impl Backend for Broken {
 
     async fn compare_and_put(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         value: Bytes,
         expect: Expect,
         options: &PutOptions,
@@ -70,7 +70,7 @@ impl Backend for Broken {
         }
     }
 
-    async fn compare_and_delete(&self, key: &Key, index: u64) -> Result<Cas<()>> {
+    async fn compare_and_delete(&self, key: &Key<'_>, index: u64) -> Result<Cas<()>> {
         self.inner.compare_and_delete(key, index).await
     }
 
@@ -93,7 +93,7 @@ impl Backend for Broken {
         self.inner.delete_range(dir).await
     }
 
-    async fn watch(&self, key: &Key) -> Result<Self::Watch> {
+    async fn watch(&self, key: &Key<'_>) -> Result<Self::Watch> {
         self.inner.watch(key).await
     }
 
@@ -101,11 +101,11 @@ impl Backend for Broken {
         self.inner.watch_tree(dir).await
     }
 
-    async fn lock(&self, key: &Key, options: &LockOptions) -> Result<Self::Lock> {
+    async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Self::Lock> {
         self.inner.lock(key, options).await
     }
 
-    async fn try_lock(&self, key: &Key, options: &LockOptions) -> Result<Option<Self::Lock>> {
+    async fn try_lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Option<Self::Lock>> {
         self.inner.try_lock(key, options).await
     }
 }

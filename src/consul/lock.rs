@@ -169,7 +169,7 @@ fn is_free(entry: &Option<Entry>) -> bool {
 /// Takes the lock on `key`; waits for it when `wait`, else returns `None` when held.
 pub(crate) async fn lock(
     inner: Arc<Inner>,
-    key: &Key,
+    key: &Key<'_>,
     options: &LockOptions,
     wait: bool,
 ) -> Result<Option<ConsulLock>> {

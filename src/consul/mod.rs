@@ -447,7 +447,7 @@ impl Backend for Consul {
         }
     }
 
-    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
         let remote = self.inner.remote(key.as_str());
         let (entry, _) = self.inner.get_entry(&remote, 0).await?;
         match entry {
@@ -456,7 +456,7 @@ impl Backend for Consul {
         }
     }
 
-    async fn put(&self, key: &Key, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+    async fn put(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
         let inner = &self.inner;
         let remote = inner.remote(key.as_str());
         let session = inner.session_for(options).await?;
@@ -469,7 +469,7 @@ impl Backend for Consul {
         }
     }
 
-    async fn delete(&self, key: &Key) -> Result<bool> {
+    async fn delete(&self, key: &Key<'_>) -> Result<bool> {
         let remote = self.inner.remote(key.as_str());
         let ops = vec![
             json!({"Verb": "get", "Key": remote}),
@@ -484,7 +484,7 @@ impl Backend for Consul {
 
     async fn compare_and_put(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         value: Bytes,
         expect: Expect,
         options: &PutOptions,
@@ -519,7 +519,7 @@ impl Backend for Consul {
         }
     }
 
-    async fn compare_and_delete(&self, key: &Key, index: u64) -> Result<Cas<()>> {
+    async fn compare_and_delete(&self, key: &Key<'_>, index: u64) -> Result<Cas<()>> {
         let remote = self.inner.remote(key.as_str());
         let ops = vec![
             json!({"Verb": "get", "Key": remote}),
@@ -582,7 +582,7 @@ impl Backend for Consul {
         }
     }
 
-    async fn watch(&self, key: &Key) -> Result<Self::Watch> {
+    async fn watch(&self, key: &Key<'_>) -> Result<Self::Watch> {
         if self.inner.closed.is_cancelled() {
             return Err(Error::Closed);
         }
@@ -599,13 +599,13 @@ impl Backend for Consul {
         Ok(watch::watch_tree(self.inner.clone(), dir.clone()))
     }
 
-    async fn lock(&self, key: &Key, options: &LockOptions) -> Result<Self::Lock> {
+    async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Self::Lock> {
         lock::lock(self.inner.clone(), key, options, true)
             .await?
             .ok_or_else(|| Error::backend(NAME, "lock wait ended without the lock"))
     }
 
-    async fn try_lock(&self, key: &Key, options: &LockOptions) -> Result<Option<Self::Lock>> {
+    async fn try_lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Option<Self::Lock>> {
         lock::lock(self.inner.clone(), key, options, false).await
     }
 

@@ -113,7 +113,7 @@ impl Etcd {
 /// Acquires the lock on `key`; with `wait == false` gives up (`None`) when held.
 pub(crate) async fn acquire(
     etcd: &Etcd,
-    key: &Key,
+    key: &Key<'_>,
     options: &LockOptions,
     wait: bool,
 ) -> Result<Option<EtcdLock>> {
@@ -188,7 +188,7 @@ pub(crate) async fn acquire(
 
 /// The guard of a lock acquired at revision `held_at`; starts the task that watches the
 /// lock key for being taken away.
-fn guard(etcd: &Etcd, key: &Key, hold: LeaseHold, lost: LostSignal, held_at: i64) -> EtcdLock {
+fn guard(etcd: &Etcd, key: &Key<'_>, hold: LeaseHold, lost: LostSignal, held_at: i64) -> EtcdLock {
     tokio::spawn(watch_lock_key(
         etcd.clone(),
         etcd.full(key.as_str()),
@@ -285,7 +285,7 @@ async fn watch_lock_key(
 /// each time watching the deletion of the youngest older one.
 async fn wait_for_predecessors(
     etcd: &Etcd,
-    key: &Key,
+    key: &Key<'_>,
     contenders: &[u8],
     my_revision: i64,
     lost: &LostSignal,

@@ -316,20 +316,20 @@ impl Backend for Etcd {
         }
     }
 
-    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
         let full = self.full(key.as_str());
         let resp = request!(self, kv => kv.get(full, None), clone full).await?;
         Ok(resp.kvs().first().and_then(|kv| self.pair(kv)))
     }
 
-    async fn exists(&self, key: &Key) -> Result<bool> {
+    async fn exists(&self, key: &Key<'_>) -> Result<bool> {
         let full = self.full(key.as_str());
         let options = GetOptions::new().with_count_only();
         let resp = request!(self, kv => kv.get(full, Some(options)), clone full, options).await?;
         Ok(resp.count() > 0)
     }
 
-    async fn put(&self, key: &Key, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+    async fn put(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
         let full = self.full(key.as_str());
         let rev = match options.ttl {
             Some(ttl) => self.put_with_ttl(full, value.to_vec(), ttl).await?,
@@ -346,7 +346,7 @@ impl Backend for Etcd {
         })
     }
 
-    async fn delete(&self, key: &Key) -> Result<bool> {
+    async fn delete(&self, key: &Key<'_>) -> Result<bool> {
         let full = self.full(key.as_str());
         let resp = request!(self, kv => kv.delete(full, None), clone full).await?;
         Ok(resp.deleted() > 0)
@@ -354,7 +354,7 @@ impl Backend for Etcd {
 
     async fn compare_and_put(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         value: Bytes,
         expect: Expect,
         options: &PutOptions,
@@ -400,7 +400,7 @@ impl Backend for Etcd {
         unreachable!("the loop returns on its second attempt")
     }
 
-    async fn compare_and_delete(&self, key: &Key, index: u64) -> Result<Cas<()>> {
+    async fn compare_and_delete(&self, key: &Key<'_>, index: u64) -> Result<Cas<()>> {
         let full = self.full(key.as_str());
         let txn = Txn::new()
             .when([Compare::mod_revision(
@@ -452,7 +452,7 @@ impl Backend for Etcd {
         Ok(())
     }
 
-    async fn watch(&self, key: &Key) -> Result<EtcdWatch> {
+    async fn watch(&self, key: &Key<'_>) -> Result<EtcdWatch> {
         watch::watch_key(self.clone(), key).await
     }
 
@@ -460,13 +460,13 @@ impl Backend for Etcd {
         watch::watch_tree(self.clone(), dir).await
     }
 
-    async fn lock(&self, key: &Key, options: &LockOptions) -> Result<EtcdLock> {
+    async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<EtcdLock> {
         lock::acquire(self, key, options, true)
             .await?
             .ok_or_else(|| Error::backend(NAME, "lock was not acquired"))
     }
 
-    async fn try_lock(&self, key: &Key, options: &LockOptions) -> Result<Option<EtcdLock>> {
+    async fn try_lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Option<EtcdLock>> {
         lock::acquire(self, key, options, false).await
     }
 

@@ -178,7 +178,7 @@ impl Follow for TreeState {
 }
 
 /// Starts a watch of one key.
-pub(crate) async fn watch_key(etcd: Etcd, key: &Key) -> Result<EtcdWatch> {
+pub(crate) async fn watch_key(etcd: Etcd, key: &Key<'_>) -> Result<EtcdWatch> {
     let mut state = KeyState {
         full: etcd.full(key.as_str()),
         last: None,

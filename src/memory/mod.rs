@@ -166,7 +166,7 @@ impl Memory {
 
     fn write(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         value: Bytes,
         expect: Option<Expect>,
         ttl: Option<Duration>,
@@ -308,21 +308,21 @@ impl Backend for Memory {
         }
     }
 
-    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
         let state = self.state()?;
         Ok(state
             .live(key.as_str(), Instant::now())
             .map(|e| e.pair(key.as_str())))
     }
 
-    async fn put(&self, key: &Key, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+    async fn put(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
         match self.write(key, value, None, options.ttl)? {
             Cas::Applied(pair) => Ok(pair),
             Cas::Conflict { .. } => unreachable!("an unconditional write cannot conflict"),
         }
     }
 
-    async fn delete(&self, key: &Key) -> Result<bool> {
+    async fn delete(&self, key: &Key<'_>) -> Result<bool> {
         let existed = self.state()?.remove(key.as_str(), Instant::now());
         self.inner.watchers.notify([key.as_str()]);
         Ok(existed)
@@ -330,7 +330,7 @@ impl Backend for Memory {
 
     async fn compare_and_put(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         value: Bytes,
         expect: Expect,
         options: &PutOptions,
@@ -338,7 +338,7 @@ impl Backend for Memory {
         self.write(key, value, Some(expect), options.ttl)
     }
 
-    async fn compare_and_delete(&self, key: &Key, index: u64) -> Result<Cas<()>> {
+    async fn compare_and_delete(&self, key: &Key<'_>, index: u64) -> Result<Cas<()>> {
         let now = Instant::now();
         {
             let mut state = self.state()?;
@@ -370,7 +370,7 @@ impl Backend for Memory {
         self.remove_below(dir, true)
     }
 
-    async fn watch(&self, key: &Key) -> Result<MemoryWatch> {
+    async fn watch(&self, key: &Key<'_>) -> Result<MemoryWatch> {
         self.check_open()?;
         Ok(MemoryWatch(LocalWatch::new(self.inner.clone(), key)))
     }
@@ -383,13 +383,17 @@ impl Backend for Memory {
         )))
     }
 
-    async fn lock(&self, key: &Key, options: &LockOptions) -> Result<CasLock<Memory>> {
+    async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<CasLock<Memory>> {
         CasLock::acquire(self, key, options, true)
             .await?
             .ok_or(Error::Closed)
     }
 
-    async fn try_lock(&self, key: &Key, options: &LockOptions) -> Result<Option<CasLock<Memory>>> {
+    async fn try_lock(
+        &self,
+        key: &Key<'_>,
+        options: &LockOptions,
+    ) -> Result<Option<CasLock<Memory>>> {
         CasLock::acquire(self, key, options, false).await
     }
 

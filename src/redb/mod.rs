@@ -75,14 +75,14 @@ struct Inner {
 /// A write request for the writer thread.
 enum Write {
     Put {
-        key: Key,
+        key: Key<'static>,
         value: Bytes,
         ttl: Option<Duration>,
         expect: Option<Expect>,
         reply: oneshot::Sender<Result<Cas<KvPair>>>,
     },
     Delete {
-        key: Key,
+        key: Key<'static>,
         expect: Option<u64>,
         reply: oneshot::Sender<Result<Cas<bool>>>,
     },
@@ -568,14 +568,14 @@ impl Backend for Redb {
         }
     }
 
-    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
         self.check_open()?;
         self.inner.read_key(key.as_str())
     }
 
-    async fn put(&self, key: &Key, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+    async fn put(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
         let ttl = options.ttl;
-        let key = key.clone();
+        let key = key.owned();
         match self
             .submit(|reply| Write::Put {
                 key,
@@ -591,8 +591,8 @@ impl Backend for Redb {
         }
     }
 
-    async fn delete(&self, key: &Key) -> Result<bool> {
-        let key = key.clone();
+    async fn delete(&self, key: &Key<'_>) -> Result<bool> {
+        let key = key.owned();
         match self
             .submit(|reply| Write::Delete {
                 key,
@@ -608,13 +608,13 @@ impl Backend for Redb {
 
     async fn compare_and_put(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         value: Bytes,
         expect: Expect,
         options: &PutOptions,
     ) -> Result<Cas<KvPair>> {
         let ttl = options.ttl;
-        let key = key.clone();
+        let key = key.owned();
         self.submit(|reply| Write::Put {
             key,
             value,
@@ -625,8 +625,8 @@ impl Backend for Redb {
         .await
     }
 
-    async fn compare_and_delete(&self, key: &Key, index: u64) -> Result<Cas<()>> {
-        let key = key.clone();
+    async fn compare_and_delete(&self, key: &Key<'_>, index: u64) -> Result<Cas<()>> {
+        let key = key.owned();
         let outcome = self
             .submit(|reply| Write::Delete {
                 key,
@@ -671,7 +671,7 @@ impl Backend for Redb {
         .await
     }
 
-    async fn watch(&self, key: &Key) -> Result<RedbWatch> {
+    async fn watch(&self, key: &Key<'_>) -> Result<RedbWatch> {
         self.check_open()?;
         Ok(RedbWatch(LocalWatch::new(self.inner.clone(), key)))
     }
@@ -681,13 +681,17 @@ impl Backend for Redb {
         Ok(RedbWatchTree(LocalWatchTree::new(self.inner.clone(), dir)))
     }
 
-    async fn lock(&self, key: &Key, options: &LockOptions) -> Result<CasLock<Redb>> {
+    async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<CasLock<Redb>> {
         CasLock::acquire(self, key, options, true)
             .await?
             .ok_or(Error::Closed)
     }
 
-    async fn try_lock(&self, key: &Key, options: &LockOptions) -> Result<Option<CasLock<Redb>>> {
+    async fn try_lock(
+        &self,
+        key: &Key<'_>,
+        options: &LockOptions,
+    ) -> Result<Option<CasLock<Redb>>> {
         CasLock::acquire(self, key, options, false).await
     }
 

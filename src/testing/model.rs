@@ -211,7 +211,8 @@ impl<B: Backend> World<B> {
     }
 
     fn pick(&self, raw: &str, version: Version) -> Option<KvPair> {
-        let key = crate::key::Key::new(&Self::prefixed(raw)).ok()?;
+        let prefixed = Self::prefixed(raw);
+        let key = crate::key::Key::new(&prefixed).ok()?;
         let seen = self.observed.get(key.as_str())?;
         match version {
             Version::Latest => seen.last().cloned(),

@@ -36,7 +36,7 @@ pub struct ZookeeperLock {
 #[derive(Debug)]
 struct Held {
     backend: Zookeeper,
-    key: Key,
+    key: Key<'static>,
     contender: String,
     index: u64,
 }
@@ -96,7 +96,7 @@ fn spawn_delete(backend: Zookeeper, path: String) {
 
 impl Zookeeper {
     /// `compare_and_delete` without the trait's future bounds (used on release).
-    async fn compare_and_delete_raw(&self, key: &Key, index: u64) -> Result<()> {
+    async fn compare_and_delete_raw(&self, key: &Key<'_>, index: u64) -> Result<()> {
         crate::backend::Backend::compare_and_delete(self, key, index)
             .await
             .map(|_| ())
@@ -110,7 +110,7 @@ fn sequence(name: &str) -> Option<i64> {
 /// Acquires the lock on `key`: waits when `wait`, else returns `None` when it is held.
 pub(crate) async fn lock(
     backend: Zookeeper,
-    key: Key,
+    key: Key<'static>,
     value: Bytes,
     wait: bool,
 ) -> Result<Option<ZookeeperLock>> {

@@ -458,7 +458,7 @@ impl Zookeeper {
 
     async fn write_new_or_update(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         data: Vec<u8>,
         mode: CreateMode,
     ) -> Result<KvPair> {
@@ -484,12 +484,12 @@ impl Zookeeper {
 
     /// Writes a lock's value at `key` (an ephemeral znode when the key is new, so the
     /// value vanishes with the holder's session).
-    pub(crate) async fn write_lock_value(&self, key: &Key, value: &[u8]) -> Result<KvPair> {
+    pub(crate) async fn write_lock_value(&self, key: &Key<'_>, value: &[u8]) -> Result<KvPair> {
         self.write_new_or_update(key, codec::encode(value, None), CreateMode::Ephemeral)
             .await
     }
 
-    async fn delete_node(&self, key: &Key, expect: Option<u64>) -> Result<Cas<()>> {
+    async fn delete_node(&self, key: &Key<'_>, expect: Option<u64>) -> Result<Cas<()>> {
         let inner = &self.inner;
         let path = inner.key_path(key.as_str());
         for _ in 0..MAX_ATTEMPTS {
@@ -1001,7 +1001,7 @@ impl Backend for Zookeeper {
         }
     }
 
-    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
         match self.read_node(key.as_str()).await? {
             Node::Value { pair, .. } => Ok(Some(pair)),
             Node::Empty {
@@ -1015,13 +1015,13 @@ impl Backend for Zookeeper {
         }
     }
 
-    async fn put(&self, key: &Key, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+    async fn put(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
         let data = codec::encode(&value, Self::ttl_ms(options));
         self.write_new_or_update(key, data, CreateMode::Persistent)
             .await
     }
 
-    async fn delete(&self, key: &Key) -> Result<bool> {
+    async fn delete(&self, key: &Key<'_>) -> Result<bool> {
         Ok(matches!(
             self.delete_node(key, None).await?,
             Cas::Applied(())
@@ -1030,7 +1030,7 @@ impl Backend for Zookeeper {
 
     async fn compare_and_put(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         value: Bytes,
         expect: Expect,
         options: &PutOptions,
@@ -1083,7 +1083,7 @@ impl Backend for Zookeeper {
         Err(contention(key.as_str()))
     }
 
-    async fn compare_and_delete(&self, key: &Key, index: u64) -> Result<Cas<()>> {
+    async fn compare_and_delete(&self, key: &Key<'_>, index: u64) -> Result<Cas<()>> {
         self.delete_node(key, Some(index)).await
     }
 
@@ -1217,28 +1217,28 @@ impl Backend for Zookeeper {
         Ok(())
     }
 
-    async fn exists(&self, key: &Key) -> Result<bool> {
+    async fn exists(&self, key: &Key<'_>) -> Result<bool> {
         Ok(self.get(key).await?.is_some())
     }
 
-    async fn watch(&self, key: &Key) -> Result<Self::Watch> {
-        watch::watch_key(self.clone(), key.clone()).await
+    async fn watch(&self, key: &Key<'_>) -> Result<Self::Watch> {
+        watch::watch_key(self.clone(), key.owned()).await
     }
 
     async fn watch_tree(&self, dir: &Dir) -> Result<Self::WatchTree> {
         watch::watch_tree(self.clone(), dir.clone()).await
     }
 
-    async fn lock(&self, key: &Key, options: &LockOptions) -> Result<Self::Lock> {
-        lock::lock(self.clone(), key.clone(), options.value.clone(), true)
+    async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Self::Lock> {
+        lock::lock(self.clone(), key.owned(), options.value.clone(), true)
             .await
             .and_then(|held| {
                 held.ok_or_else(|| Error::backend(NAME, "lock wait ended without the lock"))
             })
     }
 
-    async fn try_lock(&self, key: &Key, options: &LockOptions) -> Result<Option<Self::Lock>> {
-        lock::lock(self.clone(), key.clone(), options.value.clone(), false).await
+    async fn try_lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Option<Self::Lock>> {
+        lock::lock(self.clone(), key.owned(), options.value.clone(), false).await
     }
 
     async fn close(&self) -> Result<()> {

@@ -145,7 +145,7 @@ trait Watched: Send + 'static {
     fn reset(&mut self) {}
 }
 
-struct OneKey(Key);
+struct OneKey(Key<'static>);
 
 impl Watched for OneKey {
     type State = Option<KvPair>;
@@ -530,7 +530,7 @@ async fn scan_nodes(
     Ok(out)
 }
 
-pub(crate) async fn watch_key(backend: Zookeeper, key: Key) -> Result<ZookeeperWatch> {
+pub(crate) async fn watch_key(backend: Zookeeper, key: Key<'static>) -> Result<ZookeeperWatch> {
     let (rx, task) = start(backend, OneKey(key)).await?;
     Ok(ZookeeperWatch {
         rx,
