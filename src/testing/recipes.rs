@@ -22,6 +22,7 @@ pub const ROOT: &str = "kvkit-recipes";
 pub async fn run_all<B: Backend>(kv: &Kv<B>) {
     exactly_one_leader(kv).await;
     stopped_leader_is_replaced(kv).await;
+    lost_leadership_is_noticed_and_recovered(kv).await;
     follower_sees_every_change(kv).await;
     discovery(kv).await;
     typed_values(kv).await;
@@ -192,6 +193,50 @@ pub async fn stopped_leader_is_replaced<B: Backend>(kv: &Kv<B>) {
     );
     assert!(candidates[second].is_leader());
     candidates[second].stop();
+}
+
+/// A leader whose lock is taken away (its key deleted by someone else) stops leading,
+/// says so on its stream, and the election recovers with a leader again.
+pub async fn lost_leadership_is_noticed_and_recovered<B: Backend>(kv: &Kv<B>) {
+    let dir = fresh(kv, "lost_leadership").await;
+    let key = format!("{dir}/leader");
+    let candidates: Vec<Candidate<B>> = (0..2)
+        .map(|i| {
+            Candidate::new(kv.clone(), &key, format!("node-{i}"), ttl(kv))
+                .retry_after(Duration::from_millis(200))
+        })
+        .collect();
+    let mut streams: Vec<_> = candidates.iter().map(|c| c.campaign()).collect();
+    let first = wait_for_leader(&candidates, takeover_bound(kv), None).await;
+    let saw_lead = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = streams[first].next().await {
+            if event {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        saw_lead,
+        Ok(true),
+        "the leader's stream reports the election"
+    );
+    kv.delete(&key)
+        .await
+        .expect("someone deletes the leader's lock key");
+    let stepped_down = tokio::time::timeout(takeover_bound(kv), streams[first].next()).await;
+    assert_eq!(
+        stepped_down,
+        Ok(Some(false)),
+        "the leader reports losing leadership"
+    );
+    let next = wait_for_leader(&candidates, takeover_bound(kv), None).await;
+    let value = kv.get(&key).await.expect("the new leader's lock key").value;
+    assert_eq!(value, candidates[next].node().as_bytes());
+    for c in &candidates {
+        c.stop();
+    }
 }
 
 /// A follower sees the leader of the key after every change, in order.
