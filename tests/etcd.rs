@@ -32,6 +32,27 @@ where
         .expect("the stream yielded an error")
 }
 
+/// The next `Ok` item, counting the `Unavailable` errors a watch reports on the way
+/// (one per outage).
+async fn next_through_outage<S, T>(stream: &mut S, outages: &mut usize) -> T
+where
+    S: futures::Stream<Item = kvkit::Result<T>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(STEP, stream.next())
+            .await
+            .expect("a stream item within 10 s")
+            .expect("the stream ended")
+        {
+            Ok(item) => return item,
+            Err(err) => {
+                assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+                *outages += 1;
+            }
+        }
+    }
+}
+
 /// Asserts the stream yields nothing for `quiet`.
 async fn assert_quiet<S, T: std::fmt::Debug>(stream: &mut S, quiet: Duration)
 where
@@ -421,10 +442,14 @@ async fn restart_watches_resume_without_loss_or_duplicates_and_locks_are_lost() 
     kv.delete("t/a").await.unwrap();
     kv.put("t/b", "2", PutOptions::default()).await.unwrap();
 
+    let mut watch_outages = 0;
     for want in ["1", "2", "3"] {
-        assert_eq!(value(&next(&mut watch).await), Some(want.into()));
+        let item = next_through_outage(&mut watch, &mut watch_outages).await;
+        assert_eq!(value(&item), Some(want.into()));
     }
+    assert_eq!(watch_outages, 1, "the watch reports the outage once");
     assert_quiet(&mut watch, Duration::from_millis(500)).await;
+    let mut tree_outages = 0;
     let expected: [&[(&str, &str)]; 3] = [
         &[("t/a", "0"), ("t/b", "1")],
         &[("t/b", "1")],
@@ -435,8 +460,10 @@ async fn restart_watches_resume_without_loss_or_duplicates_and_locks_are_lost() 
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        assert_eq!(values(&next(&mut tree).await), want);
+        let item = next_through_outage(&mut tree, &mut tree_outages).await;
+        assert_eq!(values(&item), want);
     }
+    assert_eq!(tree_outages, 1, "the tree watch reports the outage once");
     assert_quiet(&mut tree, Duration::from_millis(500)).await;
 
     // The lost lock reports it; another client gets the lock once the lease is gone.

@@ -254,9 +254,12 @@ async fn follow<S: Follow>(
 ) {
     let closed = etcd.inner.closed.clone();
     let mut backoff = MIN_BACKOFF;
+    // One `Err` item per outage tells the consumer; then the watch keeps retrying.
+    let mut reported_outage = false;
     loop {
         let outcome = match open(&etcd, &state, revision + 1).await {
             Ok(mut stream) => {
+                reported_outage = false;
                 pump(
                     &etcd,
                     &mut state,
@@ -274,6 +277,12 @@ async fn follow<S: Follow>(
             }
             Err(err) => {
                 tracing::debug!(%err, "etcd watch could not be opened; retrying");
+                if !reported_outage {
+                    reported_outage = true;
+                    if tx.send(Err(err)).await.is_err() {
+                        return;
+                    }
+                }
                 Break::Retry
             }
         };
