@@ -9,7 +9,11 @@
 //!
 //! Prints one JSON line per operation and concurrency:
 //! `{"backend","op","concurrency","n","secs","ops_per_s","p50_us","p99_us"}`.
-//! For redb, `--endpoints` is the database file (default: a temporary one).
+//! For redb, `--endpoints` is the database file (default: a temporary one). For etcd
+//! (`host:port` client URLs), ZooKeeper (`host:port` servers) and Consul (`host:port`
+//! agents) `--endpoints` is required; each is compiled in only with its cargo feature.
+//! Keys are written under `loadgen/` below the prefix/root `kvkit-loadgen`, and that
+//! directory is deleted at the end.
 
 use std::time::{Duration, Instant};
 
@@ -76,6 +80,18 @@ fn parse_args() -> Args {
         usage("--n and --concurrency must be positive");
     }
     args
+}
+
+/// The `--endpoints` of a network backend (it starts no server, so they are required).
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "consul"))]
+fn required_endpoints(args: &Args) -> Vec<String> {
+    if args.endpoints.is_empty() {
+        usage(&format!(
+            "--backend {} needs --endpoints of running servers",
+            args.backend
+        ));
+    }
+    args.endpoints.clone()
 }
 
 /// Runs `n` calls of `op` spread over `concurrency` tasks; returns per-call latencies.
@@ -186,6 +202,32 @@ async fn main() -> kvkit::Result<()> {
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| temp.path().join("loadgen.redb"));
             run(Kv::new(kvkit::redb::Redb::open(path)?), &args).await
+        }
+        #[cfg(feature = "etcd")]
+        "etcd" => {
+            let endpoints = required_endpoints(&args);
+            let config = kvkit::etcd::EtcdConfig::new(endpoints).prefix("kvkit-loadgen");
+            run(Kv::new(kvkit::etcd::Etcd::connect(config).await?), &args).await
+        }
+        #[cfg(feature = "zookeeper")]
+        "zookeeper" => {
+            let connect = required_endpoints(&args).join(",");
+            let config = kvkit::zookeeper::ZookeeperConfig::new(connect).root("/kvkit-loadgen");
+            run(
+                Kv::new(kvkit::zookeeper::Zookeeper::connect(config).await?),
+                &args,
+            )
+            .await
+        }
+        #[cfg(feature = "consul")]
+        "consul" => {
+            let mut config = kvkit::consul::ConsulConfig::default().prefix("kvkit-loadgen");
+            config.addresses = required_endpoints(&args);
+            run(
+                Kv::new(kvkit::consul::Consul::connect(config).await?),
+                &args,
+            )
+            .await
         }
         other => usage(&format!(
             "backend {other} is unknown or not compiled in (enable its cargo feature)"
