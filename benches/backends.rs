@@ -5,7 +5,7 @@
 //! paired run (the two calls alternating, so both see the same machine load) prints
 //! the median latency ratio `Kv / raw` per operation.
 //!
-//! Run with `cargo bench --bench backends --all-features` (about 5 minutes on 2 cores).
+//! Run with `cargo bench --bench backends --all-features` (about 2 minutes on 2 cores).
 //! Measurement times are short on purpose; the numbers are for orientation and for
 //! spotting regressions, never asserted.
 
