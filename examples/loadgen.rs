@@ -9,7 +9,13 @@
 //!
 //! Prints one JSON line per operation and concurrency:
 //! `{"backend","op","concurrency","n","secs","ops_per_s","p50_us","p99_us"}`.
-//! For redb, `--endpoints` is the database file (default: a temporary one).
+//! `--raw` (etcd only) sends the same requests through the raw `etcd_client::Client`
+//! (reported as backend `etcd-raw`), for the wrapper-cost comparison.
+//! For redb, `--endpoints` is the database file (default: a temporary one). For etcd
+//! (`host:port` client URLs), ZooKeeper (`host:port` servers) and Consul (`host:port`
+//! agents) `--endpoints` is required; each is compiled in only with its cargo feature.
+//! Keys are written under `loadgen/` below the prefix/root `kvkit-loadgen`, and that
+//! directory is deleted at the end.
 
 use std::time::{Duration, Instant};
 
@@ -24,12 +30,14 @@ struct Args {
     concurrency: Vec<usize>,
     value_size: usize,
     list_size: usize,
+    /// etcd only: send the same requests through the raw `etcd_client::Client`.
+    raw: bool,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "loadgen: {problem}\nusage: loadgen --backend memory|redb|etcd|zookeeper|consul [--endpoints A,B] \
-         [--ops put,get,cas,list] [--n 2000] [--concurrency 1,16] [--value-size 100] [--list-size 100]"
+         [--ops put,get,cas,list] [--n 2000] [--concurrency 1,16] [--value-size 100] [--list-size 100] [--raw (etcd: raw etcd-client)]"
     );
     std::process::exit(2)
 }
@@ -43,6 +51,7 @@ fn parse_args() -> Args {
         concurrency: vec![1, 16],
         value_size: 100,
         list_size: 100,
+        raw: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +77,7 @@ fn parse_args() -> Args {
             "--concurrency" => args.concurrency = list(value()).into_iter().map(number).collect(),
             "--value-size" => args.value_size = number(value()),
             "--list-size" => args.list_size = number(value()),
+            "--raw" => args.raw = true,
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown flag {other}")),
         }
@@ -76,6 +86,18 @@ fn parse_args() -> Args {
         usage("--n and --concurrency must be positive");
     }
     args
+}
+
+/// The `--endpoints` of a network backend (it starts no server, so they are required).
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "consul"))]
+fn required_endpoints(args: &Args) -> Vec<String> {
+    if args.endpoints.is_empty() {
+        usage(&format!(
+            "--backend {} needs --endpoints of running servers",
+            args.backend
+        ));
+    }
+    args.endpoints.clone()
 }
 
 /// Runs `n` calls of `op` spread over `concurrency` tasks; returns per-call latencies.
@@ -141,7 +163,27 @@ fn percentile(sorted: &[Duration], p: f64) -> u128 {
     sorted[rank].as_micros()
 }
 
-async fn run<B: Backend>(kv: Kv<B>, args: &Args) -> kvkit::Result<()> {
+/// Prints the JSON line of one operation at one concurrency.
+fn report(
+    backend: &str,
+    op: &str,
+    concurrency: usize,
+    elapsed: Duration,
+    mut latencies: Vec<Duration>,
+) {
+    latencies.sort_unstable();
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "{{\"backend\":\"{backend}\",\"op\":\"{op}\",\"concurrency\":{concurrency},\"n\":{},\"secs\":{secs:.4},\"ops_per_s\":{:.1},\"p50_us\":{},\"p99_us\":{}}}",
+        latencies.len(),
+        latencies.len() as f64 / secs,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+    );
+}
+
+/// Writes the `--list-size` keys that `list` reads.
+async fn fill_list<B: Backend>(kv: &Kv<B>, args: &Args) -> kvkit::Result<()> {
     if args.ops.iter().any(|op| op == "list") {
         kv.delete_tree("loadgen/list").await?;
         for i in 0..args.list_size {
@@ -153,23 +195,120 @@ async fn run<B: Backend>(kv: Kv<B>, args: &Args) -> kvkit::Result<()> {
             .await?;
         }
     }
+    Ok(())
+}
+
+async fn run<B: Backend>(kv: Kv<B>, args: &Args) -> kvkit::Result<()> {
+    fill_list(&kv, args).await?;
     for op in &args.ops {
         for &concurrency in &args.concurrency {
-            let (elapsed, mut latencies) = drive(&kv, op, args.n, concurrency, args).await?;
-            latencies.sort_unstable();
-            let secs = elapsed.as_secs_f64();
-            println!(
-                "{{\"backend\":\"{}\",\"op\":\"{op}\",\"concurrency\":{concurrency},\"n\":{},\"secs\":{secs:.4},\"ops_per_s\":{:.1},\"p50_us\":{},\"p99_us\":{}}}",
-                args.backend,
-                latencies.len(),
-                latencies.len() as f64 / secs,
-                percentile(&latencies, 0.50),
-                percentile(&latencies, 0.99),
-            );
+            let (elapsed, latencies) = drive(&kv, op, args.n, concurrency, args).await?;
+            report(&args.backend, op, concurrency, elapsed, latencies);
         }
     }
     kv.delete_tree("loadgen").await?;
     kv.close().await
+}
+
+/// `--backend etcd --raw`: the requests `Kv<Etcd>` sends (same keys, same options),
+/// through the backend's own `etcd_client::Client`, to show the wrapper's cost.
+#[cfg(feature = "etcd")]
+mod raw_etcd {
+    use super::*;
+    use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+
+    /// The etcd key of a kvkit key under the `kvkit-loadgen/` prefix.
+    fn full(key: &str) -> String {
+        format!("kvkit-loadgen/{key}")
+    }
+
+    fn failed(e: etcd_client::Error) -> kvkit::Error {
+        kvkit::Error::backend("loadgen", e)
+    }
+
+    async fn drive(
+        client: &Client,
+        op: &str,
+        n: usize,
+        concurrency: usize,
+        args: &Args,
+    ) -> kvkit::Result<(Duration, Vec<Duration>)> {
+        let value = vec![b'v'; args.value_size];
+        let per_task = n.div_ceil(concurrency);
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(concurrency);
+        for task in 0..concurrency {
+            let mut client = client.clone();
+            let op = op.to_owned();
+            let value = value.clone();
+            let count = per_task.min(n.saturating_sub(task * per_task));
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(count);
+                let key = full(&format!("loadgen/keys/{task}"));
+                let put = client.put(key.clone(), value.clone(), None).await;
+                let mut rev = put.map_err(failed)?.header().map_or(0, |h| h.revision());
+                for _ in 0..count {
+                    let t = Instant::now();
+                    match op.as_str() {
+                        "put" => {
+                            client
+                                .put(key.clone(), value.clone(), None)
+                                .await
+                                .map_err(failed)?;
+                        }
+                        "get" => {
+                            client.get(key.clone(), None).await.map_err(failed)?;
+                        }
+                        "cas" => {
+                            let txn = Txn::new()
+                                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                                .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                                .or_else([TxnOp::get(
+                                    key.clone(),
+                                    Some(GetOptions::new().with_keys_only()),
+                                )]);
+                            let resp = client.txn(txn).await.map_err(failed)?;
+                            if !resp.succeeded() {
+                                return Err(kvkit::Error::backend("loadgen", "raw CAS conflict"));
+                            }
+                            rev = resp.header().map_or(0, |h| h.revision());
+                        }
+                        "list" => {
+                            let options = GetOptions::new().with_range(full("loadgen/list0"));
+                            client
+                                .get(full("loadgen/list/"), Some(options))
+                                .await
+                                .map_err(failed)?;
+                        }
+                        other => usage(&format!("unknown op {other}")),
+                    }
+                    latencies.push(t.elapsed());
+                }
+                kvkit::Result::Ok(latencies)
+            }));
+        }
+        let mut all = Vec::with_capacity(n);
+        for task in tasks {
+            all.extend(
+                task.await
+                    .map_err(|e| kvkit::Error::backend("loadgen", e))??,
+            );
+        }
+        Ok((start.elapsed(), all))
+    }
+
+    pub async fn run(kv: Kv<kvkit::etcd::Etcd>, args: &Args) -> kvkit::Result<()> {
+        fill_list(&kv, args).await?;
+        let client = kv.backend().client().clone();
+        for op in &args.ops {
+            for &concurrency in &args.concurrency {
+                let (elapsed, latencies) = drive(&client, op, args.n, concurrency, args).await?;
+                report("etcd-raw", op, concurrency, elapsed, latencies);
+            }
+        }
+        kv.delete_tree("loadgen").await?;
+        kv.close().await
+    }
 }
 
 #[tokio::main]
@@ -186,6 +325,37 @@ async fn main() -> kvkit::Result<()> {
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| temp.path().join("loadgen.redb"));
             run(Kv::new(kvkit::redb::Redb::open(path)?), &args).await
+        }
+        #[cfg(feature = "etcd")]
+        "etcd" => {
+            let endpoints = required_endpoints(&args);
+            let config = kvkit::etcd::EtcdConfig::new(endpoints).prefix("kvkit-loadgen");
+            let kv = Kv::new(kvkit::etcd::Etcd::connect(config).await?);
+            if args.raw {
+                raw_etcd::run(kv, &args).await
+            } else {
+                run(kv, &args).await
+            }
+        }
+        #[cfg(feature = "zookeeper")]
+        "zookeeper" => {
+            let connect = required_endpoints(&args).join(",");
+            let config = kvkit::zookeeper::ZookeeperConfig::new(connect).root("/kvkit-loadgen");
+            run(
+                Kv::new(kvkit::zookeeper::Zookeeper::connect(config).await?),
+                &args,
+            )
+            .await
+        }
+        #[cfg(feature = "consul")]
+        "consul" => {
+            let mut config = kvkit::consul::ConsulConfig::default().prefix("kvkit-loadgen");
+            config.addresses = required_endpoints(&args);
+            run(
+                Kv::new(kvkit::consul::Consul::connect(config).await?),
+                &args,
+            )
+            .await
         }
         other => usage(&format!(
             "backend {other} is unknown or not compiled in (enable its cargo feature)"

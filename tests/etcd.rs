@@ -839,6 +839,46 @@ async fn round_trips_per_operation_match_the_docs() {
     assert_eq!(rt, calls(&[("Range", 1), ("Watch", 1)]), "watch");
     drop(w);
 
+    // watch_tree: one Range and one Watch stream to start; then an event is applied to
+    // the cached subtree: no extra read per event (the Put is the write itself).
+    kv.put("wt/a", "1", opts()).await.unwrap();
+    let (tree, rt) = round_trips(&server, || async {
+        let mut tree = kv.watch_tree("wt").await.unwrap();
+        assert_eq!(next(&mut tree).await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tree
+    })
+    .await;
+    assert_eq!(rt, calls(&[("Range", 1), ("Watch", 1)]), "watch_tree");
+    let mut tree = tree;
+    for i in 0..3 {
+        let (snapshot, rt) = round_trips(&server, || async {
+            kv.put(format!("wt/k{i}"), "v", opts()).await.unwrap();
+            let snapshot = next(&mut tree).await;
+            // Give a (wrong) re-read after the event the time to show up.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            snapshot
+        })
+        .await;
+        assert_eq!(snapshot.len(), 2 + i);
+        assert_eq!(rt, calls(&[("Put", 1)]), "a watch_tree event costs 0 reads");
+    }
+    drop(tree);
+    let (r, rt) = round_trips(&server, || kv.delete_tree("wt")).await;
+    r.unwrap();
+    assert_eq!(rt, calls(&[("Txn", 1)]), "delete_tree of a populated dir");
+
+    // list of 1,000 keys is still one Range.
+    let puts = futures::stream::iter(0..1_000)
+        .map(|i| kv.put(format!("big/{i:04}"), "v", opts()))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(puts.iter().all(Result::is_ok));
+    let (r, rt) = round_trips(&server, || kv.list("big")).await;
+    assert_eq!(r.unwrap().len(), 1_000);
+    assert_eq!(rt, calls(&[("Range", 1)]), "list of 1,000 keys");
+
     // Latency on this machine (loopback, one member, fsync on): printed, not asserted.
     for (name, runs) in [("put", 100), ("get", 100), ("atomic_put", 100)] {
         let mut times = Vec::with_capacity(runs);

@@ -750,6 +750,160 @@ async fn encoding(server: &str, kv: &Kv<Zookeeper>) {
     raw.close().await.unwrap();
 }
 
+/// Requests (and sequential waves) one call costs, read from `Zookeeper::stats()` of a
+/// handle nothing else uses.
+async fn counted<T, F: std::future::Future<Output = T>>(
+    kv: &Kv<Zookeeper>,
+    op: F,
+) -> (T, u64, u64) {
+    let before = kv.backend().stats();
+    let out = op.await;
+    let after = kv.backend().stats();
+    (
+        out,
+        after.requests - before.requests,
+        after.waves - before.waves,
+    )
+}
+
+/// Waits (at most 5 s) until the handle has sent `at_least` requests in all, then
+/// 300 ms more for stragglers; returns the count then.
+async fn settle(kv: &Kv<Zookeeper>, at_least: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while kv.backend().stats().requests < at_least && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kv.backend().stats().requests
+}
+
+/// Pins the request counts of docs/zookeeper.md ("Operations and round trips"),
+/// counted by the backend's own request counter on a fresh handle (no watches, no
+/// locks: nothing runs in the background while counting).
+async fn round_trips_match_the_docs(addr: &str) {
+    let kv = connect(addr, "/kvkit-round-trips").await;
+    let opts = PutOptions::default;
+    kv.put("d/seed", "x", opts()).await.unwrap();
+
+    let (r, req, _) = counted(&kv, kv.put("d/k", "v1", opts())).await;
+    let first = r.unwrap();
+    assert_eq!(req, 2, "put of a new key: setData (NoNode), create2");
+    let (r, req, _) = counted(&kv, kv.put("d/k", "v2", opts())).await;
+    let second = r.unwrap();
+    assert_eq!(req, 1, "put of an existing key: setData");
+    let (r, req, _) = counted(&kv, kv.put("d/x/y/z", "v", opts())).await;
+    r.unwrap();
+    // Every ancestor of {root}/kv/d/x/y/z from the top (existing ones answer
+    // NodeExists): /kvkit-round-trips, .../kv, .../kv/d, .../d/x, .../d/x/y, and the key.
+    assert_eq!(
+        req,
+        2 + 6,
+        "put with missing parents: setData, create2, then one wave of 6 creates"
+    );
+    let (r, req, _) = counted(&kv, kv.get("d/k")).await;
+    assert_eq!(r.unwrap().value, "v2");
+    assert_eq!(req, 1, "get: getData");
+    let (r, req, _) = counted(&kv, kv.exists("d/k")).await;
+    assert!(r.unwrap());
+    assert_eq!(req, 1, "exists");
+
+    let (r, req, _) = counted(&kv, kv.atomic_put("d/new", "v", None, opts())).await;
+    r.unwrap();
+    assert_eq!(req, 1, "atomic_put(None) of a new key: create2");
+    let (r, req, _) = counted(&kv, kv.atomic_put("d/x", "v", None, opts())).await;
+    r.unwrap();
+    assert_eq!(
+        req, 3,
+        "atomic_put(None) on an implicit parent: create2, getData, setData"
+    );
+    let (r, req, _) = counted(&kv, kv.atomic_put("d/k", "v3", Some(&second), opts())).await;
+    let third = r.unwrap();
+    assert_eq!(req, 2, "atomic_put(Some): getData, setData");
+    let (r, req, _) = counted(&kv, kv.atomic_put("d/k", "v4", Some(&first), opts())).await;
+    assert_eq!(kind(r), ErrorKind::KeyModified);
+    assert_eq!(req, 1, "a stale atomic_put is refused after the read");
+    // A delete then reads the parent (getData) to see whether it was left without
+    // children and value: pruned (versioned delete) and the next one up read, until one
+    // has either. A top-level key's parent is the key space's root: no read.
+    let (r, req, _) = counted(&kv, kv.atomic_delete("d/k", &third)).await;
+    r.unwrap();
+    assert_eq!(req, 2 + 1, "atomic_delete: getData, delete, parent d kept");
+    let (r, req, _) = counted(&kv, kv.delete("d/new")).await;
+    r.unwrap();
+    assert_eq!(req, 2 + 1, "delete: getData, delete, parent d kept");
+    let (r, req, _) = counted(&kv, kv.delete("d/x/y/z")).await;
+    r.unwrap();
+    assert_eq!(
+        req,
+        2 + 2 + 1,
+        "delete pruning d/x/y (getData, delete), d/x kept (it has a value)"
+    );
+    kv.put("top", "v", opts()).await.unwrap();
+    let (r, req, _) = counted(&kv, kv.delete("top")).await;
+    r.unwrap();
+    assert_eq!(req, 2, "delete of a top-level key: getData, delete");
+
+    for n in [100usize, 1_000] {
+        let dir = format!("l{n}");
+        let puts = futures::stream::iter(0..n)
+            .map(|i| kv.put(format!("{dir}/k{i:04}"), "v", opts()))
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        assert!(puts.iter().all(Result::is_ok));
+        let (r, req, waves) = counted(&kv, kv.list(&dir)).await;
+        assert_eq!(r.unwrap().len(), n);
+        assert_eq!(
+            (req, waves),
+            (n as u64 + 1, 2),
+            "list of {n} flat keys: getChildren, then {n} getData"
+        );
+    }
+    let (r, req, waves) = counted(&kv, kv.delete_tree("l1000")).await;
+    r.unwrap();
+    assert_eq!((req, waves), (2_002, 3), "delete_tree of 1,000 flat keys");
+    assert!(kv.list("l1000").await.unwrap().is_empty());
+
+    // watch_tree: a value change costs one getData besides the put itself.
+    let mut tree = kv.watch_tree("l100").await.unwrap();
+    assert_eq!(next(&mut tree, "initial tree").await.unwrap().len(), 100);
+    let before = kv.backend().stats();
+    kv.put("l100/k0042", "changed", opts()).await.unwrap();
+    watch_until(&mut tree, "the change", |t: &Vec<kvkit::KvPair>| {
+        t.iter()
+            .any(|p| p.key == "l100/k0042" && p.value == "changed")
+    })
+    .await;
+    let cost = kv.backend().stats().requests - before.requests;
+    assert_eq!(cost, 2, "a watched value change: setData + one getData");
+    drop(tree);
+
+    // Locks. The first heartbeat is sent at once, the next after a quarter of the 8 s
+    // session timeout: none of the waits below lasts that long.
+    let before = kv.backend().stats().requests;
+    let guard = kv
+        .lock("lk", LockOptions::default().value("x"))
+        .await
+        .unwrap();
+    // On the caller's path: create (NoNode: unlock removed the lock's directory),
+    // create the directory, create the contender, getChildren, then the value as a
+    // put of a new key (setData NoNode, create2) = 6; the guard's monitor then sends a
+    // heartbeat `exists` and arms its watches (`exists` + `getData`) = 3.
+    let settled = settle(&kv, before + 6 + 3).await;
+    assert_eq!(settled - before, 6 + 3, "uncontended lock of a new key");
+    let before = kv.backend().stats().requests;
+    guard.unlock().await.unwrap();
+    let settled = settle(&kv, before + 4).await;
+    assert_eq!(
+        settled - before,
+        4,
+        "unlock: getData + delete of the value, delete contender, delete directory"
+    );
+
+    kv.delete_tree("").await.unwrap();
+    kv.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_server() {
     let Some(server) = ZkServer::start() else {
@@ -767,6 +921,8 @@ async fn standalone_server() {
     ttl(&addr, &kv).await;
     eprintln!("list");
     list_is_pipelined(&kv).await;
+    eprintln!("round trips");
+    round_trips_match_the_docs(&addr).await;
     eprintln!("watches");
     watches(&kv).await;
     eprintln!("incremental watch_tree");

@@ -234,6 +234,26 @@ impl Etcd {
         })
     }
 
+    /// Like [`Etcd::pair`], taking the key/value by value: the value moves into the
+    /// pair and the key's buffer becomes its `String`, without copying either (the
+    /// hot path of `get` and `list`).
+    fn owned_pair(&self, kv: KeyValue) -> Option<KvPair> {
+        let last_index = revision(kv.mod_revision());
+        let (mut key, value) = kv.into_key_value();
+        if !key.starts_with(&self.inner.prefix) {
+            return None;
+        }
+        key.drain(..self.inner.prefix.len());
+        if key.first().is_none_or(|&b| b < 0x20) {
+            return None;
+        }
+        Some(KvPair {
+            key: String::from_utf8(key).ok()?,
+            value: Bytes::from(value),
+            last_index,
+        })
+    }
+
     /// Runs one request under the request timeout, mapping errors; fails fast after
     /// `close`. `request` makes the request afresh for each attempt: a request that
     /// could not even connect (a stopped cluster member still in the balancer) is sent
@@ -318,8 +338,12 @@ impl Backend for Etcd {
 
     async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
         let full = self.full(key.as_str());
-        let resp = request!(self, kv => kv.get(full, None), clone full).await?;
-        Ok(resp.kvs().first().and_then(|kv| self.pair(kv)))
+        let mut resp = request!(self, kv => kv.get(full, None), clone full).await?;
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .next()
+            .and_then(|kv| self.owned_pair(kv)))
     }
 
     async fn exists(&self, key: &Key<'_>) -> Result<bool> {
@@ -428,8 +452,13 @@ impl Backend for Etcd {
         let (start, end) = self.dir_range(dir);
         // etcd returns ranges sorted by key bytes, which is the order of `String`.
         let options = GetOptions::new().with_range(end);
-        let resp = request!(self, kv => kv.get(start, Some(options)), clone start, options).await?;
-        Ok(resp.kvs().iter().filter_map(|kv| self.pair(kv)).collect())
+        let mut resp =
+            request!(self, kv => kv.get(start, Some(options)), clone start, options).await?;
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .filter_map(|kv| self.owned_pair(kv))
+            .collect())
     }
 
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
