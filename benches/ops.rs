@@ -52,6 +52,13 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, rt: &Runtime, kv: Kv
         b.to_async(rt)
             .iter(|| async { black_box(kv.backend().get(&key).await.unwrap()) })
     });
+    // What a caller of the primitives pays too: building the validated key per call.
+    group.bench_function("get/primitive_with_key", |b| {
+        b.to_async(rt).iter(|| async {
+            let key = Key::new(black_box("bench/key")).unwrap();
+            black_box(kv.backend().get(&key).await.unwrap())
+        })
+    });
     group.bench_function("put/kv", |b| {
         b.to_async(rt).iter(|| async {
             black_box(
@@ -63,6 +70,17 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, rt: &Runtime, kv: Kv
     });
     group.bench_function("put/primitive", |b| {
         b.to_async(rt).iter(|| async {
+            black_box(
+                kv.backend()
+                    .put(&key, value.clone(), &options)
+                    .await
+                    .unwrap(),
+            )
+        })
+    });
+    group.bench_function("put/primitive_with_key", |b| {
+        b.to_async(rt).iter(|| async {
+            let key = Key::new(black_box("bench/key")).unwrap();
             black_box(
                 kv.backend()
                     .put(&key, value.clone(), &options)

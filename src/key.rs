@@ -146,23 +146,24 @@ fn already_normal(raw: &str) -> bool {
     if bytes.is_empty() || bytes.len() > MAX_KEY_LEN {
         return false;
     }
-    let mut segment_start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !(0x20..0x7f).contains(&b) {
-            return false;
-        }
+    // One pass: the current segment's length and whether it is only dots so far.
+    let mut segment_len = 0usize;
+    let mut only_dots = true;
+    for &b in bytes {
         if b == b'/' {
-            if !normal_segment(&bytes[segment_start..i]) {
+            if segment_len == 0 || (only_dots && segment_len <= 2) {
                 return false;
             }
-            segment_start = i + 1;
+            segment_len = 0;
+            only_dots = true;
+        } else if b.wrapping_sub(0x20) < 0x5f {
+            segment_len += 1;
+            only_dots &= b == b'.';
+        } else {
+            return false;
         }
     }
-    normal_segment(&bytes[segment_start..])
-}
-
-fn normal_segment(segment: &[u8]) -> bool {
-    !segment.is_empty() && segment != b"." && segment != b".."
+    !(only_dots && segment_len <= 2)
 }
 
 fn normalise(raw: &str) -> Result<String> {
