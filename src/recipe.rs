@@ -43,6 +43,22 @@ impl<B: Backend> fmt::Debug for CasLock<B> {
 }
 
 impl<B: Backend> CasLock<B> {
+    /// Waits until the lock on `key` is taken: a backend's `Backend::lock`.
+    pub async fn lock(backend: &B, key: &Key<'_>, options: &LockOptions) -> Result<Self> {
+        Self::acquire(backend, key, options, true)
+            .await?
+            .ok_or(Error::Closed)
+    }
+
+    /// Takes the lock on `key` if it is free: a backend's `Backend::try_lock`.
+    pub async fn try_lock(
+        backend: &B,
+        key: &Key<'_>,
+        options: &LockOptions,
+    ) -> Result<Option<Self>> {
+        Self::acquire(backend, key, options, false).await
+    }
+
     /// Takes the lock on `key`, waiting for the holder to release it when `wait`;
     /// `Ok(None)` when not waiting and the lock is taken.
     pub async fn acquire(

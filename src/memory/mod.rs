@@ -384,9 +384,7 @@ impl Backend for Memory {
     }
 
     async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<CasLock<Memory>> {
-        CasLock::acquire(self, key, options, true)
-            .await?
-            .ok_or(Error::Closed)
+        CasLock::lock(self, key, options).await
     }
 
     async fn try_lock(
@@ -394,7 +392,7 @@ impl Backend for Memory {
         key: &Key<'_>,
         options: &LockOptions,
     ) -> Result<Option<CasLock<Memory>>> {
-        CasLock::acquire(self, key, options, false).await
+        CasLock::try_lock(self, key, options).await
     }
 
     async fn close(&self) -> Result<()> {

@@ -682,9 +682,7 @@ impl Backend for Redb {
     }
 
     async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<CasLock<Redb>> {
-        CasLock::acquire(self, key, options, true)
-            .await?
-            .ok_or(Error::Closed)
+        CasLock::lock(self, key, options).await
     }
 
     async fn try_lock(
@@ -692,7 +690,7 @@ impl Backend for Redb {
         key: &Key<'_>,
         options: &LockOptions,
     ) -> Result<Option<CasLock<Redb>>> {
-        CasLock::acquire(self, key, options, false).await
+        CasLock::try_lock(self, key, options).await
     }
 
     /// Finishes the queued writes, stops the writer thread and ends the watches. The
