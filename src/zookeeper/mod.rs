@@ -530,14 +530,10 @@ impl Zookeeper {
         let mut depth = 0;
         while !frontier.is_empty() {
             depth += 1;
-            inner.waves.fetch_add(1, Ordering::Relaxed);
-            let lists: Vec<(String, ZkResultVec)> = stream::iter(frontier)
-                .map(|parent| async move {
-                    let r = inner.call(|| inner.zk.get_children(&parent, false)).await;
-                    (parent, r)
+            let lists: Vec<(String, ZkResultVec)> = inner
+                .wave(frontier, |parent: String| async move {
+                    inner.zk.get_children(&parent, false).await
                 })
-                .buffered(PIPELINE_WINDOW)
-                .collect()
                 .await;
             frontier = Vec::new();
             for (parent, result) in lists {
@@ -732,6 +728,30 @@ impl Inner {
             self.shared.ready.send_replace(true);
         }
         Ok(())
+    }
+
+    /// Sends one request per item as one counted wave, at most [`PIPELINE_WINDOW`] in
+    /// flight on the session; each result comes back beside its item, in item order.
+    pub(crate) async fn wave<I, T, F, Fut>(
+        &self,
+        items: Vec<I>,
+        request: F,
+    ) -> Vec<(I, std::result::Result<T, ZkError>)>
+    where
+        I: Clone,
+        F: Fn(I) -> Fut,
+        Fut: Future<Output = std::result::Result<T, ZkError>>,
+    {
+        self.waves.fetch_add(1, Ordering::Relaxed);
+        let request = &request;
+        stream::iter(items)
+            .map(|item| async move {
+                let result = self.call(|| request(item.clone())).await;
+                (item, result)
+            })
+            .buffered(PIPELINE_WINDOW)
+            .collect()
+            .await
     }
 
     /// Runs one request: waits until the session is ready, holds the gate, counts it and
@@ -1093,14 +1113,10 @@ impl Backend for Zookeeper {
         let mut out = Vec::new();
         let mut frontier = vec![base];
         while !frontier.is_empty() {
-            inner.waves.fetch_add(1, Ordering::Relaxed);
-            let lists: Vec<(String, ZkResultVec)> = stream::iter(frontier)
-                .map(|parent| async move {
-                    let r = inner.call(|| inner.zk.get_children(&parent, false)).await;
-                    (parent, r)
+            let lists: Vec<(String, ZkResultVec)> = inner
+                .wave(frontier, |parent: String| async move {
+                    inner.zk.get_children(&parent, false).await
                 })
-                .buffered(PIPELINE_WINDOW)
-                .collect()
                 .await;
             let mut paths = Vec::new();
             for (parent, result) in lists {
@@ -1115,14 +1131,10 @@ impl Backend for Zookeeper {
             if paths.is_empty() {
                 break;
             }
-            inner.waves.fetch_add(1, Ordering::Relaxed);
-            let reads: Vec<(String, ZkResultData)> = stream::iter(paths)
-                .map(|path| async move {
-                    let r = inner.call(|| inner.zk.get_data(&path, false)).await;
-                    (path, r)
+            let reads: Vec<(String, ZkResultData)> = inner
+                .wave(paths, |path: String| async move {
+                    inner.zk.get_data(&path, false).await
                 })
-                .buffered(PIPELINE_WINDOW)
-                .collect()
                 .await;
             frontier = Vec::new();
             for (path, result) in reads {
@@ -1168,14 +1180,13 @@ impl Backend for Zookeeper {
                     .iter()
                     .position(|(d, _)| *d != depth)
                     .map_or(paths.len(), |p| start + p);
-                inner.waves.fetch_add(1, Ordering::Relaxed);
                 let batch: Vec<String> = paths[start..end].iter().map(|e| e.1.clone()).collect();
-                let results: Vec<std::result::Result<(), ZkError>> = stream::iter(batch)
-                    .map(|path| async move { inner.call(|| inner.zk.delete(&path, None)).await })
-                    .buffered(PIPELINE_WINDOW)
-                    .collect()
+                let results = inner
+                    .wave(batch, |path: String| async move {
+                        inner.zk.delete(&path, None).await
+                    })
                     .await;
-                for result in results {
+                for (_, result) in results {
                     match result {
                         Ok(()) | Err(ZkError::NoNode) => {}
                         // A concurrent write created a child after the scan.
