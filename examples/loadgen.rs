@@ -109,15 +109,11 @@ async fn drive<B: Backend>(
     args: &Args,
 ) -> kvkit::Result<(Duration, Vec<Duration>)> {
     let value = vec![b'v'; args.value_size];
-    let per_task = n.div_ceil(concurrency);
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(concurrency);
-    for task in 0..concurrency {
+    spread(n, concurrency, |task, count| {
         let kv = kv.clone();
         let op = op.to_owned();
         let value = value.clone();
-        let count = per_task.min(n.saturating_sub(task * per_task));
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut latencies = Vec::with_capacity(count);
             let key = format!("loadgen/keys/{task}");
             let mut current = kv.put(&key, value.clone(), PutOptions::default()).await?;
@@ -142,9 +138,33 @@ async fn drive<B: Backend>(
                 }
                 latencies.push(t.elapsed());
             }
-            kvkit::Result::Ok(latencies)
-        }));
-    }
+            Ok(latencies)
+        }
+    })
+    .await
+}
+
+/// Runs `n` calls spread over `concurrency` tasks: `task(index, count)` makes the
+/// future of one task, which makes `count` calls and returns their latencies.
+async fn spread<F, Fut>(
+    n: usize,
+    concurrency: usize,
+    task: F,
+) -> kvkit::Result<(Duration, Vec<Duration>)>
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = kvkit::Result<Vec<Duration>>> + Send + 'static,
+{
+    let per_task = n.div_ceil(concurrency);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|index| {
+            tokio::spawn(task(
+                index,
+                per_task.min(n.saturating_sub(index * per_task)),
+            ))
+        })
+        .collect();
     let mut all = Vec::with_capacity(n);
     for task in tasks {
         all.extend(
@@ -234,15 +254,11 @@ mod raw_etcd {
         args: &Args,
     ) -> kvkit::Result<(Duration, Vec<Duration>)> {
         let value = vec![b'v'; args.value_size];
-        let per_task = n.div_ceil(concurrency);
-        let start = Instant::now();
-        let mut tasks = Vec::with_capacity(concurrency);
-        for task in 0..concurrency {
+        spread(n, concurrency, |task, count| {
             let mut client = client.clone();
             let op = op.to_owned();
             let value = value.clone();
-            let count = per_task.min(n.saturating_sub(task * per_task));
-            tasks.push(tokio::spawn(async move {
+            async move {
                 let mut latencies = Vec::with_capacity(count);
                 let key = full(&format!("loadgen/keys/{task}"));
                 let put = client.put(key.clone(), value.clone(), None).await;
@@ -284,17 +300,10 @@ mod raw_etcd {
                     }
                     latencies.push(t.elapsed());
                 }
-                kvkit::Result::Ok(latencies)
-            }));
-        }
-        let mut all = Vec::with_capacity(n);
-        for task in tasks {
-            all.extend(
-                task.await
-                    .map_err(|e| kvkit::Error::backend("loadgen", e))??,
-            );
-        }
-        Ok((start.elapsed(), all))
+                Ok(latencies)
+            }
+        })
+        .await
     }
 
     pub async fn run(kv: Kv<kvkit::etcd::Etcd>, args: &Args) -> kvkit::Result<()> {
