@@ -139,31 +139,91 @@ fn forbidden_char(c: char) -> bool {
 }
 
 /// True when `raw` is already a normal key made of printable ASCII: no leading,
-/// trailing or repeated `/`, no `.`/`..` segment, within the length limit. One pass
-/// over the bytes, no allocation: the common case of [`normalise`].
+/// trailing or repeated `/`, no `.`/`..` segment, within the length limit. The common
+/// case of [`normalise`], so it reads eight bytes at a time (a word-at-a-time scan:
+/// every byte checked for printable ASCII, and only the `/` positions visited).
 fn already_normal(raw: &str) -> bool {
     let bytes = raw.as_bytes();
-    if bytes.is_empty() || bytes.len() > MAX_KEY_LEN {
+    let len = bytes.len();
+    if len == 0 || len > MAX_KEY_LEN {
         return false;
     }
-    // One pass: the current segment's length and whether it is only dots so far.
-    let mut segment_len = 0usize;
-    let mut only_dots = true;
-    for &b in bytes {
-        if b == b'/' {
-            if segment_len == 0 || (only_dots && segment_len <= 2) {
-                return false;
-            }
-            segment_len = 0;
-            only_dots = true;
-        } else if b.wrapping_sub(0x20) < 0x5f {
-            segment_len += 1;
-            only_dots &= b == b'.';
+    let mut segment_start = 0;
+    let mut offset = 0;
+    while offset < len {
+        // The last word of a key longer than a word overlaps the one before it; the
+        // overlapped bytes are checked again for printability but their `/`s masked off.
+        let (base, word, seen) = if offset + 8 <= len {
+            (offset, word_at(bytes, offset), 0)
+        } else if len >= 8 {
+            (len - 8, word_at(bytes, len - 8), offset - (len - 8))
         } else {
+            (0, short_word(bytes), 0)
+        };
+        if !all_printable_ascii(word) {
             return false;
         }
+        let mut slashes = lanes_equal_to(word, b'/') & (u64::MAX << (8 * seen));
+        while slashes != 0 {
+            let at = base + (slashes.trailing_zeros() / 8) as usize;
+            if !plain_segment(&bytes[segment_start..at]) {
+                return false;
+            }
+            segment_start = at + 1;
+            slashes &= slashes - 1;
+        }
+        offset = base + 8;
     }
-    !(only_dots && segment_len <= 2)
+    plain_segment(&bytes[segment_start..])
+}
+
+/// A segment of a normal key: not empty, not `.` and not `..`.
+#[inline]
+fn plain_segment(segment: &[u8]) -> bool {
+    match segment.len() {
+        0 => false,
+        1 => segment[0] != b'.',
+        2 => segment != b"..",
+        _ => true,
+    }
+}
+
+/// The eight bytes at `offset` as a little-endian word (byte `i` in bits `8i..8i+8`).
+#[inline]
+fn word_at(bytes: &[u8], offset: usize) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(&bytes[offset..offset + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// A key shorter than a word, padded with `a` (printable, not `/`).
+#[inline]
+fn short_word(bytes: &[u8]) -> u64 {
+    let mut word = LANES_01 * u64::from(b'a');
+    for (i, &b) in bytes.iter().enumerate() {
+        word = word & !(0xff << (8 * i)) | u64::from(b) << (8 * i);
+    }
+    word
+}
+
+const LANES_01: u64 = u64::from_le_bytes([0x01; 8]);
+const LANES_7F: u64 = u64::from_le_bytes([0x7f; 8]);
+const LANES_80: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// True when every byte is in `0x20..=0x7e`. A byte below `0x20` sets its high bit in
+/// `word - 0x20..`, `0x7f` in `word + 0x01..`, and `0x80..` has it already; when every
+/// byte is in range neither sum carries or borrows, so the test is exact.
+#[inline]
+fn all_printable_ascii(word: u64) -> bool {
+    (word.wrapping_sub(LANES_01 * 0x20) | word.wrapping_add(LANES_01) | word) & LANES_80 == 0
+}
+
+/// The high bit of each byte of `word` equal to `byte`, exactly (no carries between
+/// bytes: `(v & 0x7f) + 0x7f` stays below `0x100`).
+#[inline]
+fn lanes_equal_to(word: u64, byte: u8) -> u64 {
+    let v = word ^ (LANES_01 * u64::from(byte));
+    !(((v & LANES_7F) + LANES_7F) | v) & LANES_80
 }
 
 fn normalise(raw: &str) -> Result<String> {
@@ -330,6 +390,16 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn normalisation_matches_the_reference(raw in "[ab./\\x7f\\u{e000}ü ]{0,12}") {
+            let ours = Key::new(&raw).ok().map(Key::into_string);
+            proptest::prop_assert_eq!(ours, reference(&raw));
+        }
+
+        // Long enough to cross the fast path's 8-byte words at every offset.
+        #[test]
+        fn fast_path_matches_the_reference(raw in "[a./~ \\x00\\x1f\\x7f\\u{80}é]{0,40}") {
+            let normal_ascii = raw.bytes().all(|b| (0x20..0x7f).contains(&b))
+                && reference(&raw).as_deref() == Some(raw.as_str());
+            proptest::prop_assert_eq!(already_normal(&raw), normal_ascii, "{:?}", raw);
             let ours = Key::new(&raw).ok().map(Key::into_string);
             proptest::prop_assert_eq!(ours, reference(&raw));
         }

@@ -57,10 +57,11 @@ impl<B: Backend> Kv<B> {
     /// The pair at `key`; `Error::NotFound` when absent.
     pub async fn get(&self, key: impl AsRef<str>) -> Result<KvPair> {
         let key = Key::new(key.as_ref())?;
-        self.backend
-            .get(&key)
-            .await?
-            .ok_or_else(|| Error::not_found(key.as_str()))
+        match self.backend.get(&key).await {
+            Ok(Some(pair)) => Ok(pair),
+            Ok(None) => Err(Error::not_found(key.as_str())),
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes `value` at `key` and returns the new pair (with its `last_index`).
