@@ -9,32 +9,22 @@
 //! Measurement times are short on purpose; the numbers are for orientation and for
 //! spotting regressions, never asserted.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-use futures::StreamExt;
 use kvkit::consul::{Consul, ConsulConfig};
 use kvkit::etcd::{Etcd, EtcdConfig};
 use kvkit::testing::consul_emulator::ConsulEmulator;
 use kvkit::testing::etcd_server::EtcdServer;
 use kvkit::testing::zookeeper_server::ZkServer;
 use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
-use kvkit::{Backend, Kv, KvPair, LockGuard, LockOptions, PutOptions};
+use kvkit::{Backend, Kv, PutOptions};
 use tokio::runtime::Runtime;
-
-/// Bounds every wait for a watch event.
-const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn short(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     group.sample_size(10);
@@ -42,112 +32,11 @@ fn short(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     group.warm_up_time(Duration::from_millis(300));
 }
 
-/// Fills `dir` with `n` keys of 100 bytes (32 puts in flight).
-async fn fill<B: Backend>(kv: &Kv<B>, dir: &str, n: usize) {
-    let puts = futures::stream::iter(0..n)
-        .map(|i| {
-            kv.put(
-                format!("{dir}/{i:05}"),
-                vec![b'v'; 100],
-                PutOptions::default(),
-            )
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-    assert!(puts.iter().all(Result::is_ok), "filling {dir}");
-}
-
-/// put, get, list of 100 and 1,000 keys, atomic_put (CAS on the last version), watch
-/// event latency (write to event) and a lock/unlock cycle, all through `Kv<B>`.
+/// The shared `Kv` operations (`common::kv_ops`) with short measurement times.
 fn bench_kv<B: Backend>(c: &mut Criterion, name: &str, rt: &Runtime, kv: &Kv<B>) {
     let mut group = c.benchmark_group(name);
     short(&mut group);
-    let value = Bytes::from(vec![b'x'; 100]);
-    rt.block_on(kv.put("bench/key", value.clone(), PutOptions::default()))
-        .unwrap();
-
-    group.bench_function("put", |b| {
-        b.to_async(rt).iter(|| async {
-            black_box(
-                kv.put("bench/key", value.clone(), PutOptions::default())
-                    .await
-                    .unwrap(),
-            )
-        })
-    });
-    group.bench_function("get", |b| {
-        b.to_async(rt)
-            .iter(|| async { black_box(kv.get("bench/key").await.unwrap()) })
-    });
-    group.bench_function("atomic_put", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let value = value.clone();
-            async move {
-                let mut current = kv.get("bench/key").await.unwrap();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    current = kv
-                        .atomic_put(
-                            "bench/key",
-                            value.clone(),
-                            Some(&current),
-                            PutOptions::default(),
-                        )
-                        .await
-                        .unwrap();
-                }
-                start.elapsed()
-            }
-        })
-    });
-    for n in [100usize, 1000] {
-        let dir = format!("bench/list{n}");
-        rt.block_on(fill(kv, &dir, n));
-        group.bench_with_input(BenchmarkId::new("list", n), &dir, |b, dir| {
-            b.to_async(rt).iter(|| async {
-                let list = kv.list(dir).await.unwrap();
-                assert_eq!(list.len(), n);
-                black_box(list)
-            })
-        });
-    }
-    group.bench_function("watch_event_latency", |b| {
-        b.to_async(rt).iter_custom(|iters| async move {
-            let mut watch = kv.watch("bench/watched").await.unwrap();
-            let first = tokio::time::timeout(EVENT_TIMEOUT, watch.next()).await;
-            first.expect("initial state").unwrap().unwrap();
-            // Let a backend that arms its server-side watch in the background do so.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let mut total = Duration::ZERO;
-            for i in 0..iters {
-                let wanted = format!("w{i}");
-                let start = Instant::now();
-                kv.put("bench/watched", wanted.clone(), PutOptions::default())
-                    .await
-                    .unwrap();
-                // Backends may coalesce: wait for the state holding this write.
-                loop {
-                    let item = tokio::time::timeout(EVENT_TIMEOUT, watch.next())
-                        .await
-                        .expect("a watch event within 10 s")
-                        .expect("the watch ended")
-                        .expect("the watch failed");
-                    if item.is_some_and(|p: KvPair| p.value == wanted.as_bytes()) {
-                        break;
-                    }
-                }
-                total += start.elapsed();
-            }
-            total
-        })
-    });
-    group.bench_function("lock_unlock", |b| {
-        b.to_async(rt).iter(|| async {
-            let guard = kv.lock("bench/lock", LockOptions::default()).await.unwrap();
-            guard.unlock().await.unwrap();
-        })
-    });
+    common::kv_ops(&mut group, rt, kv);
     group.finish();
     rt.block_on(kv.delete_tree("bench")).unwrap();
 }
@@ -162,7 +51,7 @@ fn bench_etcd_side_by_side(c: &mut Criterion, rt: &Runtime, kv: &Kv<Etcd>) {
     let value = Bytes::from(vec![b'x'; 100]);
     rt.block_on(kv.put("raw/key", value.clone(), PutOptions::default()))
         .unwrap();
-    rt.block_on(fill(kv, "raw/list", 100));
+    rt.block_on(common::fill(kv, "raw/list", 100));
 
     group.bench_function("get/kv", |b| {
         b.to_async(rt)
@@ -341,7 +230,7 @@ async fn paired_ratios(kv: &Kv<Etcd>) {
 }
 
 fn etcd(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let Some(server) = rt.block_on(EtcdServer::start()) else {
         eprintln!("etcd is not installed: skipping the etcd benchmarks");
         return;
@@ -357,7 +246,7 @@ fn etcd(c: &mut Criterion) {
 }
 
 fn zookeeper(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let Some(server) = ZkServer::start() else {
         eprintln!("ZooKeeper is not installed: skipping the ZooKeeper benchmarks");
         return;
@@ -370,7 +259,7 @@ fn zookeeper(c: &mut Criterion) {
 }
 
 fn consul(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let emulator = rt.block_on(ConsulEmulator::start_default()).unwrap();
     let kv = Kv::new(
         rt.block_on(Consul::connect(ConsulConfig::new(emulator.url())))
