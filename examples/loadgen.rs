@@ -11,6 +11,8 @@
 //! `{"backend","op","concurrency","n","secs","ops_per_s","p50_us","p99_us"}`.
 //! `--raw` (etcd only) sends the same requests through the raw `etcd_client::Client`
 //! (reported as backend `etcd-raw`), for the wrapper-cost comparison.
+//! `--no-multiread` (ZooKeeper only) turns off the `multiRead` bulk reads of `list`
+//! (reported as backend `zookeeper-pipelined`).
 //! For redb, `--endpoints` is the database file (default: a temporary one). For etcd
 //! (`host:port` client URLs), ZooKeeper (`host:port` servers) and Consul (`host:port`
 //! agents) `--endpoints` is required; each is compiled in only with its cargo feature.
@@ -32,12 +34,14 @@ struct Args {
     list_size: usize,
     /// etcd only: send the same requests through the raw `etcd_client::Client`.
     raw: bool,
+    /// ZooKeeper only: list with pipelined single reads instead of `multiRead`.
+    no_multiread: bool,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "loadgen: {problem}\nusage: loadgen --backend memory|redb|etcd|zookeeper|consul [--endpoints A,B] \
-         [--ops put,get,cas,list] [--n 2000] [--concurrency 1,16] [--value-size 100] [--list-size 100] [--raw (etcd: raw etcd-client)]"
+         [--ops put,get,cas,list] [--n 2000] [--concurrency 1,16] [--value-size 100] [--list-size 100] [--raw (etcd: raw etcd-client)] [--no-multiread (zookeeper)]"
     );
     std::process::exit(2)
 }
@@ -52,6 +56,7 @@ fn parse_args() -> Args {
         value_size: 100,
         list_size: 100,
         raw: false,
+        no_multiread: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,6 +83,7 @@ fn parse_args() -> Args {
             "--value-size" => args.value_size = number(value()),
             "--list-size" => args.list_size = number(value()),
             "--raw" => args.raw = true,
+            "--no-multiread" => args.no_multiread = true,
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown flag {other}")),
         }
@@ -109,6 +115,7 @@ async fn drive<B: Backend>(
     args: &Args,
 ) -> kvkit::Result<(Duration, Vec<Duration>)> {
     let value = vec![b'v'; args.value_size];
+    let list_size = args.list_size;
     spread(n, concurrency, |task, count| {
         let kv = kv.clone();
         let op = op.to_owned();
@@ -132,7 +139,11 @@ async fn drive<B: Backend>(
                             .await?;
                     }
                     "list" => {
-                        kv.list("loadgen/list").await?;
+                        let listed = kv.list("loadgen/list").await?.len();
+                        if listed != list_size {
+                            let wrong = format!("listed {listed} keys, not {list_size}");
+                            return Err(kvkit::Error::backend("loadgen", wrong));
+                        }
                     }
                     other => usage(&format!("unknown op {other}")),
                 }
@@ -223,7 +234,12 @@ async fn run<B: Backend>(kv: Kv<B>, args: &Args) -> kvkit::Result<()> {
     for op in &args.ops {
         for &concurrency in &args.concurrency {
             let (elapsed, latencies) = drive(&kv, op, args.n, concurrency, args).await?;
-            report(&args.backend, op, concurrency, elapsed, latencies);
+            let backend = if args.no_multiread {
+                format!("{}-pipelined", args.backend)
+            } else {
+                args.backend.clone()
+            };
+            report(&backend, op, concurrency, elapsed, latencies);
         }
     }
     kv.delete_tree("loadgen").await?;
@@ -349,7 +365,9 @@ async fn main() -> kvkit::Result<()> {
         #[cfg(feature = "zookeeper")]
         "zookeeper" => {
             let connect = required_endpoints(&args).join(",");
-            let config = kvkit::zookeeper::ZookeeperConfig::new(connect).root("/kvkit-loadgen");
+            let config = kvkit::zookeeper::ZookeeperConfig::new(connect)
+                .root("/kvkit-loadgen")
+                .multi_read(!args.no_multiread);
             run(
                 Kv::new(kvkit::zookeeper::Zookeeper::connect(config).await?),
                 &args,

@@ -322,7 +322,7 @@ async fn list_is_pipelined(kv: &Kv<Zookeeper>) {
     let requests = after.requests - before.requests;
     let waves = after.waves - before.waves;
     eprintln!("list of {N} keys: {requests} requests in {waves} sequential waves");
-    // One getChildren, then one getData per key, all pipelined in one wave.
+    // sync + one multiRead of getChildren, then one multiRead of every getData.
     assert!(requests <= N as u64 + 2, "{requests} requests");
     assert!(
         waves <= 3,
@@ -578,10 +578,19 @@ async fn digest_auth(server: &str) {
         .unwrap(),
     );
     assert_eq!(alice2.get("private/k").await.unwrap().value, "hidden");
+    // Listed through the bulk reader, whose session replays the credentials: sync +
+    // getChildren of kv, getData of private, getChildren of it, getData of private/k.
+    let (listed, req, waves) = counted(&alice2, alice2.list("")).await;
     assert_eq!(
-        values(&alice2.list("").await.unwrap()),
+        values(&listed.unwrap()),
         [("private/k".into(), "hidden".into())]
     );
+    assert_eq!((req, waves), (5, 4), "through the bulk reader");
+    // Refused per read inside the multiRead: sync + getChildren.
+    let (refused, req, _) = counted(&anonymous, anonymous.list("")).await;
+    assert_eq!(kind(refused), ErrorKind::PermissionDenied);
+    assert_eq!(req, 2, "through the bulk reader");
+    assert_eq!(kind(mallory.list("").await), ErrorKind::PermissionDenied);
 }
 
 /// watch_tree keeps a cache current from the watches that fired: one change costs a
@@ -777,6 +786,90 @@ async fn settle(kv: &Kv<Zookeeper>, at_least: u64) -> u64 {
     kv.backend().stats().requests
 }
 
+/// Puts 100 and 1,000 flat keys, pins the requests and waves of listing each
+/// (`list(n)`) and of `delete_tree` of the 1,000 (`delete_tree`).
+async fn list_round_trips(
+    kv: &Kv<Zookeeper>,
+    list: impl Fn(u64) -> (u64, u64),
+    delete_tree: (u64, u64),
+) {
+    for n in [100usize, 1_000] {
+        let dir = format!("l{n}");
+        let puts = futures::stream::iter(0..n)
+            .map(|i| kv.put(format!("{dir}/k{i:04}"), "v", PutOptions::default()))
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        assert!(puts.iter().all(Result::is_ok));
+        let (r, req, waves) = counted(kv, kv.list(&dir)).await;
+        assert_eq!(r.unwrap().len(), n);
+        assert_eq!((req, waves), list(n as u64), "list of {n} flat keys");
+    }
+    let (r, req, waves) = counted(kv, kv.delete_tree("l1000")).await;
+    r.unwrap();
+    assert_eq!((req, waves), delete_tree, "delete_tree of 1,000 flat keys");
+    assert!(kv.list("l1000").await.unwrap().is_empty());
+}
+
+/// With `multi_read` off, list and delete_tree read with pipelined single requests on
+/// the main session: per level a wave of getChildren, then one of getData.
+async fn pipelined_round_trips(addr: &str) {
+    let config = ZookeeperConfig::new(addr)
+        .root("/kvkit-round-trips-pipelined")
+        .multi_read(false);
+    let kv = Kv::new(Zookeeper::connect(config).await.unwrap());
+    list_round_trips(&kv, |n| (n + 1, 2), (2_002, 3)).await;
+    basics(&kv).await;
+    kv.delete_tree("").await.unwrap();
+    kv.close().await.unwrap();
+}
+
+/// A list sees the write its handle completed just before, every time (its reads go
+/// through the bulk reader's session, after a sync: 3 requests for a flat list).
+async fn list_reads_own_writes(addr: &str, root: &str) {
+    let kv = connect(addr, root).await;
+    for i in 0..200 {
+        kv.put(
+            format!("ryw/k{i:03}"),
+            format!("{i}"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+        let (listed, req, _) = counted(&kv, kv.list("ryw")).await;
+        let listed = listed.unwrap();
+        assert_eq!(req, 3, "through the bulk reader");
+        assert_eq!(listed.len(), i + 1, "round {i}");
+        assert_eq!(listed[i].key, format!("ryw/k{i:03}"));
+        assert_eq!(listed[i].value, format!("{i}"));
+    }
+    kv.delete_tree("ryw").await.unwrap();
+    kv.close().await.unwrap();
+}
+
+/// Keys deleted while a list runs (some between its getChildren and its getData:
+/// per-read NoNode inside a multiRead) are skipped; the list never fails.
+async fn list_during_deletes(kv: &Kv<Zookeeper>) {
+    for round in 0..30 {
+        for i in 0..100 {
+            kv.put(format!("nn/k{i:03}"), format!("{i}"), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let deletes = futures::stream::iter((0..100).rev())
+            .map(|i| kv.delete(format!("nn/k{i:03}")))
+            .buffer_unordered(32)
+            .collect::<Vec<_>>();
+        let (listed, deleted) = futures::join!(kv.list("nn"), deletes);
+        assert!(deleted.iter().all(Result::is_ok), "round {round}");
+        for pair in listed.unwrap() {
+            let i: usize = pair.key["nn/k".len()..].parse().unwrap();
+            assert_eq!(pair.value, format!("{i}"), "round {round}");
+        }
+    }
+    assert!(kv.list("nn").await.unwrap().is_empty());
+}
+
 /// Pins the request counts of docs/zookeeper.md ("Operations and round trips"),
 /// counted by the backend's own request counter on a fresh handle (no watches, no
 /// locks: nothing runs in the background while counting).
@@ -843,26 +936,8 @@ async fn round_trips_match_the_docs(addr: &str) {
     r.unwrap();
     assert_eq!(req, 2, "delete of a top-level key: getData, delete");
 
-    for n in [100usize, 1_000] {
-        let dir = format!("l{n}");
-        let puts = futures::stream::iter(0..n)
-            .map(|i| kv.put(format!("{dir}/k{i:04}"), "v", opts()))
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await;
-        assert!(puts.iter().all(Result::is_ok));
-        let (r, req, waves) = counted(&kv, kv.list(&dir)).await;
-        assert_eq!(r.unwrap().len(), n);
-        assert_eq!(
-            (req, waves),
-            (n as u64 + 1, 2),
-            "list of {n} flat keys: getChildren, then {n} getData"
-        );
-    }
-    let (r, req, waves) = counted(&kv, kv.delete_tree("l1000")).await;
-    r.unwrap();
-    assert_eq!((req, waves), (2_002, 3), "delete_tree of 1,000 flat keys");
-    assert!(kv.list("l1000").await.unwrap().is_empty());
+    // list and delete_tree: sync + one multiRead per level and kind of read.
+    list_round_trips(&kv, |_| (3, 2), (1_004, 3)).await;
 
     // watch_tree: a value change costs one getData besides the put itself.
     let mut tree = kv.watch_tree("l100").await.unwrap();
@@ -923,6 +998,12 @@ async fn standalone_server() {
     list_is_pipelined(&kv).await;
     eprintln!("round trips");
     round_trips_match_the_docs(&addr).await;
+    eprintln!("round trips and basics without multiRead");
+    pipelined_round_trips(&addr).await;
+    eprintln!("lists read their own writes");
+    list_reads_own_writes(&addr, "/kvkit-ryw").await;
+    eprintln!("lists during deletes");
+    list_during_deletes(&kv).await;
     eprintln!("watches");
     watches(&kv).await;
     eprintln!("incremental watch_tree");
@@ -1000,6 +1081,24 @@ async fn restart_and_session_expiry() {
         "before"
     );
     next(&mut tree, "initial tree").await.unwrap();
+    // A handle that only lists: its lists go through the bulk reader's session.
+    let lister = Kv::new(
+        Zookeeper::connect(
+            ZookeeperConfig::new(&addr)
+                .root("/kvkit-restart")
+                .request_timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap(),
+    );
+    let (listed, req, _) = counted(&lister, lister.list("r")).await;
+    assert_eq!(listed.unwrap().len(), 1);
+    assert_eq!(req, 3, "sync + 2 multiReads");
+
+    // Down: a list fails as retryable (the reader's and the main session are gone).
+    server.stop();
+    let down = lister.list("r").await.expect_err("no server");
+    assert!(down.is_retryable(), "{down}");
 
     // Restart: the watches are re-armed on the new connection and converge.
     server.restart();
@@ -1027,6 +1126,27 @@ async fn restart_and_session_expiry() {
     )
     .await;
     assert_eq!(kv.get("r/new").await.unwrap().value, "n");
+    // The bulk reader opens a new session (after its backoff) and lists through it again.
+    let mut through_reader = false;
+    for _ in 0..100 {
+        let (listed, req, _) = counted(&lister, lister.list("r")).await;
+        if let Ok(listed) = listed {
+            assert_eq!(
+                values(&listed),
+                [("r/k".into(), "after".into()), ("r/new".into(), "n".into())]
+            );
+            if req == 3 {
+                through_reader = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        through_reader,
+        "the bulk reader never came back after the restart"
+    );
+    lister.close().await.unwrap();
 
     // Session expiry: a holder cut off (through a proxy) loses its lock; another client
     // then acquires it; the cut-off client gets a new session and keeps working.
@@ -1190,6 +1310,9 @@ async fn ensemble_with_one_member_down() {
         .unwrap();
     let mut w = kv.watch("e/k").await.unwrap();
     next(&mut w, "initial").await.unwrap();
+    // The main session sits on the first member, the bulk reader on the second: its
+    // sync makes each list see the write completed just before on the main session.
+    list_reads_own_writes(&ensemble.connect_string(), "/kvkit-ensemble-ryw").await;
     ensemble.stop(0);
     // Operations keep working (a request in flight on the stopped member fails as
     // retryable Unavailable while the client moves to another member).
@@ -1207,6 +1330,11 @@ async fn ensemble_with_one_member_down() {
     assert!(done, "no write succeeded with two of three members up");
     kv.put("e/k2", "2", PutOptions::default()).await.unwrap();
     assert_eq!(kv.list("e").await.unwrap().len(), 3);
+    let fresh = connect(&ensemble.connect_string(), "/kvkit-ensemble").await;
+    let (listed, req, _) = counted(&fresh, fresh.list("e")).await;
+    assert_eq!(listed.unwrap().len(), 3);
+    assert_eq!(req, 3, "bulk reads go on with the first member down");
+    fresh.close().await.unwrap();
     let other = connect(&ensemble.connect_string(), "/kvkit-ensemble").await;
     assert_eq!(other.get("e/k2").await.unwrap().value, "2");
     assert!(

@@ -23,9 +23,12 @@
 //! the crate does not re-register them), and it neither re-sends credentials after a
 //! reconnect nor reports a new session (the backend replays the digest credentials
 //! before letting any request through, and counts session expiries for its locks).
+//! Nor can it send `multiRead`: `list` and `delete_tree` scans read through a small
+//! wire client of their own (`multiread`, a second session) that can.
 
 mod codec;
 mod lock;
+mod multiread;
 mod watch;
 
 use std::fmt;
@@ -48,6 +51,7 @@ pub use lock::ZookeeperLock;
 pub use watch::{ZookeeperWatch, ZookeeperWatchTree};
 
 use codec::Decoded;
+use multiread::{MultiReader, ReaderConfig};
 
 const NAME: &str = "zookeeper";
 
@@ -98,6 +102,16 @@ pub struct ZookeeperConfig {
     /// `auth::` (all rights to these credentials only).
     #[serde(default)]
     pub digest: Option<DigestAuth>,
+    /// Read `list` and `delete_tree` scans with `multiRead` (ZooKeeper 3.6+) on a second
+    /// session, one request per level instead of one per znode (default true). Off, or
+    /// against a server without `multiRead`, they use pipelined single requests on the
+    /// main session. See `docs/zookeeper.md`.
+    #[serde(default = "default_multi_read")]
+    pub multi_read: bool,
+}
+
+fn default_multi_read() -> bool {
+    true
 }
 
 fn default_session_timeout_ms() -> u64 {
@@ -121,7 +135,14 @@ impl ZookeeperConfig {
             request_timeout_ms: default_request_timeout_ms(),
             root: default_root(),
             digest: None,
+            multi_read: default_multi_read(),
         }
+    }
+
+    /// Turns the `multiRead` bulk reads of `list`/`delete_tree` on or off.
+    pub fn multi_read(mut self, enabled: bool) -> Self {
+        self.multi_read = enabled;
+        self
     }
 
     /// Sets the root znode below which kvkit keeps its data.
@@ -207,6 +228,8 @@ pub(crate) struct Inner {
     shutdown: tokio_util::sync::CancellationToken,
     requests: AtomicU64,
     waves: AtomicU64,
+    /// The bulk reader (`None` when `multi_read` is off).
+    reader: Option<MultiReader>,
 }
 
 /// The state of one znode of the key space.
@@ -298,6 +321,20 @@ impl Zookeeper {
             .digest
             .as_ref()
             .map(|d| format!("{}:{}", d.user, d.password).into_bytes());
+        let reader = config.multi_read.then(|| {
+            MultiReader::new(ReaderConfig {
+                addrs: config
+                    .connect
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                session_timeout,
+                request_timeout,
+                digest: digest.clone(),
+            })
+        });
         let acl = if digest.is_some() {
             Acl::creator_all().clone()
         } else {
@@ -319,6 +356,7 @@ impl Zookeeper {
             shutdown: tokio_util::sync::CancellationToken::new(),
             requests: AtomicU64::new(0),
             waves: AtomicU64::new(0),
+            reader,
         });
         let weak = Arc::downgrade(&inner);
         inner.zk.add_listener(move |state| on_state(&weak, state));
@@ -406,11 +444,14 @@ impl Zookeeper {
         }
     }
 
-    /// The request counters (requests sent, and sequential waves of traversals).
+    /// The request counters (requests sent, and sequential waves of traversals), the
+    /// bulk reader's `sync`s and multiReads included.
     pub fn stats(&self) -> RequestStats {
+        let inner = &self.inner;
+        let reader = inner.reader.as_ref();
         RequestStats {
-            requests: self.inner.requests.load(Ordering::Relaxed),
-            waves: self.inner.waves.load(Ordering::Relaxed),
+            requests: inner.requests.load(Ordering::Relaxed) + reader.map_or(0, |r| r.requests()),
+            waves: inner.waves.load(Ordering::Relaxed) + reader.map_or(0, |r| r.waves()),
         }
     }
 
@@ -521,20 +562,16 @@ impl Zookeeper {
         Err(contention(key.as_str()))
     }
 
-    /// Every znode path strictly below `base` (values or not), deepest last, in waves of
-    /// pipelined `getChildren` requests.
+    /// Every znode path strictly below `base` (values or not), deepest last, one wave of
+    /// `getChildren` per level.
     async fn all_paths_below(&self, base: &str) -> Result<Vec<(usize, String)>> {
-        let inner = &self.inner;
+        let mut reads = Reads::new(&self.inner);
         let mut out = Vec::new();
         let mut frontier = vec![base.to_owned()];
         let mut depth = 0;
         while !frontier.is_empty() {
             depth += 1;
-            let lists: Vec<(String, ZkResultVec)> = inner
-                .wave(frontier, |parent: String| async move {
-                    inner.zk.get_children(&parent, false).await
-                })
-                .await;
+            let lists = reads.children(frontier).await;
             frontier = Vec::new();
             for (parent, result) in lists {
                 match result {
@@ -991,6 +1028,77 @@ impl Drop for Inner {
     }
 }
 
+/// Where one traversal (`list`, the scan of `delete_tree`) reads: through the bulk
+/// reader while it works (a `sync` ahead of the first multiRead, see `multiread`), else
+/// with pipelined single requests on the main session (switch off, a server without
+/// multiRead, the reader down: then for the rest of the traversal, as a later multiRead
+/// would lack the `sync`). Each call is one counted wave.
+struct Reads<'a> {
+    inner: &'a Inner,
+    reader: Option<&'a MultiReader>,
+    synced: bool,
+}
+
+impl<'a> Reads<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        let reader = inner
+            .reader
+            .as_ref()
+            .filter(|r| r.usable() && !inner.is_closed());
+        Reads {
+            inner,
+            reader,
+            synced: false,
+        }
+    }
+
+    /// The `sync` path of the next bulk read: the first one syncs.
+    fn sync(&self) -> Option<&'a str> {
+        (!self.synced).then_some(self.inner.kv_root.as_str())
+    }
+
+    fn fall_back(&mut self, e: &multiread::ReadError) {
+        tracing::debug!(error = %e, "this traversal reads through the main session");
+        self.reader = None;
+    }
+
+    async fn children(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultVec)> {
+        if let Some(reader) = self.reader {
+            match reader.children(self.sync(), &paths).await {
+                Ok(results) => {
+                    self.synced = true;
+                    return paths.into_iter().zip(results).collect();
+                }
+                Err(e) => self.fall_back(&e),
+            }
+        }
+        let inner = self.inner;
+        inner
+            .wave(paths, |parent: String| async move {
+                inner.zk.get_children(&parent, false).await
+            })
+            .await
+    }
+
+    async fn data(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultData)> {
+        if let Some(reader) = self.reader {
+            match reader.data(self.sync(), &paths).await {
+                Ok(results) => {
+                    self.synced = true;
+                    return paths.into_iter().zip(results).collect();
+                }
+                Err(e) => self.fall_back(&e),
+            }
+        }
+        let inner = self.inner;
+        inner
+            .wave(paths, |path: String| async move {
+                inner.zk.get_data(&path, false).await
+            })
+            .await
+    }
+}
+
 /// The strict ancestors of `path` (`/a/b/c` → `/a`, `/a/b`), outermost first.
 fn ancestors(path: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -1109,15 +1217,11 @@ impl Backend for Zookeeper {
 
     async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         let inner = &self.inner;
-        let base = inner.dir_path(dir);
+        let mut reads = Reads::new(inner);
         let mut out = Vec::new();
-        let mut frontier = vec![base];
+        let mut frontier = vec![inner.dir_path(dir)];
         while !frontier.is_empty() {
-            let lists: Vec<(String, ZkResultVec)> = inner
-                .wave(frontier, |parent: String| async move {
-                    inner.zk.get_children(&parent, false).await
-                })
-                .await;
+            let lists = reads.children(frontier).await;
             let mut paths = Vec::new();
             for (parent, result) in lists {
                 match result {
@@ -1131,13 +1235,8 @@ impl Backend for Zookeeper {
             if paths.is_empty() {
                 break;
             }
-            let reads: Vec<(String, ZkResultData)> = inner
-                .wave(paths, |path: String| async move {
-                    inner.zk.get_data(&path, false).await
-                })
-                .await;
             frontier = Vec::new();
-            for (path, result) in reads {
+            for (path, result) in reads.data(paths).await {
                 let (data, stat) = match result {
                     Ok(found) => found,
                     Err(ZkError::NoNode) => continue,
@@ -1257,6 +1356,9 @@ impl Backend for Zookeeper {
             return Ok(());
         }
         self.inner.shutdown.cancel();
+        if let Some(reader) = &self.inner.reader {
+            reader.close().await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.zk.close()).await;
         self.inner.shared.ready.send_replace(false);
         Ok(())
@@ -1294,5 +1396,6 @@ mod tests {
         assert_eq!(config, ZookeeperConfig::new("127.0.0.1:2181").root("/app"));
         assert_eq!(config.session_timeout_ms, 10_000);
         assert!(config.digest.is_none());
+        assert!(config.multi_read, "bulk reads are on by default");
     }
 }
