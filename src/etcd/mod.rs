@@ -25,8 +25,11 @@
 //!
 //! One gRPC request each for get, exists, put (without TTL, or with a cached lease),
 //! delete, list, delete_tree, atomic_put, atomic_delete; see `docs/etcd.md` for the
-//! full table, including leases, watches and locks.
+//! full table, including leases, watches and locks. Concurrent gets and exists share
+//! requests: past two in flight, the waiting ones go out together as one read-only
+//! Txn (see `batch`).
 
+mod batch;
 mod config;
 mod lease;
 mod lock;
@@ -51,6 +54,7 @@ use crate::backend::{Backend, Capabilities, Cas, Expect, KvPair, LockOptions, Pu
 use crate::error::{Error, Result};
 use crate::key::{Dir, Key};
 
+use batch::Reads;
 use lease::LeaseCache;
 
 /// Sends one request through [`Etcd::call`]: `$client` names a client field of
@@ -96,6 +100,8 @@ pub(crate) struct Inner {
     prefix: Vec<u8>,
     request_timeout: Duration,
     leases: LeaseCache,
+    /// Point reads in flight and queued for a batch (see `batch`).
+    reads: Reads,
     /// Cancelled by `close`: stops watches and lock keep-alives.
     closed: CancellationToken,
 }
@@ -178,6 +184,7 @@ impl Etcd {
                 prefix,
                 request_timeout: config.request_timeout,
                 leases: LeaseCache::default(),
+                reads: Reads::default(),
                 closed: CancellationToken::new(),
             }),
         };
@@ -337,8 +344,7 @@ impl Backend for Etcd {
     }
 
     async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
-        let full = self.full(key.as_str());
-        let mut resp = request!(self, kv => kv.get(full, None), clone full).await?;
+        let mut resp = self.read(self.full(key.as_str()), None).await?;
         Ok(resp
             .take_kvs()
             .into_iter()
@@ -347,9 +353,8 @@ impl Backend for Etcd {
     }
 
     async fn exists(&self, key: &Key<'_>) -> Result<bool> {
-        let full = self.full(key.as_str());
         let options = GetOptions::new().with_count_only();
-        let resp = request!(self, kv => kv.get(full, Some(options)), clone full, options).await?;
+        let resp = self.read(self.full(key.as_str()), Some(options)).await?;
         Ok(resp.count() > 0)
     }
 
