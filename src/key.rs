@@ -37,10 +37,21 @@ pub struct Dir(String);
 
 impl<'a> Key<'a> {
     /// Normalises and validates `raw`; `Error::InvalidKey` when it breaks a rule above.
+    // Inline so the common borrowed case builds the key in place in the caller (no
+    // 48-byte `Result` written to memory and read back).
+    #[inline]
     pub fn new(raw: &'a str) -> Result<Self> {
         if already_normal(raw) {
-            return Ok(Key(Cow::Borrowed(raw)));
+            Ok(Key(Cow::Borrowed(raw)))
+        } else {
+            Self::normalised(raw)
         }
+    }
+
+    /// The general path of [`Key::new`]: a key that needs normalising or is invalid.
+    #[cold]
+    #[inline(never)]
+    fn normalised(raw: &str) -> Result<Self> {
         let normalised = normalise(raw)?;
         if normalised.is_empty() {
             return Err(invalid(raw, "empty key"));

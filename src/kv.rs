@@ -55,6 +55,7 @@ impl<B: Backend> Kv<B> {
     }
 
     /// The pair at `key`; `Error::NotFound` when absent.
+    #[inline]
     pub async fn get(&self, key: impl AsRef<str>) -> Result<KvPair> {
         let key = Key::new(key.as_ref())?;
         match self.backend.get(&key).await {
