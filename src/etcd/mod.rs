@@ -459,11 +459,11 @@ impl Backend for Etcd {
         let options = GetOptions::new().with_range(end);
         let mut resp =
             request!(self, kv => kv.get(start, Some(options)), clone start, options).await?;
-        Ok(resp
-            .take_kvs()
-            .into_iter()
-            .filter_map(|kv| self.owned_pair(kv))
-            .collect())
+        let kvs = resp.take_kvs();
+        // Sized up front: `filter_map` would grow the Vec by doubling and copying.
+        let mut pairs = Vec::with_capacity(kvs.len());
+        pairs.extend(kvs.into_iter().filter_map(|kv| self.owned_pair(kv)));
+        Ok(pairs)
     }
 
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
