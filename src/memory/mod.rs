@@ -316,9 +316,13 @@ impl Backend for Memory {
         }
     }
 
-    async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
-        let state = self.state()?;
-        Ok(state.live_now(key.as_str()).map(|e| e.pair(key.as_str())))
+    // Answered when called, as a ready future: nothing to wait for, and a caller's
+    // `.await` then costs no separate poll function.
+    fn get(&self, key: &Key<'_>) -> impl Future<Output = Result<Option<KvPair>>> + Send {
+        let found = self
+            .state()
+            .map(|state| state.live_now(key.as_str()).map(|e| e.pair(key.as_str())));
+        std::future::ready(found)
     }
 
     async fn put(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
