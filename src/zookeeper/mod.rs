@@ -1062,15 +1062,30 @@ impl<'a> Reads<'a> {
         self.reader = None;
     }
 
-    async fn children(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultVec)> {
-        if let Some(reader) = self.reader {
-            match reader.children(self.sync(), &paths).await {
-                Ok(results) => {
-                    self.synced = true;
-                    return paths.into_iter().zip(results).collect();
-                }
-                Err(e) => self.fall_back(&e),
+    /// The bulk reader's answers, or `None` when this traversal reads through the main
+    /// session (no reader, or it just failed).
+    async fn via_reader<T>(
+        &mut self,
+        read: impl AsyncFnOnce(&'a MultiReader, Option<&'a str>) -> Result<Vec<T>, multiread::ReadError>,
+    ) -> Option<Vec<T>> {
+        let reader = self.reader?;
+        match read(reader, self.sync()).await {
+            Ok(results) => {
+                self.synced = true;
+                Some(results)
             }
+            Err(e) => {
+                self.fall_back(&e);
+                None
+            }
+        }
+    }
+
+    async fn children(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultVec)> {
+        let read =
+            async |reader: &MultiReader, sync: Option<&str>| reader.children(sync, &paths).await;
+        if let Some(results) = self.via_reader(read).await {
+            return paths.into_iter().zip(results).collect();
         }
         let inner = self.inner;
         inner
@@ -1081,14 +1096,9 @@ impl<'a> Reads<'a> {
     }
 
     async fn data(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultData)> {
-        if let Some(reader) = self.reader {
-            match reader.data(self.sync(), &paths).await {
-                Ok(results) => {
-                    self.synced = true;
-                    return paths.into_iter().zip(results).collect();
-                }
-                Err(e) => self.fall_back(&e),
-            }
+        let read = async |reader: &MultiReader, sync: Option<&str>| reader.data(sync, &paths).await;
+        if let Some(results) = self.via_reader(read).await {
+            return paths.into_iter().zip(results).collect();
         }
         let inner = self.inner;
         inner
