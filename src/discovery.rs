@@ -175,9 +175,12 @@ struct Heartbeat<B: Backend> {
 
 impl<B: Backend> Heartbeat<B> {
     async fn run(self) {
-        let mut tick = tokio::time::interval(self.every);
+        // First heartbeat one period from now (registration wrote the key); an
+        // interval's immediate first tick would park this task for up to a timer tick
+        // before it listens for `stop`.
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => {

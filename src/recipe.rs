@@ -201,9 +201,12 @@ struct Holder<B> {
 impl<B: Backend> Holder<B> {
     async fn run(mut self, mut watch: B::Watch, mut release: oneshot::Receiver<Reply>) {
         let renew_every = self.ttl.map(|ttl| (ttl / 3).max(Duration::from_millis(1)));
-        let mut renew = tokio::time::interval(renew_every.unwrap_or(Duration::from_secs(3600)));
+        let period = renew_every.unwrap_or(Duration::from_secs(3600));
+        // First renewal one period from now. Awaiting an interval's immediate first tick
+        // here instead parked the holder for up to a timer tick (~1 ms) before it
+        // listened for `unlock`.
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        renew.tick().await;
         loop {
             tokio::select! {
                 request = &mut release => {
