@@ -51,10 +51,21 @@ pub fn find_binary(what: &str, candidates: &[&str]) -> Option<PathBuf> {
     None
 }
 
-/// A free TCP port on 127.0.0.1 (bound once, then released for the server to take).
+/// A free TCP port on 127.0.0.1 (bound once, then released for the server to take),
+/// never one this process handed out before: the kernel may give a just-released port
+/// again, and a cluster's client and peer ports must differ.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1_000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+        let port = listener.local_addr().expect("local addr").port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh ephemeral loopback port in 1,000 tries");
 }
 
 /// Waits until something accepts TCP connections on `addr`, or `timeout` passes.
@@ -117,5 +128,16 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut ports: Vec<u16> = (0..300).map(|_| super::free_port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 300);
     }
 }
