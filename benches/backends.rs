@@ -90,25 +90,8 @@ fn bench_etcd_side_by_side(c: &mut Criterion, rt: &Runtime, kv: &Kv<Etcd>) {
         })
     });
     group.bench_function("cas/kv", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let value = value.clone();
-            async move {
-                let mut current = kv.get("raw/key").await.unwrap();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    current = kv
-                        .atomic_put(
-                            "raw/key",
-                            value.clone(),
-                            Some(&current),
-                            PutOptions::default(),
-                        )
-                        .await
-                        .unwrap();
-                }
-                start.elapsed()
-            }
-        })
+        b.to_async(rt)
+            .iter_custom(|iters| common::chained_atomic_puts(kv, "raw/key", &value, iters))
     });
     group.bench_function("cas/raw", |b| {
         b.to_async(rt).iter_custom(|iters| {

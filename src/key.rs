@@ -52,7 +52,7 @@ impl<'a> Key<'a> {
     #[cold]
     #[inline(never)]
     fn normalised(raw: &str) -> Result<Self> {
-        let normalised = normalise(raw)?;
+        let normalised = normalise_in_full(raw)?;
         if normalised.is_empty() {
             return Err(invalid(raw, "empty key"));
         }
@@ -241,6 +241,12 @@ fn normalise(raw: &str) -> Result<String> {
     if already_normal(raw) {
         return Ok(raw.to_owned());
     }
+    normalise_in_full(raw)
+}
+
+/// [`normalise`] without its fast path, for callers that already know `raw` is not
+/// normal.
+fn normalise_in_full(raw: &str) -> Result<String> {
     if raw.chars().any(forbidden_char) {
         return Err(invalid(raw, "control or reserved character"));
     }

@@ -43,6 +43,25 @@ pub async fn fill<B: Backend>(kv: &Kv<B>, dir: &str, n: usize) {
     assert!(puts.iter().all(Result::is_ok), "filling {dir}");
 }
 
+/// Times `iters` atomic_puts of `key`, each on the version the previous one wrote
+/// (CAS on the last version, never refused).
+pub async fn chained_atomic_puts<B: Backend>(
+    kv: &Kv<B>,
+    key: &str,
+    value: &Bytes,
+    iters: u64,
+) -> Duration {
+    let mut current = kv.get(key).await.unwrap();
+    let start = Instant::now();
+    for _ in 0..iters {
+        current = kv
+            .atomic_put(key, value.clone(), Some(&current), PutOptions::default())
+            .await
+            .unwrap();
+    }
+    start.elapsed()
+}
+
 /// The list sizes measured; `bench/list{n}` holds `n` keys after [`kv_ops`].
 pub const LIST_SIZES: [usize; 2] = [100, 1000];
 
@@ -69,20 +88,8 @@ pub fn kv_ops<B: Backend>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime
             .iter(|| async { black_box(kv.get(KEY).await.unwrap()) })
     });
     group.bench_function("atomic_put/kv", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let value = value.clone();
-            async move {
-                let mut current = kv.get(KEY).await.unwrap();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    current = kv
-                        .atomic_put(KEY, value.clone(), Some(&current), PutOptions::default())
-                        .await
-                        .unwrap();
-                }
-                start.elapsed()
-            }
-        })
+        b.to_async(rt)
+            .iter_custom(|iters| chained_atomic_puts(kv, KEY, &value, iters))
     });
     for n in LIST_SIZES {
         let dir = format!("bench/list{n}");
