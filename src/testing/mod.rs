@@ -16,6 +16,7 @@ pub mod conformance;
 pub mod consul_emulator;
 #[cfg(feature = "etcd")]
 pub mod etcd_server;
+pub mod fault;
 pub mod model;
 pub mod recipes;
 pub mod server;
