@@ -4,25 +4,71 @@
 //! outside the key space, so they never show in `list`, `watch_tree` or `get`. The
 //! lowest sequence number holds the lock; every other contender watches only its
 //! predecessor (no herd). The holder then writes the lock's value at the key (an
-//! ephemeral znode when the key is new, so the value vanishes with the session). The
-//! lock is lost when the session expires, the contender znode disappears, or someone
-//! else overwrites or deletes the key.
+//! ordinary persistent znode, so keys can live below it and a value someone else
+//! writes over it stays). The lock is lost when the session expires, the contender
+//! znode disappears, its lease runs out, or someone else overwrites or deletes the key.
+//!
+//! A lock with `LockOptions::ttl` carries its TTL in the contender's name
+//! (`c-t<ms>-<seq>`) and renews the contender (an empty `setData`, which moves its
+//! `mtime`) while it waits and while it holds; a contender whose `mtime` + TTL has
+//! passed on the server clock belongs to a dead or cut-off client, and the contender
+//! behind it deletes it (versioned, so a renewal in between keeps it). The holder
+//! reports the loss once no renewal sent within 4/5 of the TTL was answered, before
+//! anyone may judge it dead.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use zookeeper_async::{CreateMode, WatchedEvent, ZkError};
+use zookeeper_async::{CreateMode, ZkError};
 
+use super::watch::{Arm, Kind};
 use super::{Node, Zookeeper, codec};
 use crate::backend::{LockGuard, LockLost, LostSignal};
 use crate::error::{Error, Result};
 use crate::key::Key;
 
 const PREFIX: &str = "c-";
+
+/// Every lock this handle holds, so `close()` can release them and tell their guards.
+#[derive(Default)]
+pub(crate) struct HeldLocks {
+    next: std::sync::atomic::AtomicU64,
+    held: std::sync::Mutex<std::collections::HashMap<u64, (Arc<Held>, LostSignal)>>,
+}
+
+impl HeldLocks {
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, (Arc<Held>, LostSignal)>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn insert(&self, held: Arc<Held>, lost: LostSignal) -> u64 {
+        let id = self
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.held().insert(id, (held, lost));
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.held().remove(&id);
+    }
+
+    /// Fires `lost()` of every held lock and releases them (value if still theirs,
+    /// contender), all at once, bounded by `within`.
+    pub(crate) async fn release_all(&self, within: Duration) {
+        let all: Vec<(Arc<Held>, LostSignal)> = self.held().drain().map(|(_, v)| v).collect();
+        for (_, lost) in &all {
+            lost.fire();
+        }
+        let releases = futures::future::join_all(all.iter().map(|(held, _)| held.release()));
+        let _ = tokio::time::timeout(within, releases).await;
+    }
+}
 
 /// The guard of a ZooKeeper lock; see [`LockGuard`].
 #[derive(Debug)]
@@ -31,14 +77,20 @@ pub struct ZookeeperLock {
     lost: LostSignal,
     monitor: AbortHandle,
     released: bool,
+    registered: u64,
 }
 
 #[derive(Debug)]
-struct Held {
+pub(crate) struct Held {
     backend: Zookeeper,
     key: Key<'static>,
     contender: String,
+    /// The contender's `czxid`: a path can be reused once the lock's directory was
+    /// deleted and created again, this tells our contender from a later one.
+    contender_czxid: i64,
     index: u64,
+    /// The lock's TTL (`LockOptions::ttl`), renewed on the contender.
+    ttl: Option<Duration>,
 }
 
 impl Held {
@@ -54,7 +106,16 @@ impl Held {
             .await
         {
             Ok(()) | Err(ZkError::NoNode) => {}
-            Err(e) => return Err(self.backend.map_err(e)),
+            Err(e) => {
+                // Keep trying in the background: a contender left behind would block
+                // everyone for as long as this session lives.
+                spawn_withdraw(
+                    self.backend.clone(),
+                    self.contender.clone(),
+                    self.contender_czxid,
+                );
+                return Err(self.backend.map_err(e));
+            }
         }
         // The lock's directory, unless other contenders wait in it (a contender that
         // finds it gone creates it again).
@@ -65,10 +126,12 @@ impl Held {
     }
 }
 
-/// Deletes a contender znode when the acquisition is abandoned (cancelled future).
+/// Withdraws a contender znode when the acquisition is abandoned (an error, a
+/// timeout, a cancelled future).
 struct Contender {
     backend: Zookeeper,
     path: Option<String>,
+    czxid: i64,
 }
 
 impl Contender {
@@ -80,18 +143,55 @@ impl Contender {
 impl Drop for Contender {
     fn drop(&mut self) {
         if let Some(path) = self.path.take() {
-            spawn_delete(self.backend.clone(), path);
+            spawn_withdraw(self.backend.clone(), path, self.czxid);
         }
     }
 }
 
-fn spawn_delete(backend: Zookeeper, path: String) {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(async move {
-            let inner = backend.inner();
-            let _ = inner.call(|| inner.zk().delete(&path, None)).await;
-        });
-    }
+/// Deletes our contender `path` (created at `czxid`) in the background, and keeps
+/// trying through connection loss and reconnects (a request that timed out may never
+/// have reached the server): an orphaned contender would block every later contender
+/// for as long as this session lives. It stops once the znode is gone or is not ours
+/// (another `czxid`: the session expired and took it, and the name was reused), or the
+/// store is closed (closing ends the session and its contenders); at the latest after a
+/// few session timeouts, by which a session that cannot reach the server has expired.
+fn spawn_withdraw(backend: Zookeeper, path: String, czxid: i64) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        let inner = backend.inner();
+        let give_up = Instant::now() + inner.session_timeout() * 3 + inner.request_timeout();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if inner.is_closed() {
+                return;
+            }
+            let attempt = async {
+                match inner.call(|| inner.zk().exists(&path, false)).await? {
+                    None => Ok(true),
+                    Some(stat) if stat.czxid != czxid => Ok(true),
+                    Some(stat) => match inner
+                        .call(|| inner.zk().delete(&path, Some(stat.version)))
+                        .await
+                    {
+                        Ok(()) | Err(ZkError::NoNode) => Ok(true),
+                        Err(ZkError::BadVersion) => Ok(false),
+                        Err(e) => Err(e),
+                    },
+                }
+            };
+            if let Ok(true) = attempt.await {
+                return;
+            }
+            if Instant::now() >= give_up {
+                tracing::warn!(contender = %path, "could not withdraw a lock contender");
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    });
 }
 
 impl Zookeeper {
@@ -103,8 +203,58 @@ impl Zookeeper {
     }
 }
 
+/// The sequence number of a contender `c-<seq>` or `c-t<ttl ms>-<seq>`.
 fn sequence(name: &str) -> Option<i64> {
-    name.strip_prefix(PREFIX)?.parse().ok()
+    name.strip_prefix(PREFIX)?.rsplit('-').next()?.parse().ok()
+}
+
+/// The TTL of a contender named `c-t<ttl ms>-<seq>`.
+fn lease_of(name: &str) -> Option<Duration> {
+    let rest = name.strip_prefix(PREFIX)?.strip_prefix('t')?;
+    let (ms, _) = rest.split_once('-')?;
+    ms.parse().ok().map(Duration::from_millis)
+}
+
+/// The prefix of this lock's contender names.
+fn contender_prefix(dir: &str, ttl: Option<Duration>) -> String {
+    match ttl {
+        None => format!("{dir}/{PREFIX}"),
+        Some(ttl) => format!("{dir}/{PREFIX}t{}-", ttl.as_millis().max(1)),
+    }
+}
+
+/// With a TTL, whether the contender at `path` outlived its lease without renewing it
+/// (its client died or was cut off); if so it is deleted (versioned, so a renewal
+/// that lands first keeps it). True when it was removed or is gone.
+async fn remove_if_expired(backend: &Zookeeper, path: &str, lease: Duration) -> bool {
+    let inner = backend.inner();
+    let Ok(found) = inner.call(|| inner.zk().exists(path, false)).await else {
+        return false;
+    };
+    let Some(stat) = found else { return true };
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    if stat.mtime.saturating_add(lease_ms) > inner.server_now_ms() {
+        return false;
+    }
+    tracing::debug!(contender = %path, "removing a lock contender whose TTL ran out");
+    matches!(
+        inner
+            .call(|| inner.zk().delete(path, Some(stat.version)))
+            .await,
+        Ok(()) | Err(ZkError::NoNode)
+    )
+}
+
+/// How long to wait before judging `stat`'s contender dead (local clock), `None`
+/// without a lease.
+fn expiry_in(backend: &Zookeeper, name: &str, stat: &zookeeper_async::Stat) -> Option<Duration> {
+    let lease = lease_of(name)?;
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let left = stat
+        .mtime
+        .saturating_add(lease_ms)
+        .saturating_sub(backend.inner().server_now_ms());
+    Some(Duration::from_millis(u64::try_from(left.max(0)).unwrap_or(0) + 1))
 }
 
 /// Acquires the lock on `key`: waits when `wait`, else returns `None` when it is held.
@@ -112,6 +262,7 @@ pub(crate) async fn lock(
     backend: Zookeeper,
     key: Key<'static>,
     value: Bytes,
+    ttl: Option<Duration>,
     wait: bool,
 ) -> Result<Option<ZookeeperLock>> {
     let inner = backend.inner();
@@ -124,10 +275,12 @@ pub(crate) async fn lock(
     let mut epoch = inner.epoch();
     'contend: for _ in 0..super::MAX_ATTEMPTS {
         let session_at_start = *session.borrow_and_update();
-        let prefix = format!("{dir}/{PREFIX}");
-        let created = match inner
+        let prefix = contender_prefix(&dir, ttl);
+        // Renewals of a TTL contender prove it alive from when they were sent.
+        let mut renewed = Instant::now();
+        let (created, stat) = match inner
             .call(|| {
-                inner.zk().create(
+                inner.zk().create2(
                     &prefix,
                     Vec::new(),
                     inner.acl(),
@@ -151,6 +304,7 @@ pub(crate) async fn lock(
         let mut contender = Contender {
             backend: backend.clone(),
             path: Some(created.clone()),
+            czxid: stat.czxid,
         };
         let my_name = created.rsplit('/').next().unwrap_or_default().to_owned();
         let Some(my_seq) = sequence(&my_name) else {
@@ -183,65 +337,112 @@ pub(crate) async fn lock(
                 break;
             }
             if !wait {
-                // Withdraw before answering, so our contender cannot block a later
-                // `try_lock` of someone else.
+                // Contenders ahead whose TTL ran out belong to dead clients: remove
+                // them and look again. Any other one holds or waits: withdraw before
+                // answering, so our contender cannot block a later `try_lock`.
+                let mut all_dead = true;
+                for (_, name) in &children[..pos] {
+                    let removed = match lease_of(name) {
+                        Some(lease) => {
+                            remove_if_expired(&backend, &format!("{dir}/{name}"), lease).await
+                        }
+                        None => false,
+                    };
+                    if !removed {
+                        all_dead = false;
+                        break;
+                    }
+                }
+                if all_dead {
+                    continue;
+                }
                 let path = contender.disarm();
                 if inner
                     .call(|| inner.zk().delete(&path, None))
                     .await
                     .is_err_and(|e| e != ZkError::NoNode)
                 {
-                    spawn_delete(backend.clone(), path);
+                    spawn_withdraw(backend.clone(), path, stat.czxid);
                 }
                 return Ok(None);
             }
-            let predecessor = format!("{dir}/{}", children[pos - 1].1);
-            let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-            let fire = move |_e: WatchedEvent| {
-                let _ = tx.send(());
+            let (pred_name, predecessor) = {
+                let name = &children[pos - 1].1;
+                (name.clone(), format!("{dir}/{name}"))
             };
-            match inner
-                .call(|| inner.zk().exists_w(&predecessor, fire.clone()))
-                .await
-            {
+            let (arm, mut rx) = Arm::new(&backend);
+            arm.claim(&predecessor, Kind::Data);
+            let pred_stat = match inner.call(|| inner.zk().exists(&predecessor, true)).await {
                 Ok(None) => continue,
-                Ok(Some(_)) => {}
+                Ok(Some(stat)) => stat,
                 Err(e) => return Err(backend.map_err(e)),
-            }
-            tokio::select! {
-                _ = rx.recv() => {}
-                _ = session.changed() => {}
-                _ = epoch.changed() => {}
-                // A safety net against a lost notification; the check is cheap.
-                _ = tokio::time::sleep(inner.session_timeout()) => {}
+            };
+            let pred_expiry = expiry_in(&backend, &pred_name, &pred_stat)
+                .map(|left| Instant::now() + left);
+            // A safety net against a lost notification; the check is cheap.
+            let recheck = Instant::now() + inner.session_timeout();
+            loop {
+                let renew_at = ttl.map(|ttl| renewed + ttl / 3);
+                let wake = [pred_expiry, renew_at]
+                    .into_iter()
+                    .flatten()
+                    .fold(recheck, Instant::min);
+                tokio::select! {
+                    _ = rx.recv() => break,
+                    _ = session.changed() => break,
+                    _ = epoch.changed() => break,
+                    _ = tokio::time::sleep_until(wake) => {}
+                }
+                if renew_at.is_some_and(|at| Instant::now() >= at) {
+                    let sent = Instant::now();
+                    match inner.call(|| inner.zk().set_data(&created, Vec::new(), None)).await {
+                        Ok(_) => renewed = sent,
+                        Err(ZkError::NoNode) => break,
+                        Err(e) => return Err(backend.map_err(e)),
+                    }
+                }
+                if pred_expiry.is_some_and(|at| Instant::now() >= at) {
+                    if let Some(lease) = lease_of(&pred_name) {
+                        remove_if_expired(&backend, &predecessor, lease).await;
+                    }
+                    break;
+                }
+                if Instant::now() >= recheck {
+                    break;
+                }
             }
         }
         // Held: write the value at the key (its answer proves the session alive at
-        // least since `proven`).
-        let proven = Instant::now();
+        // least since `proven`; a TTL lock's lease since its last renewal).
+        let proven = if ttl.is_some() { renewed } else { Instant::now() };
         let pair = match backend.write_lock_value(&key, &value).await {
             Ok(pair) => pair,
-            Err(e) => return Err(e), // `contender` deletes our znode on drop
+            Err(e) => return Err(e), // `contender` withdraws our znode on drop
         };
-        let contender = contender.disarm();
+        contender.disarm();
         let lost = LostSignal::new();
         let held = Arc::new(Held {
             backend: backend.clone(),
             key,
-            contender,
+            contender: created,
+            contender_czxid: stat.czxid,
             index: pair.last_index,
+            ttl,
         });
+        let registered = inner.held_locks().insert(held.clone(), lost.clone());
         let monitor = tokio::spawn(monitor(
             held.clone(),
             lost.clone(),
             session_at_start,
             proven,
+            registered,
         ));
         return Ok(Some(ZookeeperLock {
             held,
             lost,
             monitor: monitor.abort_handle(),
             released: false,
+            registered,
         }));
     }
     Err(Error::unavailable(
@@ -252,7 +453,13 @@ pub(crate) async fn lock(
 
 /// Fires `lost` when the session expires, the contender znode goes, or the key is
 /// overwritten or deleted by someone else.
-async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64, proven: Instant) {
+async fn monitor(
+    held: Arc<Held>,
+    lost: LostSignal,
+    session_at_start: u64,
+    proven: Instant,
+    registered: u64,
+) {
     tokio::select! {
         _ = follow(&held, session_at_start) => {}
         _ = lease(&held, proven) => {}
@@ -260,6 +467,7 @@ async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64, prove
         _ = held.backend.inner().shutdown() => {}
     }
     lost.fire();
+    held.backend.inner().held_locks().remove(registered);
     // A lost lock must not keep blocking others while its guard lives: give up the
     // contender (and the value, only if it is still the one this lock wrote).
     if !held.backend.inner().is_closed() {
@@ -274,9 +482,17 @@ async fn monitor(held: Arc<Held>, lost: LostSignal, session_at_start: u64, prove
 /// `timeout - margin` was answered, the lock is reported lost *before* the server can
 /// expire the session and hand the lock to someone else, even if the connection went
 /// silent without being closed (which the client crate notices only much later).
+/// The timeout is the one the server granted, not the one asked for.
+///
+/// A TTL lock renews its contender instead (an empty `setData`, which also proves the
+/// session), and its lease is the shorter of the TTL and the session timeout: other
+/// contenders judge it dead at its contender's `mtime` + TTL, no earlier than the
+/// sending of its last answered renewal + TTL.
 async fn lease(held: &Held, mut proven: Instant) {
     let inner = held.backend.inner();
-    let timeout = inner.session_timeout();
+    let timeout = held
+        .ttl
+        .map_or(inner.session_timeout(), |ttl| ttl.min(inner.session_timeout()));
     let deadline_after = timeout - timeout / 5;
     loop {
         let deadline = proven + deadline_after;
@@ -284,10 +500,20 @@ async fn lease(held: &Held, mut proven: Instant) {
         if sent >= deadline {
             return;
         }
-        let beat = tokio::time::timeout_at(
-            deadline,
-            inner.call(|| inner.zk().exists(&held.contender, false)),
-        )
+        let beat = tokio::time::timeout_at(deadline, async {
+            if held.ttl.is_some() {
+                match inner
+                    .call(|| inner.zk().set_data(&held.contender, Vec::new(), None))
+                    .await
+                {
+                    Ok(stat) => Ok(Some(stat)),
+                    Err(ZkError::NoNode) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            } else {
+                inner.call(|| inner.zk().exists(&held.contender, false)).await
+            }
+        })
         .await;
         match beat {
             Ok(Ok(Some(_))) => proven = sent,
@@ -307,25 +533,32 @@ async fn follow(held: &Held, session_at_start: u64) {
     let mut session = inner.session();
     let mut epoch = inner.epoch();
     let key_path = inner.key_path(held.key.as_str());
+    let (arm, mut rx) = Arm::new(backend);
     loop {
         if *session.borrow_and_update() != session_at_start {
             break;
         }
         epoch.borrow_and_update();
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let fire = move |_e: WatchedEvent| {
-            let _ = tx.send(());
+        // Fresh registrations each round (what fired, or a new connection's).
+        arm.clear();
+        while rx.try_recv().is_ok() {}
+        // A TTL lock's renewals change its contender's data: its removal is seen by
+        // the renewal (`lease`), not by a watch that would fire on every renewal.
+        let contender = if held.ttl.is_none() {
+            arm.claim(&held.contender, Kind::Data);
+            inner
+                .call(|| inner.zk().exists(&held.contender, true))
+                .await
+                .map(|stat| stat.is_some())
+        } else {
+            Ok(true)
         };
-        let contender = inner
-            .call(|| inner.zk().exists_w(&held.contender, fire.clone()))
-            .await;
-        let value = inner
-            .call(|| inner.zk().get_data_w(&key_path, fire.clone()))
-            .await;
+        arm.claim(&key_path, Kind::Data);
+        let value = inner.call(|| inner.zk().get_data(&key_path, true)).await;
         match (contender, value) {
-            (Ok(None), _) => break,
+            (Ok(false), _) => break,
             (_, Err(ZkError::NoNode)) => break,
-            (Ok(Some(_)), Ok((data, stat))) => {
+            (Ok(true), Ok((data, stat))) => {
                 match inner.decode_node(held.key.as_str(), data, stat) {
                     Node::Value { pair, .. } if pair.last_index == held.index => {}
                     _ => break,
@@ -343,7 +576,6 @@ async fn follow(held: &Held, session_at_start: u64) {
                 continue;
             }
         }
-        drop(fire);
         tokio::select! {
             _ = rx.recv() => {}
             _ = session.changed() => {}
@@ -368,6 +600,7 @@ impl LockGuard for ZookeeperLock {
     async fn unlock(mut self) -> Result<()> {
         self.released = true;
         self.monitor.abort();
+        self.held.backend.inner().held_locks().remove(self.registered);
         let was_lost = self.lost.is_fired();
         let released = self.held.release().await;
         if was_lost {
@@ -385,6 +618,7 @@ impl Drop for ZookeeperLock {
             return;
         }
         self.monitor.abort();
+        self.held.backend.inner().held_locks().remove(self.registered);
         let held = self.held.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {

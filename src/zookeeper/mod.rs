@@ -228,6 +228,10 @@ pub(crate) struct Inner {
     shutdown: tokio_util::sync::CancellationToken,
     requests: AtomicU64,
     waves: AtomicU64,
+    /// The watches asked of the server and who waits on them (see `watch::WatchHub`).
+    watch_hub: Arc<watch::WatchHub>,
+    /// The locks held through this handle, released by `close()`.
+    held_locks: lock::HeldLocks,
     /// The bulk reader (`None` when `multi_read` is off).
     reader: Option<MultiReader>,
 }
@@ -304,13 +308,16 @@ impl Zookeeper {
             session,
             ready,
         });
+        let watch_hub = Arc::new(watch::WatchHub::default());
+        let hub = watch_hub.clone();
         // The crate retries the first TCP connect forever: bound it.
         let zk = tokio::time::timeout(
             request_timeout,
             ZooKeeper::connect_with_retry_time(
                 &config.connect,
                 session_timeout,
-                |_event: zookeeper_async::WatchedEvent| {},
+                // Every watch is requested with the plain flag: its event comes here.
+                move |event: zookeeper_async::WatchedEvent| hub.dispatch(event),
                 Duration::from_millis(200),
             ),
         )
@@ -321,16 +328,33 @@ impl Zookeeper {
             .digest
             .as_ref()
             .map(|d| format!("{}:{}", d.user, d.password).into_bytes());
+        let addrs: Vec<String> = config
+            .connect
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let requested_session_timeout = session_timeout;
+        // The server may grant another timeout than asked (clamped to its
+        // min/maxSessionTimeout); it expires the session after the granted one, so every
+        // deadline of this handle (lock leases above all) uses that.
+        let session_timeout =
+            match multiread::negotiated_session_timeout(&addrs, session_timeout, request_timeout)
+                .await
+            {
+                Some(granted) => granted,
+                None => {
+                    tracing::warn!(
+                        "could not learn the granted ZooKeeper session timeout; assuming the requested one"
+                    );
+                    session_timeout
+                }
+            };
         let reader = config.multi_read.then(|| {
             MultiReader::new(ReaderConfig {
-                addrs: config
-                    .connect
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                session_timeout,
+                addrs,
+                session_timeout: requested_session_timeout,
                 request_timeout,
                 digest: digest.clone(),
             })
@@ -356,6 +380,8 @@ impl Zookeeper {
             shutdown: tokio_util::sync::CancellationToken::new(),
             requests: AtomicU64::new(0),
             waves: AtomicU64::new(0),
+            watch_hub,
+            held_locks: lock::HeldLocks::default(),
             reader,
         });
         let weak = Arc::downgrade(&inner);
@@ -455,6 +481,13 @@ impl Zookeeper {
         }
     }
 
+    /// How many watch registrations this handle holds (one per armed one-shot watch and
+    /// stream or lock waiting on it); for tests and diagnostics. It follows what is
+    /// watched now and does not grow with reconnects.
+    pub fn watch_registrations(&self) -> usize {
+        self.inner.watch_hub.registrations()
+    }
+
     /// The root znode of this store.
     pub fn root(&self) -> &str {
         &self.inner.root
@@ -523,10 +556,10 @@ impl Zookeeper {
         Err(contention(key.as_str()))
     }
 
-    /// Writes a lock's value at `key` (an ephemeral znode when the key is new, so the
-    /// value vanishes with the holder's session).
+    /// Writes a lock's value at `key`, an ordinary persistent value: keys may be put
+    /// below a held lock's key, and a value someone else writes over it stays.
     pub(crate) async fn write_lock_value(&self, key: &Key<'_>, value: &[u8]) -> Result<KvPair> {
-        self.write_new_or_update(key, codec::encode(value, None), CreateMode::Ephemeral)
+        self.write_new_or_update(key, codec::encode(value, None), CreateMode::Persistent)
             .await
     }
 
@@ -716,6 +749,18 @@ impl Inner {
         &self.zk
     }
 
+    pub(crate) fn watch_hub(&self) -> Arc<watch::WatchHub> {
+        self.watch_hub.clone()
+    }
+
+    pub(crate) fn held_locks(&self) -> &lock::HeldLocks {
+        &self.held_locks
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     pub(crate) fn session_timeout(&self) -> Duration {
         self.session_timeout
     }
@@ -888,26 +933,23 @@ impl Inner {
         key: &str,
         watch: Option<&watch::Arm>,
     ) -> std::result::Result<Node, ZkError> {
-        let result = match watch.map(|arm| (arm, arm.claim(path, watch::Kind::Data))) {
-            None | Some((_, None)) => self.call(|| self.zk.get_data(path, false)).await,
-            Some((arm, Some(fire))) => {
-                let result = self.call(|| self.zk.get_data_w(path, fire.clone())).await;
-                if result.is_err() {
-                    arm.unmark(path, watch::Kind::Data);
-                }
-                result
-            }
-        };
+        let armed = watch.is_some_and(|arm| arm.claim(path, watch::Kind::Data));
+        let result = self.call(|| self.zk.get_data(path, armed)).await;
+        if armed && result.is_err()
+            && let Some(arm) = watch
+        {
+            arm.unmark(path, watch::Kind::Data);
+        }
         match result {
             Ok((data, stat)) => Ok(self.decode_node(key, data, stat)),
             Err(ZkError::NoNode) => {
                 if let Some(arm) = watch {
                     // No data watch is left on a missing znode: leave an exists watch.
                     arm.unmark(path, watch::Kind::Data);
-                    let Some(fire) = arm.claim(path, watch::Kind::Data) else {
+                    if !arm.claim(path, watch::Kind::Data) {
                         return Ok(Node::Missing);
-                    };
-                    let exists = self.call(|| self.zk.exists_w(path, fire.clone())).await;
+                    }
+                    let exists = self.call(|| self.zk.exists(path, true)).await;
                     if exists.is_err() {
                         arm.unmark(path, watch::Kind::Data);
                     }
@@ -1350,7 +1392,7 @@ impl Backend for Zookeeper {
     }
 
     async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Self::Lock> {
-        lock::lock(self.clone(), key.owned(), options.value.clone(), true)
+        lock::lock(self.clone(), key.owned(), options.value.clone(), options.ttl, true)
             .await
             .and_then(|held| {
                 held.ok_or_else(|| Error::backend(NAME, "lock wait ended without the lock"))
@@ -1358,10 +1400,19 @@ impl Backend for Zookeeper {
     }
 
     async fn try_lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Option<Self::Lock>> {
-        lock::lock(self.clone(), key.owned(), options.value.clone(), false).await
+        lock::lock(self.clone(), key.owned(), options.value.clone(), options.ttl, false).await
     }
 
     async fn close(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Held locks first, while requests still go out: their guards learn of the
+        // loss, and their value and contender go now rather than with the session.
+        self.inner
+            .held_locks
+            .release_all(Duration::from_secs(2))
+            .await;
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }

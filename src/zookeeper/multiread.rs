@@ -432,37 +432,7 @@ struct Session {
 impl Session {
     /// Connects to `addr`, opens a new session and replays the credentials.
     async fn open(addr: &str, config: &ReaderConfig) -> Result<Session, String> {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        // ConnectRequest {protocolVersion, lastZxidSeen, timeOut, sessionId, passwd},
-        // then the readOnly flag every client appends (false: no read-only servers).
-        let timeout_ms = i32::try_from(config.session_timeout.as_millis()).unwrap_or(i32::MAX);
-        let mut body = Vec::with_capacity(45);
-        put_i32(&mut body, 0);
-        put_i64(&mut body, 0);
-        put_i32(&mut body, timeout_ms);
-        put_i64(&mut body, 0);
-        put_buffer(&mut body, &[0; 16]);
-        put_bool(&mut body, false);
-        let mut request = Vec::with_capacity(4 + body.len());
-        put_i32(&mut request, i32::try_from(body.len()).unwrap_or(i32::MAX));
-        request.extend_from_slice(&body);
-        stream
-            .write_all(&request)
-            .await
-            .map_err(|e| e.to_string())?;
-        // ConnectResponse {protocolVersion, timeOut, sessionId, passwd} (+ readOnly).
-        let answer = read_small_frame(&mut stream).await?;
-        let mut jute = Jute { buf: &answer };
-        let negotiated = jute
-            .i32()
-            .and_then(|_| jute.i32())
-            .map_err(|e| format!("bad connect answer: {e}"))?;
-        if negotiated <= 0 {
-            return Err("the server refused a session".into());
-        }
+        let (mut stream, negotiated) = handshake(addr, config.session_timeout).await?;
         if let Some(digest) = &config.digest {
             // AuthPacket {type, scheme, auth}; the server answers it at once with xid -4.
             let mut auth = Vec::new();
@@ -512,6 +482,72 @@ impl Drop for Session {
             .outgoing
             .send(Outgoing::Close(frame(0, OP_CLOSE_SESSION, &[])));
     }
+}
+
+/// Connects to `addr` and opens a new session asking for `session_timeout`: the
+/// stream and the session timeout the server granted (in ms; it clamps the request to
+/// its `minSessionTimeout`..`maxSessionTimeout`).
+async fn handshake(addr: &str, session_timeout: Duration) -> Result<(TcpStream, i32), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    // ConnectRequest {protocolVersion, lastZxidSeen, timeOut, sessionId, passwd},
+    // then the readOnly flag every client appends (false: no read-only servers).
+    let timeout_ms = i32::try_from(session_timeout.as_millis()).unwrap_or(i32::MAX);
+    let mut body = Vec::with_capacity(45);
+    put_i32(&mut body, 0);
+    put_i64(&mut body, 0);
+    put_i32(&mut body, timeout_ms);
+    put_i64(&mut body, 0);
+    put_buffer(&mut body, &[0; 16]);
+    put_bool(&mut body, false);
+    let mut request = Vec::with_capacity(4 + body.len());
+    put_i32(&mut request, i32::try_from(body.len()).unwrap_or(i32::MAX));
+    request.extend_from_slice(&body);
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| e.to_string())?;
+    // ConnectResponse {protocolVersion, timeOut, sessionId, passwd} (+ readOnly).
+    let answer = read_small_frame(&mut stream).await?;
+    let mut jute = Jute { buf: &answer };
+    let negotiated = jute
+        .i32()
+        .and_then(|_| jute.i32())
+        .map_err(|e| format!("bad connect answer: {e}"))?;
+    if negotiated <= 0 {
+        return Err("the server refused a session".into());
+    }
+    Ok((stream, negotiated))
+}
+
+/// The session timeout the servers at `addrs` grant for a request of `requested`: the
+/// first that answers is asked with a session of its own, closed at once. The client
+/// crate does not tell the timeout it was granted, and every deadline of the locks must
+/// use the granted one (a server clamps a request above its `maxSessionTimeout`).
+pub(crate) async fn negotiated_session_timeout(
+    addrs: &[String],
+    requested: Duration,
+    within: Duration,
+) -> Option<Duration> {
+    for addr in addrs {
+        let probe = tokio::time::timeout(within, async {
+            let (mut stream, negotiated) = handshake(addr, requested).await?;
+            // Close the probe's session now rather than let it time out.
+            let _ = stream
+                .write_all(&frame(1, OP_CLOSE_SESSION, &[]))
+                .await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), read_small_frame(&mut stream))
+                .await;
+            Ok::<_, String>(negotiated)
+        })
+        .await;
+        if let Ok(Ok(ms)) = probe {
+            return Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        }
+    }
+    None
 }
 
 /// The xid and error of a `ReplyHeader {xid, zxid, err}`.

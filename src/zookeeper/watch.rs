@@ -7,20 +7,21 @@
 //! and yields the new state when it differs from the last one yielded. A TTL value makes
 //! the task wake up at its deadline too, so expiry is seen without a write.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use zookeeper_async::{WatchedEvent, ZkError};
+use zookeeper_async::{WatchedEvent, WatchedEventType, ZkError};
 
 use super::{Node, Zookeeper};
 use crate::backend::KvPair;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::{Dir, Key};
 
 /// The kind of a one-shot watch.
@@ -34,17 +35,87 @@ pub(crate) enum Kind {
 
 type Fired = (String, Kind);
 
-/// The watches one stream has armed on the server.
+/// Every one-shot watch this handle asked the server for, by (znode, kind), with who
+/// waits on it. Watches are requested with the client crate's plain `watch` flag, so
+/// their events reach the connection's default watcher, which hands them here: the
+/// crate itself keeps no per-watch callback, which it could never drop (it has no way
+/// to remove a watch, and after a reconnect the server has forgotten the watch while
+/// the crate would keep its callback until the path changes). Entries leave when their
+/// watch fires or their waiter forgets them, so the table stays as large as what is
+/// watched right now, whatever the number of reconnects.
+#[derive(Default)]
+pub(crate) struct WatchHub {
+    next_waiter: AtomicU64,
+    waiting: Mutex<HashMap<Fired, HashMap<u64, mpsc::UnboundedSender<Fired>>>>,
+}
+
+impl WatchHub {
+    fn waiting(&self) -> MutexGuard<'_, HashMap<Fired, HashMap<u64, mpsc::UnboundedSender<Fired>>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn register(&self, waiter: u64, fired: Fired, tx: mpsc::UnboundedSender<Fired>) {
+        self.waiting().entry(fired).or_default().insert(waiter, tx);
+    }
+
+    fn unregister(&self, waiter: u64, fired: &Fired) {
+        let mut waiting = self.waiting();
+        if let Some(waiters) = waiting.get_mut(fired) {
+            waiters.remove(&waiter);
+            if waiters.is_empty() {
+                waiting.remove(fired);
+            }
+        }
+    }
+
+    /// Hands a watch event of the connection to everyone waiting on it (a watch fires
+    /// once: they are forgotten).
+    pub(crate) fn dispatch(&self, event: WatchedEvent) {
+        let Some(path) = event.path else { return };
+        let kinds: &[Kind] = match event.event_type {
+            WatchedEventType::NodeCreated | WatchedEventType::NodeDataChanged => &[Kind::Data],
+            WatchedEventType::NodeChildrenChanged => &[Kind::Child],
+            WatchedEventType::NodeDeleted => &[Kind::Data, Kind::Child],
+            _ => &[],
+        };
+        let mut woken = Vec::new();
+        {
+            let mut waiting = self.waiting();
+            for kind in kinds {
+                if let Some(waiters) = waiting.remove(&(path.clone(), *kind)) {
+                    woken.extend(waiters.into_values().map(|tx| (tx, *kind)));
+                }
+            }
+        }
+        for (tx, kind) in woken {
+            let _ = tx.send((path.clone(), kind));
+        }
+    }
+
+    /// How many (watch, waiter) registrations are held.
+    pub(crate) fn registrations(&self) -> usize {
+        self.waiting().values().map(HashMap::len).sum()
+    }
+}
+
+/// The watches one waiter (a stream, a lock) has armed on the server.
 pub(crate) struct Arm {
+    hub: Arc<WatchHub>,
+    id: u64,
     tx: mpsc::UnboundedSender<Fired>,
     armed: Mutex<HashSet<Fired>>,
 }
 
 impl Arm {
-    fn new() -> (Self, mpsc::UnboundedReceiver<Fired>) {
+    pub(crate) fn new(backend: &Zookeeper) -> (Self, mpsc::UnboundedReceiver<Fired>) {
+        let hub = backend.inner().watch_hub();
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Arm {
+                id: hub.next_waiter.fetch_add(1, Ordering::Relaxed),
+                hub,
                 tx,
                 armed: Mutex::new(HashSet::new()),
             },
@@ -58,31 +129,36 @@ impl Arm {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The watcher to leave on `path` when no such watch is armed yet (marking it
-    /// armed), or `None` when one is.
-    pub(crate) fn claim(
-        &self,
-        path: &str,
-        kind: Kind,
-    ) -> Option<impl FnOnce(WatchedEvent) + Send + Clone + 'static> {
-        if !self.armed().insert((path.to_owned(), kind)) {
-            return None;
+    /// True (marking it armed) when no such watch is armed yet: the caller then sends
+    /// its read with the watch flag set.
+    pub(crate) fn claim(&self, path: &str, kind: Kind) -> bool {
+        let fired = (path.to_owned(), kind);
+        if !self.armed().insert(fired.clone()) {
+            return false;
         }
-        let tx = self.tx.clone();
-        let path = path.to_owned();
-        Some(move |_event: WatchedEvent| {
-            let _ = tx.send((path, kind));
-        })
+        self.hub.register(self.id, fired, self.tx.clone());
+        true
     }
 
     /// Forgets an armed watch (it fired, or its request failed).
     pub(crate) fn unmark(&self, path: &str, kind: Kind) {
-        self.armed().remove(&(path.to_owned(), kind));
+        let fired = (path.to_owned(), kind);
+        self.armed().remove(&fired);
+        self.hub.unregister(self.id, &fired);
     }
 
     /// Forgets every armed watch (a new connection has none).
-    fn clear(&self) {
-        self.armed().clear();
+    pub(crate) fn clear(&self) {
+        let armed: Vec<Fired> = self.armed().drain().collect();
+        for fired in &armed {
+            self.hub.unregister(self.id, fired);
+        }
+    }
+}
+
+impl Drop for Arm {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -244,10 +320,8 @@ impl Tree {
             Err(ZkError::NoNode) => {
                 // The directory does not exist (yet): watch for its creation.
                 arm.unmark(&base, Kind::Data);
-                if let Some(fire) = arm.claim(&base, Kind::Data) {
-                    let exists = inner
-                        .call(|| inner.zk().exists_w(&base, fire.clone()))
-                        .await;
+                if arm.claim(&base, Kind::Data) {
+                    let exists = inner.call(|| inner.zk().exists(&base, true)).await;
                     if exists.is_err() {
                         arm.unmark(&base, Kind::Data);
                     }
@@ -418,18 +492,11 @@ async fn list_children(
     path: &str,
 ) -> std::result::Result<Vec<String>, ZkError> {
     let inner = backend.inner();
-    let result = match arm.claim(path, Kind::Child) {
-        Some(fire) => {
-            let r = inner
-                .call(|| inner.zk().get_children_w(path, fire.clone()))
-                .await;
-            if r.is_err() {
-                arm.unmark(path, Kind::Child);
-            }
-            r
-        }
-        None => inner.call(|| inner.zk().get_children(path, false)).await,
-    };
+    let watch = arm.claim(path, Kind::Child);
+    let result = inner.call(|| inner.zk().get_children(path, watch)).await;
+    if watch && result.is_err() {
+        arm.unmark(path, Kind::Child);
+    }
     result.map(|children| {
         children
             .into_iter()
@@ -446,18 +513,11 @@ async fn read_entry(
     path: &str,
 ) -> std::result::Result<Option<Entry>, ZkError> {
     let inner = backend.inner();
-    let result = match arm.claim(path, Kind::Data) {
-        Some(fire) => {
-            let r = inner
-                .call(|| inner.zk().get_data_w(path, fire.clone()))
-                .await;
-            if r.is_err() {
-                arm.unmark(path, Kind::Data);
-            }
-            r
-        }
-        None => inner.call(|| inner.zk().get_data(path, false)).await,
-    };
+    let watch = arm.claim(path, Kind::Data);
+    let result = inner.call(|| inner.zk().get_data(path, watch)).await;
+    if watch && result.is_err() {
+        arm.unmark(path, Kind::Data);
+    }
     let (data, stat) = match result {
         Ok(found) => found,
         Err(ZkError::NoNode) => return Ok(None),
@@ -553,7 +613,7 @@ async fn start<W: Watched>(
     backend: Zookeeper,
     mut watched: W,
 ) -> Result<(mpsc::Receiver<Result<W::State>>, AbortHandle)> {
-    let (arm, fired) = Arm::new();
+    let (arm, fired) = Arm::new(&backend);
     let epoch = backend.inner().epoch();
     let first = watched
         .read(&backend, &arm)
@@ -592,7 +652,7 @@ async fn follow<W: Watched>(
         };
         tokio::select! {
             _ = tx.closed() => return,
-            _ = backend.inner().shutdown() => return,
+            _ = backend.inner().shutdown() => return end_closed(&tx).await,
             event = fired.recv() => {
                 let Some((path, kind)) = event else { return };
                 arm.unmark(&path, kind);
@@ -613,7 +673,7 @@ async fn follow<W: Watched>(
             watched.fired(&path, kind);
         }
         if backend.inner().is_closed() {
-            return;
+            return end_closed(&tx).await;
         }
         match watched.read(&backend, &arm).await {
             Ok((state, next_deadline)) => {
@@ -626,6 +686,7 @@ async fn follow<W: Watched>(
                     }
                 }
             }
+            Err(_) if backend.inner().is_closed() => return end_closed(&tx).await,
             Err(e) => {
                 // Watches of a failed read may not be armed: start again from scratch.
                 arm.clear();
@@ -639,4 +700,9 @@ async fn follow<W: Watched>(
             }
         }
     }
+}
+
+/// The end of a stream whose store was closed: one `Err(Closed)` item, then the end.
+async fn end_closed<T>(tx: &mpsc::Sender<Result<T>>) {
+    let _ = tx.send(Err(Error::Closed)).await;
 }
