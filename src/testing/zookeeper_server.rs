@@ -2,7 +2,8 @@
 //! loopback, from Debian's `zookeeper` package (`/usr/share/java/zookeeper.jar`, run on
 //! the machine's JVM), plus a TCP proxy that can cut a client off (to expire sessions).
 //!
-//! Servers run with fast settings: `tickTime=200` (sessions of 0.4 s to 20 s), extended
+//! Servers run with fast settings: `tickTime=200` (sessions of 0.4 s to 20 s unless
+//! [`ZkServerSettings`] says otherwise), the `wchs` four-letter word allowed, extended
 //! types enabled, a 100 ms container check interval. Each lives in a temporary
 //! directory and is killed when dropped.
 
@@ -104,15 +105,42 @@ impl Member {
     }
 }
 
-fn write_config(dir: &Path, client_port: u16, servers: &[(u16, u16)], id: usize) {
+/// Settings of a [`ZkServer`] a test may change ([`ZkServer::start_with`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZkServerSettings {
+    /// The shortest session timeout the server grants, in ms (default 400).
+    pub min_session_timeout_ms: u64,
+    /// The longest session timeout the server grants, in ms (default 20000); a client
+    /// asking for more gets this.
+    pub max_session_timeout_ms: u64,
+}
+
+impl Default for ZkServerSettings {
+    fn default() -> Self {
+        ZkServerSettings {
+            min_session_timeout_ms: 400,
+            max_session_timeout_ms: 20_000,
+        }
+    }
+}
+
+fn write_config(
+    dir: &Path,
+    client_port: u16,
+    servers: &[(u16, u16)],
+    id: usize,
+    settings: &ZkServerSettings,
+) {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).expect("create the data dir");
     let mut cfg = format!(
         "tickTime=200\ninitLimit=50\nsyncLimit=25\ndataDir={}\nclientPort={client_port}\n\
          clientPortAddress=127.0.0.1\nmaxClientCnxns=0\nadmin.enableServer=false\n\
-         4lw.commands.whitelist=ruok,srvr,stat\nminSessionTimeout=400\nmaxSessionTimeout=20000\n\
+         4lw.commands.whitelist=ruok,srvr,stat,wchs\nminSessionTimeout={}\nmaxSessionTimeout={}\n\
          autopurge.purgeInterval=0\n",
-        data.display()
+        data.display(),
+        settings.min_session_timeout_ms,
+        settings.max_session_timeout_ms,
     );
     if servers.len() > 1 {
         for (i, (quorum, election)) in servers.iter().enumerate() {
@@ -139,10 +167,15 @@ impl ZkServer {
     /// Starts a server and waits until it serves. `None` (after a notice) when
     /// ZooKeeper or Java is not installed and servers are not required.
     pub fn start() -> Option<Self> {
+        Self::start_with(ZkServerSettings::default())
+    }
+
+    /// Like [`ZkServer::start`], with other settings.
+    pub fn start_with(settings: ZkServerSettings) -> Option<Self> {
         let java = find_server()?;
         let temp = tempfile::tempdir().expect("temp dir");
         let client_port = free_port();
-        write_config(temp.path(), client_port, &[], 0);
+        write_config(temp.path(), client_port, &[], 0, &settings);
         let mut member = Member {
             dir: temp.path().to_path_buf(),
             client_port,
@@ -214,7 +247,7 @@ impl ZkEnsemble {
         for id in 0..3 {
             let dir = temp.path().join(format!("s{}", id + 1));
             let client_port = free_port();
-            write_config(&dir, client_port, &servers, id);
+            write_config(&dir, client_port, &servers, id, &ZkServerSettings::default());
             let mut member = Member {
                 dir,
                 client_port,

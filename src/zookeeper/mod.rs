@@ -232,6 +232,8 @@ pub(crate) struct Inner {
     watch_hub: Arc<watch::WatchHub>,
     /// The locks held through this handle, released by `close()`.
     held_locks: lock::HeldLocks,
+    /// The expired TTL writes (path, mzxid) this handle is collecting right now.
+    collecting: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
     /// The bulk reader (`None` when `multi_read` is off).
     reader: Option<MultiReader>,
 }
@@ -241,11 +243,11 @@ pub(crate) struct Inner {
 pub(crate) enum Node {
     /// No znode.
     Missing,
-    /// A znode without a (live) value; `expired_version` is set when it holds an expired
-    /// TTL value that may be collected with a versioned delete.
+    /// A znode without a (live) value; `expired_mzxid` is set when it holds an expired
+    /// TTL value: the `mzxid` of that write, which only its collection may remove.
     Empty {
         stat: Stat,
-        expired_version: Option<i32>,
+        expired_mzxid: Option<i64>,
     },
     /// A znode with a live value; `deadline_ms` (server clock) when it has a TTL.
     Value {
@@ -382,6 +384,7 @@ impl Zookeeper {
             waves: AtomicU64::new(0),
             watch_hub,
             held_locks: lock::HeldLocks::default(),
+            collecting: std::sync::Mutex::default(),
             reader,
         });
         let weak = Arc::downgrade(&inner);
@@ -519,15 +522,28 @@ impl Zookeeper {
             .map_err(|e| self.map_err(e))
     }
 
-    /// Collects an expired TTL value in the background with a versioned delete (a
-    /// concurrent write changes the version, so the collection cannot remove it).
-    pub(crate) fn collect_expired(&self, path: String, version: i32) {
-        let backend = self.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = backend.inner.remove_versioned(&path, version).await;
-            });
+    /// Collects the expired TTL value at `path` written at `mzxid`, in the background,
+    /// once. A versioned delete alone is not enough: once one reader has deleted the
+    /// znode and a writer has created it again, the new znode has the data version the
+    /// expired one had (0), and a second reader's versioned delete would remove the fresh
+    /// write. So one collection per (path, mzxid) in this handle; across handles the
+    /// collector first takes an ephemeral claim `{root}/gc/<escaped path>@<mzxid>` (a
+    /// taken claim means someone else collects it); then it reads the znode again and
+    /// removes it only if it still is that write (same `mzxid`), with a delete versioned
+    /// at the data version of that read.
+    pub(crate) fn collect_expired(&self, path: String, mzxid: i64) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let job = (path, mzxid);
+        if !self.inner.collecting().insert(job.clone()) {
+            return;
         }
+        let backend = self.clone();
+        handle.spawn(async move {
+            backend.inner.collect_once(&job.0, job.1).await;
+            backend.inner.collecting().remove(&job);
+        });
     }
 
     async fn write_new_or_update(
@@ -570,9 +586,9 @@ impl Zookeeper {
             let (stat, index) = match self.read_node(key.as_str()).await? {
                 Node::Missing => return Ok(Cas::Conflict { current: None }),
                 Node::Empty {
-                    expired_version, ..
+                    expired_mzxid, ..
                 } => {
-                    if let Some(version) = expired_version {
+                    if let Some(version) = expired_mzxid {
                         self.collect_expired(path.clone(), version);
                     }
                     return Ok(Cas::Conflict { current: None });
@@ -755,6 +771,45 @@ impl Inner {
 
     pub(crate) fn held_locks(&self) -> &lock::HeldLocks {
         &self.held_locks
+    }
+
+    fn collecting(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, i64)>> {
+        self.collecting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One collection of an expired write; see [`Zookeeper::collect_expired`].
+    async fn collect_once(&self, path: &str, mzxid: i64) {
+        let claim = format!(
+            "{}/gc/{}@{mzxid}",
+            self.root,
+            codec::escape_segment(path)
+        );
+        let claimed = match self
+            .call(|| {
+                self.zk
+                    .create(&claim, Vec::new(), self.acl.clone(), CreateMode::Ephemeral)
+            })
+            .await
+        {
+            Err(ZkError::NoNode) => self
+                .create_with_parents(&claim, Vec::new(), CreateMode::Ephemeral)
+                .await
+                .map(|_| ()),
+            other => other.map(|_| ()),
+        };
+        if claimed.is_err() {
+            // Taken (someone else collects it) or unreachable (a later read retries).
+            return;
+        }
+        if let Ok((data, stat)) = self.call(|| self.zk.get_data(path, false)).await
+            && stat.mzxid == mzxid
+            && codec::decode(data) != Decoded::NoValue
+        {
+            let _ = self.remove_versioned(path, stat.version).await;
+        }
+        let _ = self.call(|| self.zk.delete(&claim, None)).await;
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -972,7 +1027,7 @@ impl Inner {
         match codec::decode(data) {
             Decoded::NoValue => Node::Empty {
                 stat,
-                expired_version: None,
+                expired_mzxid: None,
             },
             Decoded::Value { value, ttl_ms } => {
                 let deadline_ms = ttl_ms.map(|ttl| {
@@ -982,10 +1037,10 @@ impl Inner {
                 if let Some(deadline) = deadline_ms
                     && deadline <= self.server_now_ms()
                 {
-                    let version = stat.version;
+                    let mzxid = stat.mzxid;
                     return Node::Empty {
                         stat,
-                        expired_version: Some(version),
+                        expired_mzxid: Some(mzxid),
                     };
                 }
                 Node::Value {
@@ -1185,7 +1240,7 @@ impl Backend for Zookeeper {
         match self.read_node(key.as_str()).await? {
             Node::Value { pair, .. } => Ok(Some(pair)),
             Node::Empty {
-                expired_version: Some(version),
+                expired_mzxid: Some(version),
                 ..
             } => {
                 self.collect_expired(self.inner.key_path(key.as_str()), version);
@@ -1303,7 +1358,7 @@ impl Backend for Zookeeper {
                 match inner.decode_node(key, data, stat) {
                     Node::Value { pair, .. } => out.push(pair),
                     Node::Empty {
-                        expired_version: Some(version),
+                        expired_mzxid: Some(version),
                         ..
                     } => self.collect_expired(path.clone(), version),
                     _ => {}

@@ -238,7 +238,7 @@ impl Watched for OneKey {
                 pair, deadline_ms, ..
             } => Ok((Some(pair), deadline_ms)),
             Node::Empty {
-                expired_version: Some(version),
+                expired_mzxid: Some(version),
                 ..
             } => {
                 backend.collect_expired(path, version);
@@ -276,7 +276,6 @@ struct Tree {
 struct Entry {
     pair: Option<KvPair>,
     deadline_ms: Option<i64>,
-    version: i32,
 }
 
 impl Tree {
@@ -434,7 +433,10 @@ impl Tree {
             let Some(pair) = &entry.pair else { continue };
             if let Some(d) = entry.deadline_ms {
                 if d <= now {
-                    backend.collect_expired(path.clone(), entry.version);
+                    backend.collect_expired(
+                        path.clone(),
+                        i64::try_from(pair.last_index).unwrap_or(i64::MAX),
+                    );
                     continue;
                 }
                 deadline = Some(deadline.map_or(d, |old: i64| old.min(d)));
@@ -523,7 +525,6 @@ async fn read_entry(
         Err(ZkError::NoNode) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let version = stat.version;
     let key = inner.key_of(path).unwrap_or_default().to_owned();
     Ok(Some(match inner.decode_node(&key, data, stat) {
         Node::Value {
@@ -531,18 +532,16 @@ async fn read_entry(
         } => Entry {
             pair: Some(pair),
             deadline_ms,
-            version,
         },
         Node::Empty {
-            expired_version, ..
+            expired_mzxid, ..
         } => {
-            if let Some(version) = expired_version {
+            if let Some(version) = expired_mzxid {
                 backend.collect_expired(path.to_owned(), version);
             }
             Entry {
                 pair: None,
                 deadline_ms: None,
-                version,
             }
         }
         Node::Missing => return Ok(None),
