@@ -247,7 +247,13 @@ impl ZkEnsemble {
         for id in 0..3 {
             let dir = temp.path().join(format!("s{}", id + 1));
             let client_port = free_port();
-            write_config(&dir, client_port, &servers, id, &ZkServerSettings::default());
+            write_config(
+                &dir,
+                client_port,
+                &servers,
+                id,
+                &ZkServerSettings::default(),
+            );
             let mut member = Member {
                 dir,
                 client_port,

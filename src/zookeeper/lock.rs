@@ -40,16 +40,16 @@ pub(crate) struct HeldLocks {
 }
 
 impl HeldLocks {
-    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, (Arc<Held>, LostSignal)>> {
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, (Arc<Held>, LostSignal)>> {
         self.held
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn insert(&self, held: Arc<Held>, lost: LostSignal) -> u64 {
-        let id = self
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.held().insert(id, (held, lost));
         id
     }
@@ -254,7 +254,9 @@ fn expiry_in(backend: &Zookeeper, name: &str, stat: &zookeeper_async::Stat) -> O
         .mtime
         .saturating_add(lease_ms)
         .saturating_sub(backend.inner().server_now_ms());
-    Some(Duration::from_millis(u64::try_from(left.max(0)).unwrap_or(0) + 1))
+    Some(Duration::from_millis(
+        u64::try_from(left.max(0)).unwrap_or(0) + 1,
+    ))
 }
 
 /// Acquires the lock on `key`: waits when `wait`, else returns `None` when it is held.
@@ -377,8 +379,8 @@ pub(crate) async fn lock(
                 Ok(Some(stat)) => stat,
                 Err(e) => return Err(backend.map_err(e)),
             };
-            let pred_expiry = expiry_in(&backend, &pred_name, &pred_stat)
-                .map(|left| Instant::now() + left);
+            let pred_expiry =
+                expiry_in(&backend, &pred_name, &pred_stat).map(|left| Instant::now() + left);
             // A safety net against a lost notification; the check is cheap.
             let recheck = Instant::now() + inner.session_timeout();
             loop {
@@ -395,7 +397,10 @@ pub(crate) async fn lock(
                 }
                 if renew_at.is_some_and(|at| Instant::now() >= at) {
                     let sent = Instant::now();
-                    match inner.call(|| inner.zk().set_data(&created, Vec::new(), None)).await {
+                    match inner
+                        .call(|| inner.zk().set_data(&created, Vec::new(), None))
+                        .await
+                    {
                         Ok(_) => renewed = sent,
                         Err(ZkError::NoNode) => break,
                         Err(e) => return Err(backend.map_err(e)),
@@ -414,7 +419,11 @@ pub(crate) async fn lock(
         }
         // Held: write the value at the key (its answer proves the session alive at
         // least since `proven`; a TTL lock's lease since its last renewal).
-        let proven = if ttl.is_some() { renewed } else { Instant::now() };
+        let proven = if ttl.is_some() {
+            renewed
+        } else {
+            Instant::now()
+        };
         let pair = match backend.write_lock_value(&key, &value).await {
             Ok(pair) => pair,
             Err(e) => return Err(e), // `contender` withdraws our znode on drop
@@ -490,9 +499,9 @@ async fn monitor(
 /// sending of its last answered renewal + TTL.
 async fn lease(held: &Held, mut proven: Instant) {
     let inner = held.backend.inner();
-    let timeout = held
-        .ttl
-        .map_or(inner.session_timeout(), |ttl| ttl.min(inner.session_timeout()));
+    let timeout = held.ttl.map_or(inner.session_timeout(), |ttl| {
+        ttl.min(inner.session_timeout())
+    });
     let deadline_after = timeout - timeout / 5;
     loop {
         let deadline = proven + deadline_after;
@@ -511,7 +520,9 @@ async fn lease(held: &Held, mut proven: Instant) {
                     Err(e) => Err(e),
                 }
             } else {
-                inner.call(|| inner.zk().exists(&held.contender, false)).await
+                inner
+                    .call(|| inner.zk().exists(&held.contender, false))
+                    .await
             }
         })
         .await;
@@ -600,7 +611,11 @@ impl LockGuard for ZookeeperLock {
     async fn unlock(mut self) -> Result<()> {
         self.released = true;
         self.monitor.abort();
-        self.held.backend.inner().held_locks().remove(self.registered);
+        self.held
+            .backend
+            .inner()
+            .held_locks()
+            .remove(self.registered);
         let was_lost = self.lost.is_fired();
         let released = self.held.release().await;
         if was_lost {
@@ -618,7 +633,11 @@ impl Drop for ZookeeperLock {
             return;
         }
         self.monitor.abort();
-        self.held.backend.inner().held_locks().remove(self.registered);
+        self.held
+            .backend
+            .inner()
+            .held_locks()
+            .remove(self.registered);
         let held = self.held.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {

@@ -341,18 +341,21 @@ impl Zookeeper {
         // The server may grant another timeout than asked (clamped to its
         // min/maxSessionTimeout); it expires the session after the granted one, so every
         // deadline of this handle (lock leases above all) uses that.
-        let session_timeout =
-            match multiread::negotiated_session_timeout(&addrs, session_timeout, request_timeout)
-                .await
-            {
-                Some(granted) => granted,
-                None => {
-                    tracing::warn!(
-                        "could not learn the granted ZooKeeper session timeout; assuming the requested one"
-                    );
-                    session_timeout
-                }
-            };
+        let session_timeout = match multiread::negotiated_session_timeout(
+            &addrs,
+            session_timeout,
+            request_timeout,
+        )
+        .await
+        {
+            Some(granted) => granted,
+            None => {
+                tracing::warn!(
+                    "could not learn the granted ZooKeeper session timeout; assuming the requested one"
+                );
+                session_timeout
+            }
+        };
         let reader = config.multi_read.then(|| {
             MultiReader::new(ReaderConfig {
                 addrs,
@@ -585,9 +588,7 @@ impl Zookeeper {
         for _ in 0..MAX_ATTEMPTS {
             let (stat, index) = match self.read_node(key.as_str()).await? {
                 Node::Missing => return Ok(Cas::Conflict { current: None }),
-                Node::Empty {
-                    expired_mzxid, ..
-                } => {
+                Node::Empty { expired_mzxid, .. } => {
                     if let Some(version) = expired_mzxid {
                         self.collect_expired(path.clone(), version);
                     }
@@ -612,10 +613,13 @@ impl Zookeeper {
     }
 
     /// Every znode path strictly below `base` (values or not), deepest last, one wave of
-    /// `getChildren` per level.
-    async fn all_paths_below(&self, base: &str) -> Result<Vec<(usize, String)>> {
+    /// `getChildren` per level. A znode whose name does not make a kvkit key (written by
+    /// another tool, e.g. a path longer than `MAX_KEY_LEN`) is left out with its subtree,
+    /// and the znodes above it are marked `true`: they cannot be deleted, only emptied.
+    async fn all_paths_below(&self, base: &str) -> Result<Vec<(usize, String, bool)>> {
         let mut reads = Reads::new(&self.inner);
         let mut out = Vec::new();
+        let mut keep = std::collections::HashSet::new();
         let mut frontier = vec![base.to_owned()];
         let mut depth = 0;
         while !frontier.is_empty() {
@@ -627,7 +631,15 @@ impl Zookeeper {
                     Ok(children) => {
                         for child in children {
                             let path = format!("{parent}/{child}");
-                            out.push((depth, path.clone()));
+                            if self.inner.key_of(&path).is_none() {
+                                keep.extend(
+                                    ancestors(&path)
+                                        .into_iter()
+                                        .filter(|a| a.len() > base.len()),
+                                );
+                                continue;
+                            }
+                            out.push((depth, path.clone(), false));
                             frontier.push(path);
                         }
                     }
@@ -635,6 +647,9 @@ impl Zookeeper {
                     Err(e) => return Err(self.map_err(e)),
                 }
             }
+        }
+        for entry in &mut out {
+            entry.2 = keep.contains(&entry.1);
         }
         Ok(out)
     }
@@ -735,9 +750,13 @@ impl Inner {
         }
     }
 
-    /// The key of a znode path below the key space.
+    /// The key of a znode path below the key space; `None` when the path does not
+    /// spell a normalised kvkit key (a znode another tool wrote, e.g. longer than
+    /// `MAX_KEY_LEN`): such znodes are never listed, watched or deleted.
     pub(crate) fn key_of<'a>(&self, path: &'a str) -> Option<&'a str> {
-        path.strip_prefix(self.kv_root.as_str())?.strip_prefix('/')
+        path.strip_prefix(self.kv_root.as_str())?
+            .strip_prefix('/')
+            .filter(|key| Key::new(key).is_ok_and(|k| k.as_str() == *key))
     }
 
     pub(crate) fn server_now_ms(&self) -> i64 {
@@ -781,11 +800,7 @@ impl Inner {
 
     /// One collection of an expired write; see [`Zookeeper::collect_expired`].
     async fn collect_once(&self, path: &str, mzxid: i64) {
-        let claim = format!(
-            "{}/gc/{}@{mzxid}",
-            self.root,
-            codec::escape_segment(path)
-        );
+        let claim = format!("{}/gc/{}@{mzxid}", self.root, codec::escape_segment(path));
         let claimed = match self
             .call(|| {
                 self.zk
@@ -990,7 +1005,8 @@ impl Inner {
     ) -> std::result::Result<Node, ZkError> {
         let armed = watch.is_some_and(|arm| arm.claim(path, watch::Kind::Data));
         let result = self.call(|| self.zk.get_data(path, armed)).await;
-        if armed && result.is_err()
+        if armed
+            && result.is_err()
             && let Some(arm) = watch
         {
             arm.unmark(path, watch::Kind::Data);
@@ -1349,12 +1365,14 @@ impl Backend for Zookeeper {
                     Err(ZkError::NoNode) => continue,
                     Err(e) => return Err(self.map_err(e)),
                 };
-                if stat.num_children > 0 {
-                    frontier.push(path.clone());
-                }
+                // Not a kvkit key (another tool wrote it): neither it nor anything
+                // below it is listed.
                 let Some(key) = inner.key_of(&path) else {
                     continue;
                 };
+                if stat.num_children > 0 {
+                    frontier.push(path.clone());
+                }
                 match inner.decode_node(key, data, stat) {
                     Node::Value { pair, .. } => out.push(pair),
                     Node::Empty {
@@ -1384,12 +1402,24 @@ impl Backend for Zookeeper {
                 let depth = paths[start].0;
                 let end = paths[start..]
                     .iter()
-                    .position(|(d, _)| *d != depth)
+                    .position(|(d, _, _)| *d != depth)
                     .map_or(paths.len(), |p| start + p);
-                let batch: Vec<String> = paths[start..end].iter().map(|e| e.1.clone()).collect();
+                let batch: Vec<(String, bool)> = paths[start..end]
+                    .iter()
+                    .map(|e| (e.1.clone(), e.2))
+                    .collect();
                 let results = inner
-                    .wave(batch, |path: String| async move {
-                        inner.zk.delete(&path, None).await
+                    .wave(batch, |(path, keep): (String, bool)| async move {
+                        if keep {
+                            // Above a foreign znode: only its value goes.
+                            inner
+                                .zk
+                                .set_data(&path, codec::no_value(), None)
+                                .await
+                                .map(|_| ())
+                        } else {
+                            inner.zk.delete(&path, None).await
+                        }
                     })
                     .await;
                 for (_, result) in results {
@@ -1447,15 +1477,28 @@ impl Backend for Zookeeper {
     }
 
     async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Self::Lock> {
-        lock::lock(self.clone(), key.owned(), options.value.clone(), options.ttl, true)
-            .await
-            .and_then(|held| {
-                held.ok_or_else(|| Error::backend(NAME, "lock wait ended without the lock"))
-            })
+        lock::lock(
+            self.clone(),
+            key.owned(),
+            options.value.clone(),
+            options.ttl,
+            true,
+        )
+        .await
+        .and_then(|held| {
+            held.ok_or_else(|| Error::backend(NAME, "lock wait ended without the lock"))
+        })
     }
 
     async fn try_lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Option<Self::Lock>> {
-        lock::lock(self.clone(), key.owned(), options.value.clone(), options.ttl, false).await
+        lock::lock(
+            self.clone(),
+            key.owned(),
+            options.value.clone(),
+            options.ttl,
+            false,
+        )
+        .await
     }
 
     async fn close(&self) -> Result<()> {

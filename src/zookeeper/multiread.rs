@@ -535,9 +535,7 @@ pub(crate) async fn negotiated_session_timeout(
         let probe = tokio::time::timeout(within, async {
             let (mut stream, negotiated) = handshake(addr, requested).await?;
             // Close the probe's session now rather than let it time out.
-            let _ = stream
-                .write_all(&frame(1, OP_CLOSE_SESSION, &[]))
-                .await;
+            let _ = stream.write_all(&frame(1, OP_CLOSE_SESSION, &[])).await;
             let _ = tokio::time::timeout(Duration::from_millis(500), read_small_frame(&mut stream))
                 .await;
             Ok::<_, String>(negotiated)

@@ -50,7 +50,9 @@ pub(crate) struct WatchHub {
 }
 
 impl WatchHub {
-    fn waiting(&self) -> MutexGuard<'_, HashMap<Fired, HashMap<u64, mpsc::UnboundedSender<Fired>>>> {
+    fn waiting(
+        &self,
+    ) -> MutexGuard<'_, HashMap<Fired, HashMap<u64, mpsc::UnboundedSender<Fired>>>> {
         self.waiting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -515,6 +517,9 @@ async fn read_entry(
     path: &str,
 ) -> std::result::Result<Option<Entry>, ZkError> {
     let inner = backend.inner();
+    let Some(key) = inner.key_of(path).map(str::to_owned) else {
+        return Ok(None);
+    };
     let watch = arm.claim(path, Kind::Data);
     let result = inner.call(|| inner.zk().get_data(path, watch)).await;
     if watch && result.is_err() {
@@ -525,7 +530,7 @@ async fn read_entry(
         Err(ZkError::NoNode) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let key = inner.key_of(path).unwrap_or_default().to_owned();
+
     Ok(Some(match inner.decode_node(&key, data, stat) {
         Node::Value {
             pair, deadline_ms, ..
@@ -533,9 +538,7 @@ async fn read_entry(
             pair: Some(pair),
             deadline_ms,
         },
-        Node::Empty {
-            expired_mzxid, ..
-        } => {
+        Node::Empty { expired_mzxid, .. } => {
             if let Some(version) = expired_mzxid {
                 backend.collect_expired(path.to_owned(), version);
             }
@@ -562,7 +565,12 @@ async fn scan_nodes(
     paths: Vec<String>,
 ) -> std::result::Result<Vec<(String, Entry)>, ZkError> {
     let mut out = Vec::new();
-    let mut level = paths;
+    let inner = backend.inner();
+    // Znodes that do not spell a kvkit key (another tool's) are not watched at all.
+    let mut level: Vec<String> = paths
+        .into_iter()
+        .filter(|path| inner.key_of(path).is_some())
+        .collect();
     while !level.is_empty() {
         let reads: Vec<ScanRead> = stream::iter(level)
             .map(|path| async move {
@@ -579,7 +587,9 @@ async fn scan_nodes(
         for (path, entry, children) in reads {
             let Some(entry) = entry? else { continue };
             match children {
-                Ok(children) => level.extend(children),
+                Ok(children) => {
+                    level.extend(children.into_iter().filter(|c| inner.key_of(c).is_some()));
+                }
                 Err(ZkError::NoNode) => continue,
                 Err(e) => return Err(e),
             }
