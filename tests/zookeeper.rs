@@ -1360,3 +1360,606 @@ async fn ensemble_with_one_member_down() {
             .is_some()
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Failure semantics (issue 12): close, crash, reconnect, foreign data, TTL collection.
+// Each test starts its own server so it can be run alone.
+
+/// A raw `zookeeper-async` client, as another tool would use.
+async fn raw_client(addr: &str) -> zookeeper_async::ZooKeeper {
+    zookeeper_async::ZooKeeper::connect(
+        addr,
+        Duration::from_secs(8),
+        |_: zookeeper_async::WatchedEvent| {},
+    )
+    .await
+    .expect("raw client")
+}
+
+/// Reads a watch until its first error, which must be `Closed`, then expects its end.
+async fn ends_with_closed<S, T>(stream: &mut S, what: &str)
+where
+    S: futures::Stream<Item = kvkit::Result<T>> + Unpin,
+{
+    loop {
+        match next(stream, what).await {
+            Ok(_) => continue,
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Closed, "{what}: {e}");
+                break;
+            }
+        }
+    }
+    let end = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no end after Err(Closed)"));
+    assert!(end.is_none(), "{what}: an item after Err(Closed)");
+}
+
+async fn connect_with(config: ZookeeperConfig) -> Kv<Zookeeper> {
+    Kv::new(Zookeeper::connect(config).await.expect("connect"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_releases_locks_and_ends_watches() {
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let addr = server.connect_string();
+    let root = "/kvkit-close";
+    let kv = connect(&addr, root).await;
+    let other = connect(&addr, root).await;
+    kv.put("c/k", "v", PutOptions::default()).await.unwrap();
+    kv.put("c/lock", "before", PutOptions::default())
+        .await
+        .unwrap();
+    let guard = kv
+        .lock("c/lock", LockOptions::default().value("held"))
+        .await
+        .unwrap();
+    let new_key_guard = kv
+        .lock("c/new", LockOptions::default().value("held"))
+        .await
+        .unwrap();
+    let mut watch = kv.watch("c/k").await.unwrap();
+    let mut tree = kv.watch_tree("c").await.unwrap();
+    next(&mut watch, "initial").await.unwrap();
+    next(&mut tree, "initial tree").await.unwrap();
+
+    kv.close().await.unwrap();
+    // Every guard knows at once, and the locks are free for others right away.
+    assert!(guard.is_lost(), "close() fires lost() before it returns");
+    assert!(new_key_guard.is_lost());
+    tokio::time::timeout(WAIT, guard.lost())
+        .await
+        .expect("lost() resolves");
+    let taken = other
+        .try_lock("c/lock", LockOptions::default().value("next"))
+        .await
+        .unwrap()
+        .expect("the lock is free after close()");
+    assert_eq!(other.get("c/lock").await.unwrap().value, "next");
+    assert_eq!(
+        kind(other.get("c/new").await),
+        ErrorKind::NotFound,
+        "close() took the value of the lock it held away"
+    );
+    assert_eq!(
+        kind(guard.unlock().await),
+        ErrorKind::LockLost,
+        "unlock after close"
+    );
+    drop(new_key_guard);
+    // Every watch yields one Err(Closed) and ends.
+    ends_with_closed(&mut watch, "watch after close").await;
+    ends_with_closed(&mut tree, "watch_tree after close").await;
+    assert_eq!(kind(kv.watch("c/k").await), ErrorKind::Closed);
+    taken.unlock().await.unwrap();
+    other.close().await.unwrap();
+}
+
+/// The `Total watches:` of the server's `wchs` answer.
+fn server_watches(server: &ZkServer) -> Option<usize> {
+    let answer = kvkit::testing::zookeeper_server::four_letter(server.addr(), "wchs");
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("Total watches:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_registrations_stay_flat_across_reconnects() {
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let addr = server.connect_string();
+    let root = "/kvkit-rearm";
+    let proxy = TcpProxy::start(server.addr()).await.unwrap();
+    let kv = connect_with(
+        ZookeeperConfig::new(proxy.connect_string())
+            .root(root)
+            .session_timeout(Duration::from_secs(10))
+            .request_timeout(Duration::from_secs(3))
+            .multi_read(false),
+    )
+    .await;
+    let writer = connect(&addr, root).await;
+    const KEYS: usize = 100;
+    for i in 0..KEYS {
+        writer
+            .put(format!("w/k{i:03}"), "0", PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let mut watches = Vec::new();
+    for i in 0..KEYS {
+        let mut w = kv.watch(format!("w/k{i:03}")).await.unwrap();
+        next(&mut w, "initial").await.unwrap();
+        watches.push(w);
+    }
+    assert_eq!(kv.backend().watch_registrations(), KEYS);
+    assert_eq!(server_watches(&server), Some(KEYS), "wchs is allowed");
+    let before = kv.backend().stats().requests;
+    for round in 0..50 {
+        // Drop the connection: the client reconnects (same session) and re-arms.
+        proxy.set_blocked(true);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        proxy.set_blocked(false);
+        let i = (round * 7) % KEYS;
+        let value = format!("r{round}");
+        writer
+            .put(format!("w/k{i:03}"), value.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        watch_until(&mut watches[i], "the write after a reconnect", |p| {
+            p.as_ref().is_some_and(|p| p.value == value)
+        })
+        .await;
+        let registered = kv.backend().watch_registrations();
+        assert!(
+            registered <= KEYS,
+            "round {round}: {registered} watch registrations for {KEYS} keys"
+        );
+    }
+    // Every reconnect re-armed the 100 watches (one getData each).
+    let rearmed = kv.backend().stats().requests - before;
+    eprintln!("requests during the reconnects: {rearmed}");
+    assert!(
+        rearmed >= 40 * KEYS as u64,
+        "only {rearmed} requests: the reconnects did not happen"
+    );
+    // Settled: one registration per watched key, and as many watches on the server.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (client, on_server) = (kv.backend().watch_registrations(), server_watches(&server));
+        if client == KEYS && on_server == Some(KEYS) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not re-armed: {client} registrations, {on_server:?} on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(watches);
+    // The streams' tasks end in the background.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while kv.backend().watch_registrations() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dropped streams left {} registrations behind",
+            kv.backend().watch_registrations()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kv.close().await.unwrap();
+    writer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_loss_uses_the_granted_session_timeout() {
+    use kvkit::testing::zookeeper_server::ZkServerSettings;
+    // Asked 8 s, granted 4 s (scaled down from 30 s against a maximum of 20 s).
+    let Some(server) = ZkServer::start_with(ZkServerSettings {
+        max_session_timeout_ms: 4_000,
+        ..ZkServerSettings::default()
+    }) else {
+        return;
+    };
+    let addr = server.connect_string();
+    let root = "/kvkit-granted";
+    let proxy = TcpProxy::start(server.addr()).await.unwrap();
+    let holder = connect_with(
+        ZookeeperConfig::new(proxy.connect_string())
+            .root(root)
+            .session_timeout(Duration::from_secs(8))
+            .request_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    assert_eq!(
+        holder.capabilities().default_lock_ttl,
+        Some(Duration::from_secs(4)),
+        "locks live as long as the granted session"
+    );
+    let other = connect(&addr, root).await;
+    let guard = holder
+        .lock("l", LockOptions::default().value("a"))
+        .await
+        .unwrap();
+    // A silent partition: nothing gets through, the connection stays open.
+    proxy.set_mode(ProxyMode::Silent);
+    let cut = tokio::time::Instant::now();
+    let contender = {
+        let other = other.clone();
+        tokio::spawn(async move {
+            let guard = other
+                .lock("l", LockOptions::default().value("b"))
+                .await
+                .unwrap();
+            (tokio::time::Instant::now(), guard)
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), guard.lost())
+        .await
+        .expect("the cut-off holder learns of its loss");
+    let lost_at = tokio::time::Instant::now();
+    let (acquired_at, taken) = tokio::time::timeout(Duration::from_secs(30), contender)
+        .await
+        .expect("the other contender acquires once the session expired")
+        .unwrap();
+    assert!(
+        lost_at < acquired_at,
+        "two holders: lost() after {:?}, the other acquired after {:?}",
+        lost_at - cut,
+        acquired_at - cut
+    );
+    taken.unlock().await.unwrap();
+    proxy.set_mode(ProxyMode::Open);
+    drop(guard);
+    other.close().await.unwrap();
+}
+
+/// The contenders waiting in the lock directory of `key` (a top-level key).
+async fn contenders(raw: &zookeeper_async::ZooKeeper, root: &str, key: &str) -> usize {
+    raw.get_children(&format!("{root}/locks/{key}"), false)
+        .await
+        .map_or(0, |c| c.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_waiter_withdraws_its_contender() {
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let addr = server.connect_string();
+    let root = "/kvkit-withdraw";
+    let proxy = TcpProxy::start(server.addr()).await.unwrap();
+    let holder = connect(&addr, root).await;
+    let waiter = connect_with(
+        ZookeeperConfig::new(proxy.connect_string())
+            .root(root)
+            .session_timeout(Duration::from_secs(10))
+            .request_timeout(Duration::from_secs(1))
+            .multi_read(false),
+    )
+    .await;
+    let fresh = connect(&addr, root).await;
+    let raw = raw_client(&addr).await;
+    let guard = holder
+        .lock("w", LockOptions::default().value("h"))
+        .await
+        .unwrap();
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.lock("w", LockOptions::default()).await })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while contenders(&raw, root, "w").await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the waiter queues");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Cut the waiter off silently; it gives up (cancelled) while cut off.
+    proxy.set_mode(ProxyMode::Silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting.abort();
+    assert!(waiting.await.is_err(), "the waiting lock was cancelled");
+    // Its withdrawal cannot get through for longer than a request timeout; then the
+    // connection drops (what was on its way is lost) and the client reconnects within
+    // its session.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.set_blocked(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.set_mode(ProxyMode::Open);
+    // The holder leaves; a fresh client takes the lock promptly, while the waiter's
+    // handle (and session) lives on.
+    guard.unlock().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let taken = loop {
+        if let Some(taken) = fresh
+            .try_lock("w", LockOptions::default().value("f"))
+            .await
+            .unwrap()
+        {
+            break taken;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned waiter's contender still blocks the lock ({} contenders)",
+            contenders(&raw, root, "w").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(waiter.exists("anything").await.is_ok(), "the waiter lives on");
+    taken.unlock().await.unwrap();
+    for kv in [holder, waiter, fresh] {
+        kv.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_key_behaves_like_any_key_and_ttl_is_honoured() {
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let addr = server.connect_string();
+    let root = "/kvkit-lockkey";
+    let kv = connect(&addr, root).await;
+    let other = connect(&addr, root).await;
+
+    // Keys below a held lock's key (a new key).
+    let guard = kv
+        .lock("held/k", LockOptions::default().value("mine"))
+        .await
+        .unwrap();
+    other
+        .put("held/k/child", "c", PutOptions::default())
+        .await
+        .expect("a key below a held lock's key");
+    assert_eq!(
+        values(&other.list("held").await.unwrap()),
+        vec![
+            ("held/k".to_owned(), "mine".to_owned()),
+            ("held/k/child".to_owned(), "c".to_owned())
+        ]
+    );
+    // Someone else's write: the holder loses the lock, the new value stays, also after
+    // the holder's session is gone.
+    other
+        .put("held/k", "theirs", PutOptions::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, guard.lost())
+        .await
+        .expect("an overwritten lock is lost");
+    drop(guard);
+    kv.close().await.unwrap();
+    assert_eq!(other.get("held/k").await.unwrap().value, "theirs");
+    assert_eq!(other.get("held/k/child").await.unwrap().value, "c");
+
+    // LockOptions::ttl: a holder cut off silently frees the lock within its TTL, long
+    // before its 15 s session would expire, and learns of the loss first.
+    let proxy = TcpProxy::start(server.addr()).await.unwrap();
+    let holder = connect_with(
+        ZookeeperConfig::new(proxy.connect_string())
+            .root(root)
+            .session_timeout(Duration::from_secs(15))
+            .request_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    let ttl = Duration::from_secs(2);
+    let guard = holder
+        .lock("ttl", LockOptions::default().value("a").ttl(ttl))
+        .await
+        .unwrap();
+    // While it lives, the holder renews: the lock stays held well past its TTL.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!guard.is_lost());
+    assert!(
+        other
+            .try_lock("ttl", LockOptions::default().ttl(ttl))
+            .await
+            .unwrap()
+            .is_none(),
+        "a live holder keeps a TTL lock"
+    );
+    proxy.set_mode(ProxyMode::Silent);
+    let cut = tokio::time::Instant::now();
+    let contender = {
+        let other = other.clone();
+        tokio::spawn(async move {
+            let guard = other
+                .lock("ttl", LockOptions::default().value("b").ttl(ttl))
+                .await
+                .unwrap();
+            (tokio::time::Instant::now(), guard)
+        })
+    };
+    tokio::time::timeout(WAIT, guard.lost())
+        .await
+        .expect("the cut-off holder's lease runs out");
+    let lost_at = tokio::time::Instant::now();
+    let (acquired_at, taken) = tokio::time::timeout(Duration::from_secs(30), contender)
+        .await
+        .expect("the other contender acquires")
+        .unwrap();
+    assert!(lost_at < acquired_at, "two holders at once");
+    assert!(
+        acquired_at - cut < Duration::from_secs(8),
+        "freed after {:?}: the TTL of {ttl:?} was not honoured (session: 15 s)",
+        acquired_at - cut
+    );
+    assert_eq!(other.get("ttl").await.unwrap().value, "b");
+    taken.unlock().await.unwrap();
+    proxy.set_mode(ProxyMode::Open);
+    drop(guard);
+    holder.close().await.unwrap();
+    other.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_znodes_are_never_listed_watched_or_deleted() {
+    use zookeeper_async::{Acl, CreateMode};
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let addr = server.connect_string();
+    let root = "/kvkit-foreign";
+    let kv = connect(&addr, root).await;
+    let raw = raw_client(&addr).await;
+    kv.put("f/ok", "v", PutOptions::default()).await.unwrap();
+    let create = |path: String, data: &'static [u8]| {
+        let raw = &raw;
+        async move {
+            raw.create(
+                &path,
+                data.to_vec(),
+                Acl::open_unsafe().clone(),
+                CreateMode::Persistent,
+            )
+            .await
+        }
+    };
+    // ZooKeeper itself refuses what kvkit's key rules forbid in a segment: control
+    // characters, U+E000..U+F8FF, `.` and `..`, empty segments.
+    for bad in ["a\u{1}b", "\u{7f}", "\u{E000}", "\u{F8FF}", ".", "..", "a//b"] {
+        let path = format!("{root}/kv/f/{bad}");
+        assert!(
+            create(path, b"\x01x").await.is_err(),
+            "ZooKeeper accepted the znode name {bad:?}"
+        );
+    }
+    // What it does accept but kvkit cannot: a path whose key is over MAX_KEY_LEN.
+    let long = "x".repeat(600);
+    let mid = format!("{root}/kv/f/{long}");
+    create(mid.clone(), b"\x01mid").await.unwrap(); // key of 602 bytes: valid
+    let too_long = format!("{mid}/{long}");
+    create(too_long.clone(), b"\x01foreign").await.unwrap(); // 1,203 bytes
+    create(format!("{too_long}/below"), b"\x01deeper")
+        .await
+        .unwrap();
+    let expected = vec![
+        ("f/ok".to_owned(), "v".to_owned()),
+        (format!("f/{long}"), "mid".to_owned()),
+    ];
+    assert_eq!(values(&kv.list("f").await.unwrap()), expected, "list");
+    assert_eq!(values(&kv.list("").await.unwrap()), expected, "list of all");
+    let mut tree = kv.watch_tree("f").await.unwrap();
+    assert_eq!(values(&next(&mut tree, "tree").await.unwrap()), expected);
+    kv.put("f/ok", "v2", PutOptions::default()).await.unwrap();
+    let seen = watch_until(&mut tree, "the change", |t: &Vec<kvkit::KvPair>| {
+        t.iter().any(|p| p.value == "v2")
+    })
+    .await;
+    assert_eq!(seen.len(), 2, "watch_tree never shows the foreign znodes");
+    drop(tree);
+    kv.delete_tree("f").await.unwrap();
+    assert!(kv.list("").await.unwrap().is_empty(), "every kvkit key is gone");
+    assert_eq!(
+        raw.get_data(&too_long, false).await.unwrap().0,
+        b"\x01foreign",
+        "delete_tree left the foreign znode alone"
+    );
+    assert!(raw.exists(&format!("{too_long}/below"), false).await.unwrap().is_some());
+    assert_eq!(kind(kv.get(format!("f/{long}")).await), ErrorKind::NotFound);
+    kv.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_collection_never_deletes_a_fresh_write() {
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let addr = server.connect_string();
+    let root = "/kvkit-ttl-gc";
+    let raw = raw_client(&addr).await;
+    let writer = connect(&addr, root).await;
+    let ttl = Duration::from_millis(500);
+
+    // A watcher whose cached TTL deadline passes while it is cut off: its collection
+    // of the expired write reaches the server only after another reader collected it
+    // and the writer wrote the key afresh.
+    let proxy = TcpProxy::start(server.addr()).await.unwrap();
+    let watcher = connect(&proxy.connect_string(), root).await;
+    let reader = connect(&addr, root).await;
+    writer
+        .put("t/cut", "old", PutOptions::with_ttl(ttl))
+        .await
+        .unwrap();
+    let mut tree = watcher.watch_tree("t").await.unwrap();
+    assert_eq!(next(&mut tree, "tree").await.unwrap().len(), 1);
+    proxy.set_mode(ProxyMode::Silent);
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    assert_eq!(kind(reader.get("t/cut").await), ErrorKind::NotFound);
+    let path = format!("{root}/kv/t/cut");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while raw.exists(&path, false).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "never collected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer
+        .put("t/cut", "fresh", PutOptions::default())
+        .await
+        .unwrap();
+    proxy.set_mode(ProxyMode::Open);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        writer.get("t/cut").await.unwrap().value,
+        "fresh",
+        "a late collection deleted the fresh write"
+    );
+    drop(tree);
+
+    // Many readers on several handles at the expiry while the writer re-creates it.
+    let readers: Vec<Kv<Zookeeper>> = {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.push(connect(&addr, root).await);
+        }
+        out
+    };
+    for round in 0..6 {
+        let key = format!("t/k{round}");
+        let path = format!("{root}/kv/{key}");
+        writer
+            .put(&key, "old", PutOptions::with_ttl(ttl))
+            .await
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for kv in &readers {
+            for _ in 0..8 {
+                let (kv, key, stop) = (kv.clone(), key.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = kv.get(&key).await;
+                        let _ = kv.list("t").await;
+                    }
+                }));
+            }
+        }
+        tokio::time::sleep(ttl).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while raw.exists(&path, false).await.unwrap().is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "never collected");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        writer
+            .put(&key, "fresh", PutOptions::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = writer
+            .get(&key)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the fresh write was deleted: {e}"));
+        assert_eq!(now.value, "fresh", "round {round}");
+    }
+    for kv in readers.iter().chain([&writer, &watcher, &reader]) {
+        kv.close().await.unwrap();
+    }
+}
