@@ -1576,11 +1576,6 @@ async fn lock_loss_uses_the_granted_session_timeout() {
             .request_timeout(Duration::from_secs(2)),
     )
     .await;
-    assert_eq!(
-        holder.capabilities().default_lock_ttl,
-        Some(Duration::from_secs(4)),
-        "locks live as long as the granted session"
-    );
     let other = connect(&addr, root).await;
     let guard = holder
         .lock("l", LockOptions::default().value("a"))
@@ -1614,6 +1609,11 @@ async fn lock_loss_uses_the_granted_session_timeout() {
         acquired_at - cut
     );
     taken.unlock().await.unwrap();
+    assert_eq!(
+        holder.capabilities().default_lock_ttl,
+        Some(Duration::from_secs(4)),
+        "locks live as long as the granted session"
+    );
     proxy.set_mode(ProxyMode::Open);
     drop(guard);
     other.close().await.unwrap();
@@ -1706,36 +1706,6 @@ async fn lock_key_behaves_like_any_key_and_ttl_is_honoured() {
     let kv = connect(&addr, root).await;
     let other = connect(&addr, root).await;
 
-    // Keys below a held lock's key (a new key).
-    let guard = kv
-        .lock("held/k", LockOptions::default().value("mine"))
-        .await
-        .unwrap();
-    other
-        .put("held/k/child", "c", PutOptions::default())
-        .await
-        .expect("a key below a held lock's key");
-    assert_eq!(
-        values(&other.list("held").await.unwrap()),
-        vec![
-            ("held/k".to_owned(), "mine".to_owned()),
-            ("held/k/child".to_owned(), "c".to_owned())
-        ]
-    );
-    // Someone else's write: the holder loses the lock, the new value stays, also after
-    // the holder's session is gone.
-    other
-        .put("held/k", "theirs", PutOptions::default())
-        .await
-        .unwrap();
-    tokio::time::timeout(WAIT, guard.lost())
-        .await
-        .expect("an overwritten lock is lost");
-    drop(guard);
-    kv.close().await.unwrap();
-    assert_eq!(other.get("held/k").await.unwrap().value, "theirs");
-    assert_eq!(other.get("held/k/child").await.unwrap().value, "c");
-
     // LockOptions::ttl: a holder cut off silently frees the lock within its TTL, long
     // before its 15 s session would expire, and learns of the loss first.
     let proxy = TcpProxy::start(server.addr()).await.unwrap();
@@ -1793,6 +1763,37 @@ async fn lock_key_behaves_like_any_key_and_ttl_is_honoured() {
     proxy.set_mode(ProxyMode::Open);
     drop(guard);
     holder.close().await.unwrap();
+
+    // Keys below a held lock's key (a new key).
+    let guard = kv
+        .lock("held/k", LockOptions::default().value("mine"))
+        .await
+        .unwrap();
+    other
+        .put("held/k/child", "c", PutOptions::default())
+        .await
+        .expect("a key below a held lock's key");
+    assert_eq!(
+        values(&other.list("held").await.unwrap()),
+        vec![
+            ("held/k".to_owned(), "mine".to_owned()),
+            ("held/k/child".to_owned(), "c".to_owned())
+        ]
+    );
+    // Someone else's write: the holder loses the lock, the new value stays, also after
+    // the holder's session is gone.
+    other
+        .put("held/k", "theirs", PutOptions::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, guard.lost())
+        .await
+        .expect("an overwritten lock is lost");
+    drop(guard);
+    kv.close().await.unwrap();
+    assert_eq!(other.get("held/k").await.unwrap().value, "theirs");
+    assert_eq!(other.get("held/k/child").await.unwrap().value, "c");
+
     other.close().await.unwrap();
 }
 
