@@ -738,9 +738,20 @@ async fn encoding(server: &str, kv: &Kv<Zookeeper>) {
         .get_data(&format!("{root}/enc/lock"), false)
         .await
         .unwrap();
-    assert!(
-        lock_stat.ephemeral_owner != 0,
-        "a new lock key is ephemeral"
+    assert_eq!(
+        lock_stat.ephemeral_owner, 0,
+        "a lock key is an ordinary znode (keys may live below it)"
+    );
+    let (_, contender_stat) = raw
+        .get_data(
+            &format!("/kvkit-suite/locks/enc%2Flock/{}", contenders[0]),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_ne!(
+        contender_stat.ephemeral_owner, 0,
+        "the contender goes with the session"
     );
     guard.unlock().await.unwrap();
     assert!(
@@ -1035,11 +1046,9 @@ async fn standalone_server() {
     let guard = kv.lock("closing", LockOptions::default()).await.unwrap();
     kv.close().await.unwrap();
     assert_eq!(kind(kv.get("a2/x").await), ErrorKind::Closed);
-    // Closing ends watch streams and the session's locks.
-    let end = tokio::time::timeout(WAIT, w.next())
-        .await
-        .expect("the watch ends on close");
-    assert!(end.is_none(), "{end:?}");
+    // Closing ends watch streams (one Err(Closed), then the end) and the session's
+    // locks.
+    ends_with_closed(&mut w, "the watch on close").await;
     tokio::time::timeout(WAIT, guard.lost())
         .await
         .expect("locks are lost on close");
