@@ -1306,6 +1306,92 @@ async fn restart_and_session_expiry() {
     assert!(recovered, "the silently cut-off client never recovered");
 }
 
+/// Monotonic reads across the read paths of one handle (`list` on the bulk reader's
+/// member, `get`/`exists`/CAS on the main session's member) while another handle, on
+/// the third member, writes all the time: no read returns an older version of a key
+/// than one the handle returned before, and a CAS with a listed pair never fails for
+/// nothing.
+async fn reads_never_go_back(ensemble: &ZkEnsemble, root: &str) {
+    use std::collections::HashMap;
+    let kv = connect(&ensemble.connect_string(), root).await;
+    let writer = connect(&ensemble.addr(2).to_string(), root).await;
+    const KEYS: usize = 8;
+    for i in 0..KEYS {
+        writer
+            .put(format!("m/k{i}"), "0", PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let (writer, stop) = (writer.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let key = format!("m/k{}", n as usize % KEYS);
+                writer
+                    .put(key, n.to_string(), PutOptions::default())
+                    .await
+                    .unwrap();
+            }
+            n
+        })
+    };
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut check = |key: &str, index: u64, path: &str, round: usize| {
+        let last = seen.entry(key.to_owned()).or_default();
+        assert!(
+            index >= *last,
+            "round {round}: {path} of {key} returned version {index} after {last}"
+        );
+        *last = index;
+    };
+    let before = kv.backend().stats();
+    let mut gets = 0u64;
+    for round in 0..150 {
+        let listed = kv.list("m").await.unwrap();
+        for pair in &listed {
+            check(&pair.key, pair.last_index, "list", round);
+        }
+        for pair in listed.iter().take(3) {
+            let got = kv.get(&pair.key).await.unwrap();
+            gets += 1;
+            check(&got.key, got.last_index, "get", round);
+        }
+        // A CAS with the pair just listed fails only when someone wrote since.
+        let mine = format!("m/own{}", round % 2);
+        let own = match kv.get(&mine).await {
+            Ok(pair) => pair,
+            Err(_) => kv
+                .put(&mine, "0", PutOptions::default())
+                .await
+                .unwrap(),
+        };
+        gets += 1;
+        let listed_own = kv
+            .list("m")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.key == mine)
+            .expect("listed");
+        assert!(listed_own.last_index >= own.last_index);
+        kv.atomic_put(&mine, round.to_string(), Some(&listed_own), PutOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: CAS with the listed pair: {e}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writing.await.unwrap();
+    let spent = kv.backend().stats().requests - before.requests;
+    eprintln!(
+        "monotonic reads: {written} concurrent writes, {gets} gets, {spent} requests in all"
+    );
+    kv.delete_tree("m").await.unwrap();
+    kv.close().await.unwrap();
+    writer.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensemble_with_one_member_down() {
     let Some(mut ensemble) = ZkEnsemble::start() else {
@@ -1322,6 +1408,7 @@ async fn ensemble_with_one_member_down() {
     // The main session sits on the first member, the bulk reader on the second: its
     // sync makes each list see the write completed just before on the main session.
     list_reads_own_writes(&ensemble.connect_string(), "/kvkit-ensemble-ryw").await;
+    reads_never_go_back(&ensemble, "/kvkit-ensemble-monotonic").await;
     ensemble.stop(0);
     // Operations keep working (a request in flight on the stopped member fails as
     // retryable Unavailable while the client moves to another member).

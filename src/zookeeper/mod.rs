@@ -232,6 +232,13 @@ pub(crate) struct Inner {
     watch_hub: Arc<watch::WatchHub>,
     /// The locks held through this handle, released by `close()`.
     held_locks: lock::HeldLocks,
+    /// The highest zxid the main session is known to have applied (from what it
+    /// answered), and the same for the bulk reader's session (with the reader session's
+    /// generation it was seen in): a read goes where it cannot return an older state
+    /// than one this handle already returned (see `read_node`).
+    seen_main: AtomicI64,
+    seen_reader: AtomicI64,
+    seen_reader_generation: AtomicU64,
     /// The expired TTL writes (path, mzxid) this handle is collecting right now.
     collecting: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
     /// The bulk reader (`None` when `multi_read` is off).
@@ -388,6 +395,9 @@ impl Zookeeper {
             watch_hub,
             held_locks: lock::HeldLocks::default(),
             collecting: std::sync::Mutex::default(),
+            seen_main: AtomicI64::new(0),
+            seen_reader: AtomicI64::new(0),
+            seen_reader_generation: AtomicU64::new(0),
             reader,
         });
         let weak = Arc::downgrade(&inner);
@@ -516,9 +526,14 @@ impl Zookeeper {
             .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
     }
 
-    /// Reads one key's node.
+    /// Reads one key's node, never older than what this handle has returned before:
+    /// on the main session, unless the bulk reader has returned newer state than the
+    /// main session is known to have (see `Inner::read_via_reader`).
     pub(crate) async fn read_node(&self, key: &str) -> Result<Node> {
         let path = self.inner.key_path(key);
+        if let Some(node) = self.inner.read_via_reader(&path, key).await {
+            return Ok(node);
+        }
         self.inner
             .read_node(&path, key, None)
             .await
@@ -562,12 +577,20 @@ impl Zookeeper {
                 .call(|| inner.zk.set_data(&path, data.clone(), None))
                 .await
             {
-                Ok(stat) => return Ok(pair(key.as_str(), &data, &stat)),
+                Ok(stat) => {
+                    inner.wrote_on_main();
+                    inner.saw_on_main(&stat);
+                    return Ok(pair(key.as_str(), &data, &stat));
+                }
                 Err(ZkError::NoNode) => {}
                 Err(e) => return Err(self.map_err(e)),
             }
             match inner.create_with_parents(&path, data.clone(), mode).await {
-                Ok(stat) => return Ok(pair(key.as_str(), &data, &stat)),
+                Ok(stat) => {
+                    inner.wrote_on_main();
+                    inner.saw_on_main(&stat);
+                    return Ok(pair(key.as_str(), &data, &stat));
+                }
                 Err(ZkError::NodeExists) => continue,
                 Err(e) => return Err(self.map_err(e)),
             }
@@ -604,7 +627,10 @@ impl Zookeeper {
                 });
             }
             match inner.remove_versioned(&path, stat.version).await {
-                Ok(_) => return Ok(Cas::Applied(())),
+                Ok(_) => {
+                    inner.wrote_on_main();
+                    return Ok(Cas::Applied(()));
+                }
                 Err(ZkError::BadVersion | ZkError::NoNode) => continue,
                 Err(e) => return Err(self.map_err(e)),
             }
@@ -733,6 +759,11 @@ fn pair(key: &str, data: &[u8], stat: &Stat) -> KvPair {
     }
 }
 
+/// The highest zxid a `Stat` proves its server had applied.
+fn stat_zxid(stat: &Stat) -> i64 {
+    stat.mzxid.max(stat.czxid).max(stat.pzxid)
+}
+
 pub(crate) fn index_of(stat: &Stat) -> u64 {
     u64::try_from(stat.mzxid).unwrap_or(0)
 }
@@ -796,6 +827,65 @@ impl Inner {
         self.collecting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Notes state the main session returned.
+    pub(crate) fn saw_on_main(&self, stat: &Stat) {
+        self.seen_main.fetch_max(stat_zxid(stat), Ordering::Relaxed);
+    }
+
+    /// Notes state the bulk reader returned in its session `generation`.
+    fn saw_on_reader(&self, stat: &Stat, generation: u64) {
+        self.seen_reader_generation
+            .store(generation, Ordering::Relaxed);
+        self.seen_reader.fetch_max(stat_zxid(stat), Ordering::Relaxed);
+    }
+
+    /// A write on the main session completed: its zxid is above everything any
+    /// session of this handle returned before (all of it was committed earlier), and
+    /// the main session's server applied it before answering.
+    pub(crate) fn wrote_on_main(&self) {
+        let reader = self.seen_reader.load(Ordering::Relaxed);
+        self.seen_main.fetch_max(reader, Ordering::Relaxed);
+    }
+
+    /// Monotonic reads across the two sessions of a handle. A `list` reads on the bulk
+    /// reader after a `sync`, so it may return newer state than the main session's
+    /// server has applied yet (another ensemble member, lagging by a few ms); a `get`
+    /// right after it on the main session could then go back in time (and a CAS with
+    /// a listed pair fail for no reason). So while the reader has returned newer state
+    /// than the main session is known to have, single reads go to the reader too: in
+    /// the same reader session, whose reads never go back, one `multiRead` of one
+    /// `getData`; after the reader opened a new session, `sync` + that read (one wave).
+    /// `None`: read on the main session.
+    async fn read_via_reader(&self, path: &str, key: &str) -> Option<Node> {
+        if self.seen_reader.load(Ordering::Relaxed) <= self.seen_main.load(Ordering::Relaxed) {
+            return None;
+        }
+        let reader = self.reader.as_ref().filter(|r| r.usable() && !self.is_closed())?;
+        let paths = [path.to_owned()];
+        let mut sync = None;
+        for _ in 0..2 {
+            let generation = reader.generation();
+            if generation != self.seen_reader_generation.load(Ordering::Relaxed) {
+                sync = Some(self.kv_root.as_str());
+            }
+            let result = reader.data(sync, &paths).await.ok()?.pop()?;
+            if sync.is_none() && reader.generation() != generation {
+                // A new reader session answered without a sync: read again with one.
+                sync = Some(self.kv_root.as_str());
+                continue;
+            }
+            return match result {
+                Ok((data, stat)) => {
+                    self.saw_on_reader(&stat, generation);
+                    Some(self.decode_node(key, data, stat))
+                }
+                Err(ZkError::NoNode) => Some(Node::Missing),
+                Err(_) => None,
+            };
+        }
+        None
     }
 
     /// One collection of an expired write; see [`Zookeeper::collect_expired`].
@@ -1005,6 +1095,9 @@ impl Inner {
     ) -> std::result::Result<Node, ZkError> {
         let armed = watch.is_some_and(|arm| arm.claim(path, watch::Kind::Data));
         let result = self.call(|| self.zk.get_data(path, armed)).await;
+        if let Ok((_, stat)) = &result {
+            self.saw_on_main(stat);
+        }
         if armed
             && result.is_err()
             && let Some(arm) = watch
@@ -1210,15 +1303,25 @@ impl<'a> Reads<'a> {
 
     async fn data(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultData)> {
         let read = async |reader: &MultiReader, sync: Option<&str>| reader.data(sync, &paths).await;
+        let inner = self.inner;
         if let Some(results) = self.via_reader(read).await {
+            if let Some(reader) = self.reader {
+                let generation = reader.generation();
+                for (_, stat) in results.iter().flatten() {
+                    inner.saw_on_reader(stat, generation);
+                }
+            }
             return paths.into_iter().zip(results).collect();
         }
-        let inner = self.inner;
-        inner
+        let results = inner
             .wave(paths, |path: String| async move {
                 inner.zk.get_data(&path, false).await
             })
-            .await
+            .await;
+        for (_, stat) in results.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+            inner.saw_on_main(stat);
+        }
+        results
     }
 }
 
@@ -1295,7 +1398,11 @@ impl Backend for Zookeeper {
                     .create_with_parents(&path, data.clone(), CreateMode::Persistent)
                     .await
                 {
-                    Ok(stat) => return Ok(Cas::Applied(pair(key.as_str(), &data, &stat))),
+                    Ok(stat) => {
+                        inner.wrote_on_main();
+                        inner.saw_on_main(&stat);
+                        return Ok(Cas::Applied(pair(key.as_str(), &data, &stat)));
+                    }
                     Err(ZkError::NodeExists) => {}
                     Err(e) => return Err(self.map_err(e)),
                 }
@@ -1325,7 +1432,11 @@ impl Backend for Zookeeper {
                 .call(|| inner.zk.set_data(&path, data.clone(), Some(version)))
                 .await
             {
-                Ok(stat) => return Ok(Cas::Applied(pair(key.as_str(), &data, &stat))),
+                Ok(stat) => {
+                    inner.wrote_on_main();
+                    inner.saw_on_main(&stat);
+                    return Ok(Cas::Applied(pair(key.as_str(), &data, &stat)));
+                }
                 // Changed since the read: read again and decide on the new state.
                 Err(ZkError::BadVersion | ZkError::NoNode) => continue,
                 Err(e) => return Err(self.map_err(e)),
@@ -1441,6 +1552,7 @@ impl Backend for Zookeeper {
 
     async fn delete_tree(&self, dir: &Dir) -> Result<()> {
         self.delete_range(dir).await?;
+        self.inner.wrote_on_main();
         if let Some(key) = dir.as_key() {
             // The directory's own znode: deleted outright (or emptied if a concurrent
             // writer put a child below it meanwhile).

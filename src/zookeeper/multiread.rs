@@ -693,6 +693,9 @@ pub(crate) struct MultiReader {
     answered: AtomicBool,
     strikes: AtomicU32,
     closed: AtomicBool,
+    /// Bumped on every new session: reads of one session never go back in time, reads
+    /// of a new one may (until a `sync`).
+    generation: AtomicU64,
 }
 
 impl MultiReader {
@@ -715,7 +718,13 @@ impl MultiReader {
             answered: AtomicBool::new(false),
             strikes: AtomicU32::new(0),
             closed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// The number of sessions opened so far (see `generation`).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Requests sent (`sync` and multiRead, each 1; handshakes and pings not counted).
@@ -857,6 +866,7 @@ impl MultiReader {
                 state.retry_at = None;
                 state.backoff = MIN_BACKOFF;
                 state.session = Some(session.clone());
+                self.generation.fetch_add(1, Ordering::Relaxed);
                 Ok(session)
             }
             Err(e) => {
