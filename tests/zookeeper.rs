@@ -1306,15 +1306,28 @@ async fn restart_and_session_expiry() {
     assert!(recovered, "the silently cut-off client never recovered");
 }
 
-/// Monotonic reads across the read paths of one handle (`list` on the bulk reader's
-/// member, `get`/`exists`/CAS on the main session's member) while another handle, on
-/// the third member, writes all the time: no read returns an older version of a key
-/// than one the handle returned before, and a CAS with a listed pair never fails for
-/// nothing.
+/// Monotonic reads across the read paths of one handle: `list` on the bulk reader's
+/// member, `get` and CAS reads on the main session's member. Another handle writes all
+/// the time through the leader; the main session's member is frozen now and then, so
+/// it falls behind the others (a lagging follower, exaggerated): no read returns an
+/// older version of a key than one the handle returned before, and a CAS with a listed
+/// pair never fails for nothing.
 async fn reads_never_go_back(ensemble: &ZkEnsemble, root: &str) {
     use std::collections::HashMap;
-    let kv = connect(&ensemble.connect_string(), root).await;
-    let writer = connect(&ensemble.addr(2).to_string(), root).await;
+    let leader = (0..3).find(|&i| ensemble.is_leader(i)).expect("a leader");
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    // Main session on the first follower (the crate starts at the first server), bulk
+    // reader on the second.
+    let kv = connect(
+        &format!(
+            "{},{}",
+            ensemble.addr(followers[0]),
+            ensemble.addr(followers[1])
+        ),
+        root,
+    )
+    .await;
+    let writer = connect(&ensemble.addr(leader).to_string(), root).await;
     const KEYS: usize = 8;
     for i in 0..KEYS {
         writer
@@ -1330,10 +1343,9 @@ async fn reads_never_go_back(ensemble: &ZkEnsemble, root: &str) {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
                 let key = format!("m/k{}", n as usize % KEYS);
-                writer
-                    .put(key, n.to_string(), PutOptions::default())
-                    .await
-                    .unwrap();
+                if let Err(e) = writer.put(key, n.to_string(), PutOptions::default()).await {
+                    assert!(e.is_retryable(), "{e}");
+                }
             }
             n
         })
@@ -1349,26 +1361,44 @@ async fn reads_never_go_back(ensemble: &ZkEnsemble, root: &str) {
     };
     let before = kv.backend().stats();
     let mut gets = 0u64;
-    for round in 0..150 {
+    for round in 0..40 {
+        let lagging = round % 2 == 0;
+        if lagging {
+            // Freeze the main session's member while writes go on without it.
+            ensemble.pause(followers[0]);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let listed = kv.list("m").await.unwrap();
         for pair in &listed {
             check(&pair.key, pair.last_index, "list", round);
         }
-        for pair in listed.iter().take(3) {
-            let got = kv.get(&pair.key).await.unwrap();
+        let reads = async {
+            let mut out = Vec::new();
+            for pair in listed.iter().filter(|p| p.key.starts_with("m/k")) {
+                out.push(kv.get(&pair.key).await.unwrap());
+            }
+            out
+        };
+        let got = if lagging {
+            // Let the member run again just after the first read was sent to it.
+            let resume_later = async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ensemble.resume(followers[0]);
+            };
+            let (got, ()) = tokio::join!(reads, resume_later);
+            got
+        } else {
+            reads.await
+        };
+        for pair in &got {
             gets += 1;
-            check(&got.key, got.last_index, "get", round);
+            check(&pair.key, pair.last_index, "get", round);
         }
         // A CAS with the pair just listed fails only when someone wrote since.
         let mine = format!("m/own{}", round % 2);
-        let own = match kv.get(&mine).await {
-            Ok(pair) => pair,
-            Err(_) => kv
-                .put(&mine, "0", PutOptions::default())
-                .await
-                .unwrap(),
-        };
-        gets += 1;
+        if round < 2 {
+            kv.put(&mine, "0", PutOptions::default()).await.unwrap();
+        }
         let listed_own = kv
             .list("m")
             .await
@@ -1376,17 +1406,24 @@ async fn reads_never_go_back(ensemble: &ZkEnsemble, root: &str) {
             .into_iter()
             .find(|p| p.key == mine)
             .expect("listed");
-        assert!(listed_own.last_index >= own.last_index);
-        kv.atomic_put(&mine, round.to_string(), Some(&listed_own), PutOptions::default())
+        check(&mine, listed_own.last_index, "list", round);
+        let written = kv
+            .atomic_put(
+                &mine,
+                round.to_string(),
+                Some(&listed_own),
+                PutOptions::default(),
+            )
             .await
             .unwrap_or_else(|e| panic!("round {round}: CAS with the listed pair: {e}"));
+        check(&mine, written.last_index, "CAS", round);
+        check(&mine, kv.get(&mine).await.unwrap().last_index, "get", round);
+        gets += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writing.await.unwrap();
     let spent = kv.backend().stats().requests - before.requests;
-    eprintln!(
-        "monotonic reads: {written} concurrent writes, {gets} gets, {spent} requests in all"
-    );
+    eprintln!("monotonic reads: {written} concurrent writes, {gets} gets, {spent} requests in all");
     kv.delete_tree("m").await.unwrap();
     kv.close().await.unwrap();
     writer.close().await.unwrap();
@@ -1785,7 +1822,10 @@ async fn abandoned_waiter_withdraws_its_contender() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(waiter.exists("anything").await.is_ok(), "the waiter lives on");
+    assert!(
+        waiter.exists("anything").await.is_ok(),
+        "the waiter lives on"
+    );
     taken.unlock().await.unwrap();
     for kv in [holder, waiter, fresh] {
         kv.close().await.unwrap();
@@ -1918,7 +1958,9 @@ async fn foreign_znodes_are_never_listed_watched_or_deleted() {
     };
     // ZooKeeper itself refuses what kvkit's key rules forbid in a segment: control
     // characters, U+E000..U+F8FF, `.` and `..`, empty segments.
-    for bad in ["a\u{1}b", "\u{7f}", "\u{E000}", "\u{F8FF}", ".", "..", "a//b"] {
+    for bad in [
+        "a\u{1}b", "\u{7f}", "\u{E000}", "\u{F8FF}", ".", "..", "a//b",
+    ] {
         let path = format!("{root}/kv/f/{bad}");
         assert!(
             create(path, b"\x01x").await.is_err(),
@@ -1950,13 +1992,21 @@ async fn foreign_znodes_are_never_listed_watched_or_deleted() {
     assert_eq!(seen.len(), 2, "watch_tree never shows the foreign znodes");
     drop(tree);
     kv.delete_tree("f").await.unwrap();
-    assert!(kv.list("").await.unwrap().is_empty(), "every kvkit key is gone");
+    assert!(
+        kv.list("").await.unwrap().is_empty(),
+        "every kvkit key is gone"
+    );
     assert_eq!(
         raw.get_data(&too_long, false).await.unwrap().0,
         b"\x01foreign",
         "delete_tree left the foreign znode alone"
     );
-    assert!(raw.exists(&format!("{too_long}/below"), false).await.unwrap().is_some());
+    assert!(
+        raw.exists(&format!("{too_long}/below"), false)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(kind(kv.get(format!("f/{long}")).await), ErrorKind::NotFound);
     kv.close().await.unwrap();
 }

@@ -307,6 +307,31 @@ impl ZkEnsemble {
         self.members[i].stop();
     }
 
+    /// True when member `i` is the ensemble's leader.
+    pub fn is_leader(&self, i: usize) -> bool {
+        four_letter(self.members[i].addr(), "srvr").contains("Mode: leader")
+    }
+
+    /// Freezes member `i` (`SIGSTOP`): it neither answers nor applies the leader's
+    /// commits until [`ZkEnsemble::resume`], so it falls behind the others.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets a paused member run again.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        if let Some(pid) = self.members[i].child.as_ref().and_then(ChildGuard::id) {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
     /// Starts member `i` again and waits until it serves.
     pub fn start_member(&mut self, i: usize) {
         self.members[i].stop();

@@ -838,7 +838,8 @@ impl Inner {
     fn saw_on_reader(&self, stat: &Stat, generation: u64) {
         self.seen_reader_generation
             .store(generation, Ordering::Relaxed);
-        self.seen_reader.fetch_max(stat_zxid(stat), Ordering::Relaxed);
+        self.seen_reader
+            .fetch_max(stat_zxid(stat), Ordering::Relaxed);
     }
 
     /// A write on the main session completed: its zxid is above everything any
@@ -862,7 +863,10 @@ impl Inner {
         if self.seen_reader.load(Ordering::Relaxed) <= self.seen_main.load(Ordering::Relaxed) {
             return None;
         }
-        let reader = self.reader.as_ref().filter(|r| r.usable() && !self.is_closed())?;
+        let reader = self
+            .reader
+            .as_ref()
+            .filter(|r| r.usable() && !self.is_closed())?;
         let paths = [path.to_owned()];
         let mut sync = None;
         for _ in 0..2 {
