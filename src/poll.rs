@@ -170,9 +170,7 @@ impl<B: Backend> Target<B> for KeyTarget {
     }
 
     fn versions(item: &Self::Item) -> Vec<(String, u64)> {
-        item.iter()
-            .map(|p| (p.key.clone(), p.last_index))
-            .collect()
+        item.iter().map(|p| (p.key.clone(), p.last_index)).collect()
     }
 }
 
@@ -187,9 +185,7 @@ impl<B: Backend> Target<B> for TreeTarget {
     }
 
     fn versions(item: &Self::Item) -> Vec<(String, u64)> {
-        item.iter()
-            .map(|p| (p.key.clone(), p.last_index))
-            .collect()
+        item.iter().map(|p| (p.key.clone(), p.last_index)).collect()
     }
 }
 

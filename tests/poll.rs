@@ -113,7 +113,9 @@ impl Backend for StorageOnly {
         expect: Expect,
         options: &PutOptions,
     ) -> Result<Cas<KvPair>> {
-        self.inner.compare_and_put(key, value, expect, options).await
+        self.inner
+            .compare_and_put(key, value, expect, options)
+            .await
     }
 
     async fn compare_and_delete(&self, key: &Key<'_>, index: u64) -> Result<Cas<()>> {
@@ -152,7 +154,10 @@ fn store() -> (StorageOnly, Kv<StorageOnly>) {
 }
 
 /// The next item within `limit` of (paused) time; `None` when nothing came.
-async fn next_within<S: futures::Stream + Unpin>(stream: &mut S, limit: Duration) -> Option<S::Item> {
+async fn next_within<S: futures::Stream + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Option<S::Item> {
     match tokio::time::timeout(limit, stream.next()).await {
         Ok(Some(item)) => Some(item),
         Ok(None) => panic!("the stream ended"),
@@ -193,7 +198,10 @@ async fn current_state_first_then_each_change_in_order_coalescing_and_converging
     assert_eq!(watch.next().await.unwrap().unwrap(), Some(again));
 
     let mut tree = kv.watch_tree("d").await.unwrap();
-    assert!(tree.next().await.unwrap().unwrap().is_empty(), "empty first");
+    assert!(
+        tree.next().await.unwrap().unwrap().is_empty(),
+        "empty first"
+    );
     kv.put("d", "self", put()).await.unwrap();
     kv.put("d2/x", "sibling", put()).await.unwrap();
     assert!(
@@ -216,10 +224,7 @@ async fn the_first_state_is_read_by_the_watch_call_itself() {
     // Written after the call returned but before the first item was taken.
     kv.put("k", "after", put()).await.unwrap();
     assert_eq!(watch.next().await.unwrap().unwrap(), Some(before));
-    assert_eq!(
-        watch.next().await.unwrap().unwrap().unwrap().value,
-        "after"
-    );
+    assert_eq!(watch.next().await.unwrap().unwrap().unwrap().value, "after");
 }
 
 #[tokio::test(start_paused = true)]
@@ -230,7 +235,10 @@ async fn each_idle_interval_costs_one_read() {
     let start = backend.reads();
     tokio::time::sleep(EVERY * 100 + EVERY / 2).await;
     let reads = backend.reads() - start;
-    assert!((99..=101).contains(&reads), "{reads} reads in 100 intervals");
+    assert!(
+        (99..=101).contains(&reads),
+        "{reads} reads in 100 intervals"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -276,7 +284,11 @@ async fn an_outage_is_reported_once_retried_with_backoff_and_recovered() {
     let failing_from = backend.reads();
     // A long outage: no second error, and backoff keeps the reads few (without it a
     // 10 ms interval would read 3,000 times in 30 s).
-    assert!(next_within(&mut watch, Duration::from_secs(30)).await.is_none());
+    assert!(
+        next_within(&mut watch, Duration::from_secs(30))
+            .await
+            .is_none()
+    );
     let reads = backend.reads() - failing_from;
     assert!(
         (5..=30).contains(&reads),
@@ -293,7 +305,11 @@ async fn an_outage_is_reported_once_retried_with_backoff_and_recovered() {
     backend.set(Reads::Unavailable);
     let err = watch.next().await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
-    assert!(next_within(&mut watch, Duration::from_secs(5)).await.is_none());
+    assert!(
+        next_within(&mut watch, Duration::from_secs(5))
+            .await
+            .is_none()
+    );
     backend.set(Reads::Normal);
     let last = kv.put("k", "after", put()).await.unwrap();
     let item = next_within(&mut watch, kvkit::poll::MAX_BACKOFF * 2).await;
@@ -310,7 +326,11 @@ async fn tree_watches_follow_the_same_error_rules() {
         tree.next().await.unwrap().unwrap_err().kind(),
         ErrorKind::Unavailable
     );
-    assert!(next_within(&mut tree, Duration::from_secs(10)).await.is_none());
+    assert!(
+        next_within(&mut tree, Duration::from_secs(10))
+            .await
+            .is_none()
+    );
     let a = kv.put("d/a", "1", put()).await.unwrap();
     backend.set(Reads::Normal);
     assert_eq!(tree.next().await.unwrap().unwrap(), vec![a]);
@@ -372,14 +392,25 @@ async fn a_stale_read_never_follows_a_newer_state() {
 #[tokio::test(start_paused = true)]
 async fn cas_locks_exclude_and_wake_waiters_on_a_storage_only_backend() {
     let (_, kv) = store();
-    let holder = kv.lock("l", LockOptions::default().value("a")).await.unwrap();
-    assert!(kv.try_lock("l", LockOptions::default()).await.unwrap().is_none());
+    let holder = kv
+        .lock("l", LockOptions::default().value("a"))
+        .await
+        .unwrap();
+    assert!(
+        kv.try_lock("l", LockOptions::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
     let waiter = {
         let kv = kv.clone();
         tokio::spawn(async move { kv.lock("l", LockOptions::default().value("b")).await })
     };
     tokio::time::sleep(EVERY * 50).await;
-    assert!(!waiter.is_finished(), "the waiter waits while the lock is held");
+    assert!(
+        !waiter.is_finished(),
+        "the waiter waits while the lock is held"
+    );
     holder.unlock().await.unwrap();
     let taken = tokio::time::timeout(EVERY * 5, waiter)
         .await
@@ -392,5 +423,8 @@ async fn cas_locks_exclude_and_wake_waiters_on_a_storage_only_backend() {
     tokio::time::timeout(EVERY * 5, taken.lost())
         .await
         .expect("the loss is seen by polling");
-    assert_eq!(taken.unlock().await.unwrap_err().kind(), ErrorKind::LockLost);
+    assert_eq!(
+        taken.unlock().await.unwrap_err().kind(),
+        ErrorKind::LockLost
+    );
 }
