@@ -213,10 +213,13 @@ impl<B: Backend, I: Send + 'static> Polling<B, I> {
         let first = target.read(backend).await?;
         let last = T::versions(&first);
         let (sender, items) = mpsc::channel(1);
-        sender
-            .try_send(Ok(first))
-            .unwrap_or_else(|_| unreachable!("a new channel has room for one item"));
-        let task = tokio::spawn(poll_loop(backend.clone(), target, interval, last, sender));
+        let task = tokio::spawn(poll_loop(
+            backend.clone(),
+            target,
+            interval,
+            (first, last),
+            sender,
+        ));
         Ok(Polling {
             items,
             task,
@@ -230,9 +233,13 @@ async fn poll_loop<B: Backend, T: Target<B>>(
     backend: B,
     target: T,
     interval: Duration,
-    mut last: Vec<(String, u64)>,
+    (first, mut last): (T::Item, Vec<(String, u64)>),
     sender: mpsc::Sender<Result<T::Item>>,
 ) {
+    // The state read by the `watch` call comes first.
+    if sender.send(Ok(first)).await.is_err() {
+        return;
+    }
     let max_backoff = interval.max(MAX_BACKOFF);
     let mut delay = interval;
     let mut failing = false;
