@@ -11,6 +11,21 @@
 //!
 //! The trait is object-safe (its futures are boxed: this is test code, not a hot
 //! path), so [`crate::testing::model::ModelConfig`] can hold any injector.
+//!
+//! Shipped injectors (each behind its backend's feature; `tests/faults.rs` shows each
+//! one really breaking its store and the store serving again after `heal`):
+//!
+//! | injector | store | fault |
+//! |---|---|---|
+//! | `EtcdLeaderStop` | 3-member `EtcdCluster` | kill the leader; heal restarts it |
+//! | `ZkMemberStop` | `ZkEnsemble` | kill one member (the next one each time) |
+//! | `ProxyPartition` | anything behind a `TcpProxy` | silent or dropped connections |
+//! | `ConsulFault` | `ConsulEmulator` | 500s, dropped connections, or slow answers |
+//! | `RedbWriterCrash` | a redb file written by a child process | kill -9, reopen, verify |
+//!
+//! To add one: implement [`FaultInjector`] on a type that owns (an `Arc` of) what it
+//! breaks; make `inject` return only once the fault is in force and `heal` once the
+//! store accepts connections again.
 
 use std::fmt;
 use std::sync::Arc;
