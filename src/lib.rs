@@ -44,6 +44,7 @@ pub mod key;
 mod kv;
 pub mod memory;
 mod notify;
+pub mod poll;
 pub mod recipe;
 #[cfg(feature = "redb")]
 pub mod redb;
