@@ -47,6 +47,8 @@ mod notify;
 pub mod recipe;
 #[cfg(feature = "redb")]
 pub mod redb;
+#[cfg(any(feature = "etcd", feature = "consul"))]
+mod watch_task;
 
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
