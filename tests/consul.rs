@@ -726,7 +726,7 @@ async fn ttl_keys_expire_within_the_bound_and_sessions_do_not_leak() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_ends_watches_and_refuses_calls_but_guards_still_release() {
+async fn close_ends_watches_releases_locks_and_tells_their_guards() {
     let (emu, kv) = setup().await;
     let guard = kv
         .lock("c/lock", LockOptions::default().value("held"))
@@ -735,10 +735,30 @@ async fn close_ends_watches_and_refuses_calls_but_guards_still_release() {
     let mut watch = kv.watch("c/k").await.unwrap();
     assert_eq!(watch.next().await.unwrap().unwrap(), None);
     kv.close().await.unwrap();
+    let closed = timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch reports the close");
+    assert!(
+        matches!(closed, Some(Err(kvkit::Error::Closed))),
+        "{closed:?}"
+    );
     let end = timeout(Duration::from_secs(5), watch.next())
         .await
         .expect("the watch ends");
     assert!(end.is_none(), "{end:?}");
+    // The guard knows at once (its session was destroyed), and the lock is free for
+    // others now, not after the session's TTL: a closed handle never goes on
+    // believing it holds a lock someone else takes.
+    timeout(Duration::from_secs(1), guard.lost())
+        .await
+        .expect("close fires lost() on the guards");
+    let other = Kv::new(Consul::connect(client_config(&emu)).await.unwrap());
+    let taken = other
+        .try_lock("c/lock", LockOptions::default().value("other"))
+        .await
+        .unwrap()
+        .expect("the closed handle's lock is free at once");
+    drop(taken);
     assert_eq!(kv.get("c/k").await.unwrap_err().kind(), ErrorKind::Closed);
     assert_eq!(
         kv.put("c/k", "v", PutOptions::default())
@@ -748,13 +768,136 @@ async fn close_ends_watches_and_refuses_calls_but_guards_still_release() {
         ErrorKind::Closed
     );
     assert_eq!(kv.watch("c/k").await.unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(guard.unlock().await.unwrap_err().kind(), ErrorKind::LockLost);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while other.exists("c/lock").await.unwrap() || !emu.session_ids().is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", emu.session_ids());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_recipes_against_the_emulator() {
+    let (_emu, kv) = setup().await;
+    kvkit::testing::recipes::close_ends_recipes(&kv).await;
+}
+
+/// PUTs `key` into the emulator as another tool would, unchecked.
+async fn raw_put(emu: &ConsulEmulator, key: &str, value: &str) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut path = String::new();
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'/' => path.push(b as char),
+            _ => path.push_str(&format!("%{b:02X}")),
+        }
+    }
+    let req = hyper::Request::put(format!("{}/v1/kv/{path}", emu.url()))
+        .body(http_body_util::Full::new(bytes::Bytes::from(value.to_owned())))
+        .unwrap();
+    assert_eq!(client.request(req).await.unwrap().status(), 200, "{key:?}");
+}
+
+/// Keys another tool wrote in a form kvkit never writes are not kvkit keys: never
+/// listed, never in a tree watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_written_by_other_tools_are_never_listed_or_watched() {
+    let (emu, kv) = setup().await;
+    kv.put("f/ok", "mine", PutOptions::default()).await.unwrap();
+    let long = format!("f/{}", "x".repeat(kvkit::key::MAX_KEY_LEN));
+    let foreign = [
+        "f//double",
+        "f/./dot",
+        "f/trailing/",
+        "f/ctl\u{1}",
+        "f/del\u{7f}",
+        long.as_str(),
+    ];
+    for key in foreign {
+        raw_put(&emu, key, "foreign").await;
+    }
+    let listed: Vec<String> = kv.list("f").await.unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(listed, ["f/ok"]);
+    let everything: Vec<String> = kv.list("").await.unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(everything, ["f/ok"]);
+    let mut tree = kv.watch_tree("f").await.unwrap();
+    let first: Vec<String> = tree.next().await.unwrap().unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(first, ["f/ok"]);
+    raw_put(&emu, "f//late", "foreign").await;
+    kv.put("f/ok2", "mine", PutOptions::default()).await.unwrap();
+    let next = timeout(Duration::from_secs(10), tree.next()).await.unwrap().unwrap().unwrap();
+    let keys: Vec<String> = next.into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["f/ok", "f/ok2"]);
+}
+
+/// A TLS connection cut without close_notify, an agent that is down for a while (new
+/// connections closed before the handshake) and HTTP 429/503 answers are all
+/// retryable `Unavailable`: calls can be retried, and watches and lock waiters resume
+/// once the agent is back, still over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_survives_dropped_connections_and_agent_restarts() {
+    let (ca_pem, tls) = certificates(&["localhost"]);
+    let emu = ConsulEmulator::start(emulator_config().tls(tls))
+        .await
+        .unwrap();
+    let config = client_config(&emu)
+        .ca_pem(ca_pem)
+        .request_timeout(Duration::from_secs(2));
+    let kv = Kv::new(Consul::connect(config.clone()).await.unwrap());
+    let other = Kv::new(Consul::connect(config).await.unwrap());
+    kv.put("t/k", "v0", PutOptions::default()).await.unwrap();
+    let mut watch = kv.watch("t/k").await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap().unwrap().value, "v0");
+    let holder = kv.lock("t/lock", LockOptions::default()).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let guard = other.lock("t/lock", LockOptions::default().value("waiter")).await;
+        guard.map(|g| (other, g))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Cut every connection (TLS streams closed without close_notify, blocking queries
+    // included) while the agent refuses new ones, as during a restart.
+    emu.faults().set_refusing(true);
+    emu.drop_connections();
+    let err = kv.get("t/k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    emu.faults().set_refusing(false);
+
+    // Rate limited and unavailable answers are retryable too.
+    emu.faults().respond_next(429, 1);
+    let err = kv.get("t/k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "429: {err}");
+    emu.faults().respond_next(503, 1);
+    let err = kv.get("t/k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "503: {err}");
+
+    // The watch resumes: every error it reports is retryable, and it sees v1.
+    kv.put("t/k", "v1", PutOptions::default()).await.unwrap();
+    let seen = timeout(Duration::from_secs(20), async {
+        loop {
+            match watch.next().await.expect("the watch keeps going") {
+                Ok(Some(pair)) if pair.value == "v1" => return,
+                Ok(_) => {}
+                Err(err) => assert!(err.is_retryable(), "the watch gave up: {err}"),
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the watch resumed after the agent came back");
+
+    // The waiter is still waiting, and takes the lock once it is released.
+    assert!(!waiter.is_finished(), "the waiter gave up during the outage");
+    assert!(!holder.is_lost(), "a short outage does not lose the lock");
+    holder.unlock().await.unwrap();
+    let (other, guard) = timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("the waiter resumed waiting and took the lock")
+        .unwrap()
+        .expect("the waiter got the lock");
+    assert_eq!(other.get("t/lock").await.unwrap().value, "waiter");
     guard.unlock().await.unwrap();
-    let other = Kv::new(Consul::connect(client_config(&emu)).await.unwrap());
-    assert!(
-        !other.exists("c/lock").await.unwrap(),
-        "the lock key was released"
-    );
-    assert!(emu.session_ids().is_empty(), "{:?}", emu.session_ids());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,6 +81,9 @@ pub(crate) struct Inner {
     /// TTL (whole seconds) -> shared session and when it was created.
     ttl_sessions: Mutex<HashMap<u64, (String, Instant)>>,
     pub closed: CancellationToken,
+    /// Lock sessions of this handle: id -> (the lock's Consul key, its guard's lost
+    /// signal). `close` releases and destroys each.
+    pub lock_sessions: Mutex<HashMap<String, (String, crate::backend::LostSignal)>>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +128,7 @@ impl Consul {
                 prefix,
                 ttl_sessions: Mutex::new(HashMap::new()),
                 closed: CancellationToken::new(),
+                lock_sessions: Mutex::new(HashMap::new()),
             }),
         };
         // Try each address once: the client moves on after a connection failure.
@@ -193,10 +197,7 @@ impl Inner {
     /// kvkit's normal form (written by other clients, such as `dir/` folder markers).
     pub fn local(&self, remote: &str) -> Option<String> {
         let key = remote.strip_prefix(&self.prefix)?;
-        match Key::new(key) {
-            Ok(k) if k.as_str() == key => Some(key.to_owned()),
-            _ => None,
-        }
+        Key::is_normal(key).then(|| key.to_owned())
     }
 
     /// The Consul prefix of everything strictly below `dir`.
@@ -609,8 +610,32 @@ impl Backend for Consul {
         lock::lock(self.inner.clone(), key, options, false).await
     }
 
+    /// Releases every lock held through this handle (deletes its key while the
+    /// session still holds it, destroys the session; best effort: a session that
+    /// cannot be destroyed expires with its TTL) and fires its guard's `lost()`, then
+    /// ends every watch with `Err(Closed)`. Later calls fail with `Closed`.
     async fn close(&self) -> Result<()> {
+        let sessions: Vec<(String, (String, crate::backend::LostSignal))> = self
+            .inner
+            .lock_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         self.inner.closed.cancel();
+        let inner = &self.inner;
+        let releases = sessions.into_iter().map(|(id, (remote, lost))| async move {
+            lost.fire();
+            let ops = vec![
+                json!({"Verb": "check-session", "Key": remote, "Session": id}),
+                json!({"Verb": "delete", "Key": remote}),
+            ];
+            let released = inner.txn_even_if_closed(ops).await;
+            if let Err(err) = inner.destroy_session(&id).await.and(released.map(drop)) {
+                tracing::debug!(%err, session = %id, "close: releasing a lock failed; its session expires with its TTL");
+            }
+        });
+        futures::future::join_all(releases).await;
         Ok(())
     }
 }
