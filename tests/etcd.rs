@@ -1354,3 +1354,122 @@ async fn a_refused_batch_falls_back_to_single_reads() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_recipes_on_etcd() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config().prefix("close-recipes")).await;
+    kvkit::testing::recipes::close_ends_recipes(&kv).await;
+}
+
+/// `close` revokes the leases of the locks held (and awaited) through the handle: the
+/// guards see `lost()`, another client takes the lock at once rather than after the
+/// lease's TTL, also when the guard is dropped only after the close; watches yield
+/// `Err(Closed)` and end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_releases_locks_at_once_and_ends_watches() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config()).await;
+    let other = connect(server.config()).await;
+    let long = LockOptions::default().ttl(Duration::from_secs(60));
+    let held = kv.lock("c/held", long.clone().value("a")).await.unwrap();
+    let dropped = kv.lock("c/dropped", long.clone()).await.unwrap();
+    let blocker = other.lock("c/awaited", long.clone()).await.unwrap();
+    let waiter = {
+        let kv = kv.clone();
+        let long = long.clone();
+        tokio::spawn(async move { kv.lock("c/awaited", long).await.map(drop) })
+    };
+    let mut watch = kv.watch("c/watched").await.unwrap();
+    assert_eq!(next(&mut watch).await, None);
+    let mut tree = kv.watch_tree("c").await.unwrap();
+    assert_eq!(next(&mut tree).await.len(), 3);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    kv.close().await.unwrap();
+
+    tokio::time::timeout(STEP, held.lost())
+        .await
+        .expect("close fires lost() on the guards");
+    let waited = tokio::time::timeout(STEP, waiter).await.expect("the waiter ends");
+    assert_eq!(waited.unwrap().unwrap_err().kind(), ErrorKind::Closed);
+    for key in ["c/held", "c/dropped"] {
+        let taken = tokio::time::timeout(STEP, other.try_lock(key, long.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(taken.is_some(), "{key} is free right after close");
+    }
+    drop(dropped);
+    assert_eq!(held.unlock().await.unwrap_err().kind(), ErrorKind::LockLost);
+    // No contender of the closed handle is left queued before the next one.
+    blocker.unlock().await.unwrap();
+    let next_holder = tokio::time::timeout(STEP, other.lock("c/awaited", long))
+        .await
+        .expect("the closed waiter's contender is gone");
+    drop(next_holder);
+    // The tree saw the released locks go before the close ended it.
+    let mut tail = Vec::new();
+    let tree_end = loop {
+        match tokio::time::timeout(STEP, tree.next()).await.unwrap() {
+            Some(Ok(pairs)) => tail.push(pairs.len()),
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(tree_end, Some(Err(kvkit::Error::Closed))),
+        "{tree_end:?} after {tail:?}"
+    );
+    let watch_end = tokio::time::timeout(STEP, watch.next()).await.unwrap();
+    assert!(
+        matches!(watch_end, Some(Err(kvkit::Error::Closed))),
+        "{watch_end:?}"
+    );
+    assert!(tokio::time::timeout(STEP, watch.next()).await.unwrap().is_none());
+    assert!(tokio::time::timeout(STEP, tree.next()).await.unwrap().is_none());
+}
+
+/// Keys another tool wrote straight into etcd in a form kvkit never writes are not
+/// kvkit keys: never listed, never in a tree watch, never in a point watch's answer.
+#[tokio::test]
+async fn keys_written_by_other_tools_are_never_listed_or_watched() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config()).await;
+    let mut raw = kv.backend().client().kv_client();
+    kv.put("f/ok", "mine", PutOptions::default()).await.unwrap();
+    let long = format!("f/{}", "x".repeat(kvkit::key::MAX_KEY_LEN));
+    let foreign: Vec<Vec<u8>> = [
+        "/f/lead",
+        "f//double",
+        "f/./dot",
+        "f/../dotdot",
+        "f/trailing/",
+        "f/ctl\u{1}",
+        "f/del\u{7f}",
+        "f/c1\u{85}",
+        long.as_str(),
+    ]
+    .iter()
+    .map(|k| k.as_bytes().to_vec())
+    .chain([b"f/not-utf8-\xff".to_vec()])
+    .collect();
+    for key in &foreign {
+        raw.put(key.clone(), "foreign", None).await.unwrap();
+    }
+    let keys = |pairs: Vec<KvPair>| pairs.into_iter().map(|p| p.key).collect::<Vec<_>>();
+    assert_eq!(keys(kv.list("f").await.unwrap()), ["f/ok"]);
+    assert_eq!(keys(kv.list("").await.unwrap()), ["f/ok"]);
+    let mut tree = kv.watch_tree("f").await.unwrap();
+    assert_eq!(keys(next(&mut tree).await), ["f/ok"]);
+    // Foreign writes while watching are not part of the subtree either.
+    raw.put("f//late", "foreign", None).await.unwrap();
+    kv.put("f/ok2", "mine", PutOptions::default()).await.unwrap();
+    assert_eq!(keys(next(&mut tree).await), ["f/ok", "f/ok2"]);
+    assert_quiet(&mut tree, Duration::from_millis(300)).await;
+}

@@ -312,8 +312,15 @@ async fn wait_for_predecessors(
     my_revision: i64,
     lost: &LostSignal,
 ) -> Result<()> {
-    let lost_error = || Error::LockLost {
-        key: key.as_str().to_owned(),
+    // The lease of a waiter of a closed handle was revoked by `close`.
+    let lost_error = || {
+        if etcd.inner.closed.is_cancelled() {
+            Error::Closed
+        } else {
+            Error::LockLost {
+                key: key.as_str().to_owned(),
+            }
+        }
     };
     loop {
         if lost.is_fired() {
