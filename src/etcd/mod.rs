@@ -196,7 +196,11 @@ impl Etcd {
         // the connection.
         let probe = etcd.full("\u{1}probe");
         let options = GetOptions::new().with_count_only();
-        request!(etcd, kv => kv.get(probe, Some(options)), clone probe, options).await?;
+        // The probe is always a valid request: an `InvalidArgument` answer is etcd's
+        // "user name is empty" (auth is on and no credentials were given).
+        request!(etcd, kv => kv.get(probe, Some(options)), clone probe, options)
+            .await
+            .map_err(|err| refused_credentials(err, true))?;
         Ok(etcd)
     }
 
@@ -685,11 +689,12 @@ pub(crate) fn map_error(err: etcd_client::Error) -> Error {
     }
 }
 
-/// At connect with credentials, the only request is the authentication: etcd answers a
-/// wrong user or password with `InvalidArgument` or `FailedPrecondition`, which then
+/// At connect, the requests are fixed and valid (the authentication with credentials,
+/// then the probe): etcd answers a wrong user or password, or missing credentials on a
+/// server with auth on, with `InvalidArgument` or `FailedPrecondition`, which there
 /// means refused credentials.
-fn refused_credentials(err: Error, with_credentials: bool) -> Error {
-    let refused = with_credentials
+fn refused_credentials(err: Error, at_connect: bool) -> Error {
+    let refused = at_connect
         && status_of(&err).is_some_and(|status| {
             matches!(
                 status.code(),

@@ -475,6 +475,13 @@ pub async fn close_ends_recipes<B: Backend>(kv: &Kv<B>) {
         .expect("lock");
     let mut watch = kv.watch(format!("{dir}/watched")).await.expect("watch");
     assert!(matches!(watch.next().await, Some(Ok(None))), "watch starts");
+    let registry = Registry::new(kv.clone(), format!("{dir}/services"));
+    let mut instances = registry.watch("web").await.expect("instance watch");
+    let first = tokio::time::timeout(bound, instances.next()).await;
+    assert!(
+        matches!(first, Ok(Some(Ok(ref set))) if set.is_empty()),
+        "the instance watch starts empty: {first:?}"
+    );
 
     kv.close().await.expect("close");
 
@@ -519,4 +526,15 @@ pub async fn close_ends_recipes<B: Backend>(kv: &Kv<B>) {
         .await
         .expect("the watch ends after Err(Closed)");
     assert!(end.is_none(), "a watch ends after Err(Closed), got {end:?}");
+    let item = tokio::time::timeout(bound, instances.next())
+        .await
+        .expect("the instance watch reports the close");
+    assert!(
+        matches!(&item, Some(Err(crate::Error::Closed))),
+        "an instance watch yields Err(Closed) after close, got {item:?}"
+    );
+    let end = tokio::time::timeout(bound, instances.next())
+        .await
+        .expect("the instance watch ends");
+    assert!(end.is_none(), "an instance watch ends after Err(Closed)");
 }
