@@ -385,7 +385,15 @@ mod tests {
             assert!(Key::is_normal(normal), "{normal:?}");
         }
         for foreign in [
-            "", "/a", "a/", "a//b", "./a", "a/../b", "a/.", "a\u{1}b", "a\u{7f}",
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "./a",
+            "a/../b",
+            "a/.",
+            "a\u{1}b",
+            "a\u{7f}",
             &"k".repeat(MAX_KEY_LEN + 1),
         ] {
             assert!(!Key::is_normal(foreign), "{foreign:?}");

@@ -173,7 +173,10 @@ mod tests {
             stream.next().await,
             Some(Err(Error::PermissionDenied { .. }))
         ));
-        assert!(stream.next().await.is_none(), "nothing after a permanent error");
+        assert!(
+            stream.next().await.is_none(),
+            "nothing after a permanent error"
+        );
     }
 
     #[test]
@@ -182,7 +185,10 @@ mod tests {
         let delays: Vec<Duration> = (0..4).map(|_| backoff.next_delay()).collect();
         for (delay, base) in delays.iter().zip([100, 200, 300, 300]) {
             let base = Duration::from_millis(base);
-            assert!(*delay >= base && *delay <= base + base / 4, "{delay:?} vs {base:?}");
+            assert!(
+                *delay >= base && *delay <= base + base / 4,
+                "{delay:?} vs {base:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay() < Duration::from_millis(126));

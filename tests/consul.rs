@@ -768,7 +768,10 @@ async fn close_ends_watches_releases_locks_and_tells_their_guards() {
         ErrorKind::Closed
     );
     assert_eq!(kv.watch("c/k").await.unwrap_err().kind(), ErrorKind::Closed);
-    assert_eq!(guard.unlock().await.unwrap_err().kind(), ErrorKind::LockLost);
+    assert_eq!(
+        guard.unlock().await.unwrap_err().kind(),
+        ErrorKind::LockLost
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while other.exists("c/lock").await.unwrap() || !emu.session_ids().is_empty() {
         assert!(Instant::now() < deadline, "{:?}", emu.session_ids());
@@ -794,7 +797,9 @@ async fn raw_put(emu: &ConsulEmulator, key: &str, value: &str) {
         }
     }
     let req = hyper::Request::put(format!("{}/v1/kv/{path}", emu.url()))
-        .body(http_body_util::Full::new(bytes::Bytes::from(value.to_owned())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            value.to_owned(),
+        )))
         .unwrap();
     assert_eq!(client.request(req).await.unwrap().status(), 200, "{key:?}");
 }
@@ -817,16 +822,41 @@ async fn keys_written_by_other_tools_are_never_listed_or_watched() {
     for key in foreign {
         raw_put(&emu, key, "foreign").await;
     }
-    let listed: Vec<String> = kv.list("f").await.unwrap().into_iter().map(|p| p.key).collect();
+    let listed: Vec<String> = kv
+        .list("f")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     assert_eq!(listed, ["f/ok"]);
-    let everything: Vec<String> = kv.list("").await.unwrap().into_iter().map(|p| p.key).collect();
+    let everything: Vec<String> = kv
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     assert_eq!(everything, ["f/ok"]);
     let mut tree = kv.watch_tree("f").await.unwrap();
-    let first: Vec<String> = tree.next().await.unwrap().unwrap().into_iter().map(|p| p.key).collect();
+    let first: Vec<String> = tree
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     assert_eq!(first, ["f/ok"]);
     raw_put(&emu, "f//late", "foreign").await;
-    kv.put("f/ok2", "mine", PutOptions::default()).await.unwrap();
-    let next = timeout(Duration::from_secs(10), tree.next()).await.unwrap().unwrap().unwrap();
+    kv.put("f/ok2", "mine", PutOptions::default())
+        .await
+        .unwrap();
+    let next = timeout(Duration::from_secs(10), tree.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let keys: Vec<String> = next.into_iter().map(|p| p.key).collect();
     assert_eq!(keys, ["f/ok", "f/ok2"]);
 }
@@ -851,7 +881,9 @@ async fn https_survives_dropped_connections_and_agent_restarts() {
     assert_eq!(watch.next().await.unwrap().unwrap().unwrap().value, "v0");
     let holder = kv.lock("t/lock", LockOptions::default()).await.unwrap();
     let waiter = tokio::spawn(async move {
-        let guard = other.lock("t/lock", LockOptions::default().value("waiter")).await;
+        let guard = other
+            .lock("t/lock", LockOptions::default().value("waiter"))
+            .await;
         guard.map(|g| (other, g))
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -888,7 +920,10 @@ async fn https_survives_dropped_connections_and_agent_restarts() {
     assert!(seen.is_ok(), "the watch resumed after the agent came back");
 
     // The waiter is still waiting, and takes the lock once it is released.
-    assert!(!waiter.is_finished(), "the waiter gave up during the outage");
+    assert!(
+        !waiter.is_finished(),
+        "the waiter gave up during the outage"
+    );
     assert!(!holder.is_lost(), "a short outage does not lose the lock");
     holder.unlock().await.unwrap();
     let (other, guard) = timeout(Duration::from_secs(20), waiter)

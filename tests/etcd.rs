@@ -1395,7 +1395,9 @@ async fn close_releases_locks_at_once_and_ends_watches() {
     tokio::time::timeout(STEP, held.lost())
         .await
         .expect("close fires lost() on the guards");
-    let waited = tokio::time::timeout(STEP, waiter).await.expect("the waiter ends");
+    let waited = tokio::time::timeout(STEP, waiter)
+        .await
+        .expect("the waiter ends");
     assert_eq!(waited.unwrap().unwrap_err().kind(), ErrorKind::Closed);
     for key in ["c/held", "c/dropped"] {
         let taken = tokio::time::timeout(STEP, other.try_lock(key, long.clone()))
@@ -1429,8 +1431,18 @@ async fn close_releases_locks_at_once_and_ends_watches() {
         matches!(watch_end, Some(Err(kvkit::Error::Closed))),
         "{watch_end:?}"
     );
-    assert!(tokio::time::timeout(STEP, watch.next()).await.unwrap().is_none());
-    assert!(tokio::time::timeout(STEP, tree.next()).await.unwrap().is_none());
+    assert!(
+        tokio::time::timeout(STEP, watch.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        tokio::time::timeout(STEP, tree.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// Keys another tool wrote straight into etcd in a form kvkit never writes are not
@@ -1469,7 +1481,9 @@ async fn keys_written_by_other_tools_are_never_listed_or_watched() {
     assert_eq!(keys(next(&mut tree).await), ["f/ok"]);
     // Foreign writes while watching are not part of the subtree either.
     raw.put("f//late", "foreign", None).await.unwrap();
-    kv.put("f/ok2", "mine", PutOptions::default()).await.unwrap();
+    kv.put("f/ok2", "mine", PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(keys(next(&mut tree).await), ["f/ok", "f/ok2"]);
     assert_quiet(&mut tree, Duration::from_millis(300)).await;
 }

@@ -153,7 +153,10 @@ impl kvkit::Backend for GlitchyWatches {
     async fn watch(&self, key: &kvkit::Key<'_>) -> kvkit::Result<Self::Watch> {
         use futures::StreamExt;
         let mut inner = self.0.watch(key).await?;
-        let first = inner.next().await.expect("a watch yields the current state");
+        let first = inner
+            .next()
+            .await
+            .expect("a watch yields the current state");
         let glitch = Err(kvkit::Error::backend("glitchy", "transient read error"));
         Ok(Box::pin(
             futures::stream::iter([first, glitch]).chain(inner),
@@ -202,7 +205,10 @@ async fn a_transient_watch_error_neither_loses_nor_strands_a_lock() {
             .is_none(),
         "the lock is still held"
     );
-    guard.unlock().await.expect("unlock after a transient error");
+    guard
+        .unlock()
+        .await
+        .expect("unlock after a transient error");
     let next = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         plain.lock("locks/glitch", kvkit::LockOptions::default()),

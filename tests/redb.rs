@@ -233,7 +233,10 @@ fn a_lock_held_by_a_killed_process_is_free_after_reopen() {
         assert_eq!(kv.get("jobs/other").await.unwrap().value, "kept");
         let guard = tokio::time::timeout(
             Duration::from_secs(5),
-            kv.lock("jobs/nightly", kvkit::LockOptions::default().value("parent")),
+            kv.lock(
+                "jobs/nightly",
+                kvkit::LockOptions::default().value("parent"),
+            ),
         )
         .await
         .expect("the dead process's lock is freed at open")

@@ -172,10 +172,14 @@ pub(crate) async fn watch_key(etcd: Etcd, key: &Key<'_>) -> Result<EtcdWatch> {
     state.reset(&etcd, &kvs);
     let first = state.last.clone();
     let closed = etcd.inner.closed.clone();
-    Ok(EtcdWatch(TaskStream::spawn(CHANNEL_CAPACITY, closed, |tx| {
-        let _ = tx.try_send(Ok(first));
-        follow(etcd, state, revision, tx)
-    })))
+    Ok(EtcdWatch(TaskStream::spawn(
+        CHANNEL_CAPACITY,
+        closed,
+        |tx| {
+            let _ = tx.try_send(Ok(first));
+            follow(etcd, state, revision, tx)
+        },
+    )))
 }
 
 /// Starts a watch of everything below `dir`.

@@ -493,7 +493,10 @@ mod tests {
             assert!(watch.next().await.unwrap().unwrap().is_some());
             let expired = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
             assert_eq!(
-                expired.expect("the expiry reached the watcher").unwrap().unwrap(),
+                expired
+                    .expect("the expiry reached the watcher")
+                    .unwrap()
+                    .unwrap(),
                 None
             );
         });

@@ -434,12 +434,18 @@ pub async fn typed_values<B: Backend>(kv: &Kv<B>) {
     // and nothing is written.
     let unencodable: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
     let err = kv
-        .put_json(format!("{dir}/unencodable"), &unencodable, PutOptions::default())
+        .put_json(
+            format!("{dir}/unencodable"),
+            &unencodable,
+            PutOptions::default(),
+        )
         .await
         .expect_err("unencodable");
     assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
     assert!(
-        !kv.exists(format!("{dir}/unencodable")).await.expect("exists"),
+        !kv.exists(format!("{dir}/unencodable"))
+            .await
+            .expect("exists"),
         "a value that failed to encode was written"
     );
 }
@@ -452,12 +458,20 @@ pub async fn close_ends_recipes<B: Backend>(kv: &Kv<B>) {
     let dir = fresh(kv, "close").await;
     let key = format!("{dir}/leader");
     let bound = takeover_bound(kv);
-    let candidate = Candidate::new(kv.clone(), &key, "node-1", ttl(kv))
-        .retry_after(Duration::from_millis(50));
+    let candidate =
+        Candidate::new(kv.clone(), &key, "node-1", ttl(kv)).retry_after(Duration::from_millis(50));
     let mut campaign = candidate.campaign();
-    assert_eq!(campaign.next().await, Some(false), "a campaign starts with false");
+    assert_eq!(
+        campaign.next().await,
+        Some(false),
+        "a campaign starts with false"
+    );
     let elected = tokio::time::timeout(bound, campaign.next()).await;
-    assert_eq!(elected.ok().flatten(), Some(true), "the only candidate is elected");
+    assert_eq!(
+        elected.ok().flatten(),
+        Some(true),
+        "the only candidate is elected"
+    );
     let mut leaders = Follower::new(kv.clone(), &key)
         .retry_after(Duration::from_millis(20))
         .leaders();
@@ -499,8 +513,15 @@ pub async fn close_ends_recipes<B: Backend>(kv: &Kv<B>) {
         ended.is_ok(),
         "the campaign did not end after close (events {tail:?})"
     );
-    assert_eq!(tail, [false], "the leader steps down once, then the campaign ends");
-    assert!(!candidate.is_leader(), "a candidate of a closed store leads");
+    assert_eq!(
+        tail,
+        [false],
+        "the leader steps down once, then the campaign ends"
+    );
+    assert!(
+        !candidate.is_leader(),
+        "a candidate of a closed store leads"
+    );
     let mut errors = Vec::new();
     let ended = tokio::time::timeout(bound, async {
         while let Some(item) = leaders.next().await {
