@@ -635,7 +635,14 @@ impl Backend for Consul {
                 tracing::debug!(%err, session = %id, "close: releasing a lock failed; its session expires with its TTL");
             }
         });
-        futures::future::join_all(releases).await;
+        // Bounded: an unreachable agent costs one request timeout, not one per lock.
+        let budget = self.inner.config.request_timeout;
+        if tokio::time::timeout(budget, futures::future::join_all(releases))
+            .await
+            .is_err()
+        {
+            tracing::debug!("close: the agent did not answer; lock sessions expire with their TTL");
+        }
         Ok(())
     }
 }
