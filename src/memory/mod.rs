@@ -177,6 +177,10 @@ impl Memory {
     /// Makes sure pending TTLs reach watchers: a new watcher may live on a runtime
     /// other than the one whose expiry task ended with it.
     fn ensure_expiry(&self) {
+        // The flag first: a running task (the common case) costs no lock.
+        if self.inner.reaper_started.load(Ordering::Acquire) {
+            return;
+        }
         let pending = !self
             .inner
             .state
@@ -184,7 +188,7 @@ impl Memory {
             .unwrap_or_else(|e| e.into_inner())
             .expiries
             .is_empty();
-        if pending && !self.inner.reaper_started.load(Ordering::Acquire) {
+        if pending {
             self.schedule_expiry();
         }
     }
