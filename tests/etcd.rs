@@ -804,8 +804,10 @@ async fn round_trips_per_operation_match_the_docs() {
     assert_eq!(rt, calls(&[("Txn", 1)]), "atomic_delete applied");
     let (_, rt) = round_trips(&server, || kv.delete("d/k")).await;
     assert_eq!(rt, calls(&[("DeleteRange", 1)]), "delete");
+    // delete_tree: a keys-only Range (to spare keys other tools wrote), then one Txn
+    // guarded by that Range's revision.
     let (_, rt) = round_trips(&server, || kv.delete_tree("d")).await;
-    assert_eq!(rt, calls(&[("Txn", 1)]), "delete_tree");
+    assert_eq!(rt, calls(&[("Range", 1), ("Txn", 1)]), "delete_tree");
 
     let ttl = || PutOptions::with_ttl(Duration::from_secs(30));
     let (_, rt) = round_trips(&server, || kv.put("d/t1", "v", ttl())).await;
@@ -881,7 +883,11 @@ async fn round_trips_per_operation_match_the_docs() {
     drop(tree);
     let (r, rt) = round_trips(&server, || kv.delete_tree("wt")).await;
     r.unwrap();
-    assert_eq!(rt, calls(&[("Txn", 1)]), "delete_tree of a populated dir");
+    assert_eq!(
+        rt,
+        calls(&[("Range", 1), ("Txn", 1)]),
+        "delete_tree of a populated dir"
+    );
 
     // list of 1,000 keys is still one Range.
     let puts = futures::stream::iter(0..1_000)
@@ -1486,4 +1492,104 @@ async fn keys_written_by_other_tools_are_never_listed_or_watched() {
         .unwrap();
     assert_eq!(keys(next(&mut tree).await), ["f/ok", "f/ok2"]);
     assert_quiet(&mut tree, Duration::from_millis(300)).await;
+}
+
+/// `delete_tree` deletes `dir` and the kvkit keys below it, never a key another tool
+/// wrote there in a form kvkit never writes, also when such keys sit between kvkit
+/// keys in etcd's key order and at the root; still 2 requests (Range + Txn).
+#[tokio::test]
+async fn keys_written_by_other_tools_are_never_deleted_by_delete_tree() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config()).await;
+    let mut raw = kv.backend().client().kv_client();
+    let long = format!("f/{}", "x".repeat(kvkit::key::MAX_KEY_LEN));
+    // In etcd's order these fall before, between and after the kvkit keys below.
+    let foreign: Vec<Vec<u8>> = [
+        "/f/lead",
+        "f//double",
+        "f/./dot",
+        "f/a/",
+        "f/b/../c",
+        "f/ctl\u{1}",
+        "f/del\u{7f}",
+        long.as_str(),
+    ]
+    .iter()
+    .map(|k| k.as_bytes().to_vec())
+    .chain([b"f/zz-not-utf8-\xff".to_vec()])
+    .collect();
+    for key in &foreign {
+        raw.put(key.clone(), "foreign", None).await.unwrap();
+    }
+    let mine = ["f", "f/a", "f/b/c", "f/d", "f/y", "f/zzz"];
+    for key in mine {
+        kv.put(key, "mine", PutOptions::default()).await.unwrap();
+    }
+    kv.put("fx/sibling", "kept", PutOptions::default())
+        .await
+        .unwrap();
+
+    let (r, rt) = round_trips(&server, || kv.delete_tree("f")).await;
+    r.unwrap();
+    for key in mine {
+        assert!(!kv.exists(key).await.unwrap(), "{key} was not deleted");
+    }
+    assert!(kv.exists("fx/sibling").await.unwrap());
+    for key in &foreign {
+        let resp = raw.get(key.clone(), None).await.unwrap();
+        assert_eq!(
+            resp.kvs().len(),
+            1,
+            "the foreign key {:?} was deleted",
+            String::from_utf8_lossy(key)
+        );
+    }
+    assert_eq!(rt, calls(&[("Range", 1), ("Txn", 1)]), "delete_tree");
+
+    // The root: every kvkit key goes, every foreign key stays.
+    kv.put("r/x", "mine", PutOptions::default()).await.unwrap();
+    kv.delete_tree("").await.unwrap();
+    assert!(kv.list("").await.unwrap().is_empty());
+    for key in &foreign {
+        let resp = raw.get(key.clone(), None).await.unwrap();
+        assert_eq!(resp.kvs().len(), 1, "{:?}", String::from_utf8_lossy(key));
+    }
+}
+
+/// Foreign keys written below `dir` while `delete_tree(dir)` runs survive it: the
+/// delete is guarded by the revision of its read, so a key written after the read
+/// makes it re-read instead of deleting the new key with the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_keys_written_during_delete_tree_survive_it() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config().prefix("p")).await;
+    let mut raw = kv.backend().client().kv_client();
+    let writer = tokio::spawn(async move {
+        for i in 0..400 {
+            raw.put(format!("p/c//n{i:03}"), "foreign", None)
+                .await
+                .unwrap();
+        }
+    });
+    let mut rounds = 0;
+    while !writer.is_finished() {
+        for i in 0..4 {
+            kv.put(format!("c/k{i}"), "mine", PutOptions::default())
+                .await
+                .unwrap();
+        }
+        kv.delete_tree("c").await.unwrap();
+        assert!(kv.list("c").await.unwrap().is_empty());
+        rounds += 1;
+    }
+    writer.await.unwrap();
+    assert!(rounds > 1, "the writer ended before delete_tree overlapped it");
+    let mut raw = kv.backend().client().kv_client();
+    let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+    let left = raw.get("p/c//", Some(options)).await.unwrap();
+    assert_eq!(left.kvs().len(), 400, "foreign keys were deleted");
 }

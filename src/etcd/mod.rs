@@ -24,8 +24,9 @@
 //! # Round trips
 //!
 //! One gRPC request each for get, exists, put (without TTL, or with a cached lease),
-//! delete, list, delete_tree, atomic_put, atomic_delete; see `docs/etcd.md` for the
-//! full table, including leases, watches and locks. Concurrent gets and exists share
+//! delete, list, atomic_put, atomic_delete; two for delete_tree (a keys-only Range,
+//! then a guarded Txn, so keys other tools wrote are kept; see `tree`); see
+//! `docs/etcd.md` for the full table, including leases, watches and locks. Concurrent gets and exists share
 //! requests: past two in flight, the waiting ones go out together as one read-only
 //! Txn (see `batch`).
 
@@ -33,6 +34,7 @@ mod batch;
 mod config;
 mod lease;
 mod lock;
+mod tree;
 mod watch;
 
 use std::future::Future;
@@ -41,7 +43,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
     KeyValue, KvClient, LeaseClient, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchClient,
 };
 use tokio_util::sync::CancellationToken;
@@ -477,24 +479,15 @@ impl Backend for Etcd {
         Ok(pairs)
     }
 
+    /// Keeps keys other tools wrote in a form kvkit never writes; see `tree`.
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
-        let (start, end) = self.dir_range(dir);
-        let options = DeleteOptions::new().with_range(end);
-        request!(self, kv => kv.delete(start, Some(options)), clone start, options).await?;
-        Ok(())
+        self.delete_own_keys_below(dir, false).await
     }
 
+    /// A keys-only Range, then one guarded Txn deleting `dir` and the kvkit keys
+    /// below it (foreign keys kept); see `tree`.
     async fn delete_tree(&self, dir: &Dir) -> Result<()> {
-        let Some(key) = dir.as_key() else {
-            return self.delete_range(dir).await;
-        };
-        let (start, end) = self.dir_range(dir);
-        let txn = Txn::new().and_then([
-            TxnOp::delete(self.full(key.as_str()), None),
-            TxnOp::delete(start, Some(DeleteOptions::new().with_range(end))),
-        ]);
-        request!(self, kv => kv.txn(txn), clone txn).await?;
-        Ok(())
+        self.delete_own_keys_below(dir, true).await
     }
 
     async fn watch(&self, key: &Key<'_>) -> Result<EtcdWatch> {
