@@ -804,6 +804,88 @@ async fn raw_put(emu: &ConsulEmulator, key: &str, value: &str) {
     assert_eq!(client.request(req).await.unwrap().status(), 200, "{key:?}");
 }
 
+/// The key names below `prefix` in the emulator, read as another tool would.
+async fn raw_keys(emu: &ConsulEmulator, prefix: &str) -> Vec<String> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = hyper::Request::get(format!("{}/v1/kv/{prefix}?keys", emu.url()))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    if resp.status() == 404 {
+        return Vec::new();
+    }
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// `delete_tree` deletes `dir` and the kvkit keys below it, never a key another tool
+/// wrote there in a form kvkit never writes (also at the root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_written_by_other_tools_are_never_deleted_by_delete_tree() {
+    let (emu, kv) = setup().await;
+    let long = format!("f/{}", "x".repeat(kvkit::key::MAX_KEY_LEN));
+    let mut foreign = vec![
+        "f/".to_owned(),
+        "f//double".to_owned(),
+        "f/./dot".to_owned(),
+        "f/a/".to_owned(),
+        "f/ctl\u{1}".to_owned(),
+        "f/del\u{7f}".to_owned(),
+        long,
+    ];
+    for key in &foreign {
+        raw_put(&emu, key, "foreign").await;
+    }
+    let mine = ["f", "f/a", "f/b/c", "f/z"];
+    for key in mine {
+        kv.put(key, "mine", PutOptions::default()).await.unwrap();
+    }
+    kv.put("fx/sibling", "kept", PutOptions::default())
+        .await
+        .unwrap();
+    kv.delete_tree("f").await.unwrap();
+    foreign.sort();
+    let mut left = foreign.clone();
+    left.push("fx/sibling".to_owned());
+    left.sort();
+    assert_eq!(raw_keys(&emu, "f").await, left);
+    kv.put("r/x", "mine", PutOptions::default()).await.unwrap();
+    kv.delete_tree("").await.unwrap();
+    assert_eq!(raw_keys(&emu, "").await, foreign);
+}
+
+/// Foreign keys written below `dir` while `delete_tree(dir)` runs survive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_keys_written_during_delete_tree_survive_it() {
+    let (emu, kv) = setup().await;
+    let emu = Arc::new(emu);
+    let writer = tokio::spawn({
+        let emu = emu.clone();
+        async move {
+            for i in 0..300 {
+                raw_put(&emu, &format!("c//n{i:03}"), "foreign").await;
+            }
+        }
+    });
+    let mut rounds = 0;
+    while !writer.is_finished() {
+        for i in 0..4 {
+            kv.put(format!("c/k{i}"), "mine", PutOptions::default())
+                .await
+                .unwrap();
+        }
+        kv.delete_tree("c").await.unwrap();
+        assert!(kv.list("c").await.unwrap().is_empty());
+        rounds += 1;
+    }
+    writer.await.unwrap();
+    assert!(rounds > 1, "the writer ended before delete_tree overlapped it");
+    assert_eq!(raw_keys(&emu, "c/").await.len(), 300, "foreign keys were deleted");
+}
+
 /// Keys another tool wrote in a form kvkit never writes are not kvkit keys: never
 /// listed, never in a tree watch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1013,10 +1095,19 @@ async fn round_trips_per_operation_match_the_docs() {
     r.unwrap();
     assert_eq!((req, gets), (1, 0), "delete");
     kv.put("d/a/b", "v", opts()).await.unwrap();
+    // delete_tree: `GET ?keys` (to spare keys other tools wrote), then one txn
+    // deleting `d` and the keys read by name, 64 per txn.
     let (r, req, gets) = counted(&emu, kv.delete_tree("d")).await;
     r.unwrap();
-    assert_eq!((req, gets), (1, 0), "delete_tree");
+    assert_eq!((req, gets), (2, 1), "delete_tree");
     assert!(kv.list("d").await.unwrap().is_empty());
+    for i in 0..130 {
+        kv.put(format!("big/{i:03}"), "v", opts()).await.unwrap();
+    }
+    let (r, req, gets) = counted(&emu, kv.delete_tree("big")).await;
+    r.unwrap();
+    assert_eq!((req, gets), (4, 1), "delete_tree of 130 keys: 131 deletes in 3 txns");
+    assert!(kv.list("big").await.unwrap().is_empty());
 
     // watch_tree: 1 read to start, then 1 blocking query per change, no other read.
     kv.put("w/a", "1", opts()).await.unwrap();

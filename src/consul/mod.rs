@@ -22,7 +22,7 @@
 //! | atomic_put create-only | 1 txn `[check-not-exists, set]` |
 //! | atomic_put CAS | 1 txn `[get, check-index, delete, set]` |
 //! | atomic_delete | 1 txn `[get, check-index, delete]` |
-//! | delete_tree | 1 txn `[delete dir, delete-tree dir/]` |
+//! | delete_tree | 2: `GET dir/?keys`, txn `[delete dir, delete k...]` (+1 txn per 64 more keys) |
 //! | lock / try_lock | 2 (create session, txn `lock`), + blocking queries while waiting |
 //! | unlock | 2 (txn `[check-session, delete]`, destroy session) |
 //!
@@ -64,6 +64,8 @@ pub const MAX_VALUE_SIZE: usize = 512 * 1024;
 const MAX_TTL: Duration = Duration::from_secs(86_400);
 /// Keys put with the same TTL within this window share one session.
 const SHARE_WINDOW: Duration = Duration::from_secs(1);
+/// Consul's limit on the operations of one transaction.
+const MAX_TXN_OPS: usize = 64;
 
 /// A Consul agent, reached over its HTTP API. A cheap handle: clones share the
 /// connection pool and background work.
@@ -408,6 +410,45 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Deletes every kvkit key strictly below `dir`, and `dir` itself when `with_dir`
+    /// (and `dir` is not the root), never a key in a form kvkit never writes: Consul
+    /// has no guarded prefix delete, so the names below `dir/` are read (one
+    /// `GET ?keys`) and exactly the kvkit ones deleted by name, [`MAX_TXN_OPS`] per
+    /// txn. A key written after the read is kept, as if written after the delete; up
+    /// to 63 keys below `dir` go in one txn, atomically.
+    async fn delete_own_keys_below(&self, dir: &Dir, with_dir: bool) -> Result<()> {
+        let path = format!("{}?keys", self.kv_path(&self.remote_children(dir)));
+        let resp = self
+            .request(Method::GET, &path, Bytes::new())
+            .await?
+            .expect(&[StatusCode::OK, StatusCode::NOT_FOUND])?;
+        let names: Vec<String> = if resp.status == StatusCode::NOT_FOUND {
+            Vec::new()
+        } else {
+            resp.json()?
+        };
+        let dir_key = dir
+            .as_key()
+            .filter(|_| with_dir)
+            .map(|key| self.remote(key.as_str()));
+        let own = names
+            .into_iter()
+            .filter(|name| self.local(name).is_some_and(|key| dir.contains(&key)));
+        let doomed: Vec<String> = dir_key.into_iter().chain(own).collect();
+        for chunk in doomed.chunks(MAX_TXN_OPS) {
+            let ops = chunk
+                .iter()
+                .map(|key| json!({"Verb": "delete", "Key": key}))
+                .collect();
+            if let Txn::RolledBack(errors) = self.txn(ops).await? {
+                return Err(unexpected(&errors));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The key's index from a failed `check-index`, when Consul says it
 /// (`"current modify index N != M"`); 0 when it does not.
 fn reported_index(errors: &[TxnError], op: usize) -> u64 {
@@ -557,30 +598,16 @@ impl Backend for Consul {
         Ok(pairs)
     }
 
+    /// Keeps keys other tools wrote in a form kvkit never writes; see
+    /// [`Inner::delete_own_keys_below`].
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
-        let path = format!(
-            "{}?recurse",
-            self.inner.kv_path(&self.inner.remote_children(dir))
-        );
-        self.inner
-            .request(Method::DELETE, &path, Bytes::new())
-            .await?
-            .expect(&[StatusCode::OK])?;
-        Ok(())
+        self.inner.delete_own_keys_below(dir, false).await
     }
 
+    /// `GET dir/?keys`, then one txn deleting `dir` and the kvkit keys read (63 keys
+    /// per txn); foreign keys below `dir` are kept.
     async fn delete_tree(&self, dir: &Dir) -> Result<()> {
-        let Some(key) = dir.as_key() else {
-            return self.delete_range(dir).await;
-        };
-        let ops = vec![
-            json!({"Verb": "delete", "Key": self.inner.remote(key.as_str())}),
-            json!({"Verb": "delete-tree", "Key": self.inner.remote_children(dir)}),
-        ];
-        match self.inner.txn(ops).await? {
-            Txn::Applied(_) => Ok(()),
-            Txn::RolledBack(errors) => Err(unexpected(&errors)),
-        }
+        self.inner.delete_own_keys_below(dir, true).await
     }
 
     async fn watch(&self, key: &Key<'_>) -> Result<Self::Watch> {
