@@ -882,8 +882,15 @@ async fn foreign_keys_written_during_delete_tree_survive_it() {
         rounds += 1;
     }
     writer.await.unwrap();
-    assert!(rounds > 1, "the writer ended before delete_tree overlapped it");
-    assert_eq!(raw_keys(&emu, "c/").await.len(), 300, "foreign keys were deleted");
+    assert!(
+        rounds > 1,
+        "the writer ended before delete_tree overlapped it"
+    );
+    assert_eq!(
+        raw_keys(&emu, "c/").await.len(),
+        300,
+        "foreign keys were deleted"
+    );
 }
 
 /// Keys another tool wrote in a form kvkit never writes are not kvkit keys: never
@@ -1106,7 +1113,11 @@ async fn round_trips_per_operation_match_the_docs() {
     }
     let (r, req, gets) = counted(&emu, kv.delete_tree("big")).await;
     r.unwrap();
-    assert_eq!((req, gets), (4, 1), "delete_tree of 130 keys: 131 deletes in 3 txns");
+    assert_eq!(
+        (req, gets),
+        (4, 1),
+        "delete_tree of 130 keys: 131 deletes in 3 txns"
+    );
     assert!(kv.list("big").await.unwrap().is_empty());
 
     // watch_tree: 1 read to start, then 1 blocking query per change, no other read.

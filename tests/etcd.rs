@@ -1587,9 +1587,14 @@ async fn foreign_keys_written_during_delete_tree_survive_it() {
         rounds += 1;
     }
     writer.await.unwrap();
-    assert!(rounds > 1, "the writer ended before delete_tree overlapped it");
+    assert!(
+        rounds > 1,
+        "the writer ended before delete_tree overlapped it"
+    );
     let mut raw = kv.backend().client().kv_client();
-    let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
     let left = raw.get("p/c//", Some(options)).await.unwrap();
     assert_eq!(left.kvs().len(), 400, "foreign keys were deleted");
 }

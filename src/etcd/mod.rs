@@ -43,8 +43,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
-    KeyValue, KvClient, LeaseClient, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchClient,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    KvClient, LeaseClient, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchClient,
 };
 use tokio_util::sync::CancellationToken;
 

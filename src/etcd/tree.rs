@@ -37,21 +37,28 @@ impl Etcd {
             .as_key()
             .filter(|_| with_dir)
             .map(|key| self.full(key.as_str()));
-        let options = GetOptions::new()
-            .with_range(end.clone())
-            .with_keys_only();
+        let options = GetOptions::new().with_range(end.clone()).with_keys_only();
         let mut resp =
             request!(self, kv => kv.get(start, Some(options)), clone start, options).await?;
         let mut snapshot = Snapshot {
             revision: header_revision(resp.header()),
-            keys: resp.take_kvs().into_iter().map(|kv| kv.into_key_value().0).collect(),
+            keys: resp
+                .take_kvs()
+                .into_iter()
+                .map(|kv| kv.into_key_value().0)
+                .collect(),
         };
         for _ in 0..MAX_ATTEMPTS {
             let mut ops: Vec<TxnOp> = dir_key
                 .iter()
                 .map(|key| TxnOp::delete(key.clone(), None))
                 .collect();
-            ops.extend(self.run_deletes(&start, &end, &snapshot.keys));
+            let runs = own_runs(&start, &end, &snapshot.keys, |key| self.is_own(key));
+            ops.extend(
+                runs.into_iter().map(|(from, to)| {
+                    TxnOp::delete(from, Some(DeleteOptions::new().with_range(to)))
+                }),
+            );
             match self.guarded(&start, &end, snapshot.revision, ops).await? {
                 None => return Ok(()),
                 Some(fresh) => snapshot = fresh,
@@ -82,34 +89,6 @@ impl Etcd {
             .is_some_and(Key::is_normal)
     }
 
-    /// One DeleteRange per run of kvkit keys in `keys` (sorted, all in
-    /// `[start, end)`): each run ends just before the next foreign key, so only
-    /// foreign keys written later could fall into one (the guard rules that out).
-    fn run_deletes(&self, start: &[u8], end: &[u8], keys: &[Vec<u8>]) -> Vec<TxnOp> {
-        let mut ops = Vec::new();
-        let mut run_start = start.to_vec();
-        let mut run_has_keys = false;
-        for key in keys {
-            if self.is_own(key) {
-                run_has_keys = true;
-                continue;
-            }
-            if run_has_keys {
-                let options = DeleteOptions::new().with_range(key.clone());
-                ops.push(TxnOp::delete(run_start, Some(options)));
-            }
-            // The smallest key after the foreign one.
-            run_start = key.clone();
-            run_start.push(0);
-            run_has_keys = false;
-        }
-        if run_has_keys {
-            let options = DeleteOptions::new().with_range(end.to_vec());
-            ops.push(TxnOp::delete(run_start, Some(options)));
-        }
-        ops
-    }
-
     /// Sends `ops` in Txns of at most [`MAX_TXN_OPS`], each applied only if no key in
     /// `[start, end)` was written after `revision`. `None` when all were applied;
     /// otherwise the subtree as the failed Txn re-read it.
@@ -120,12 +99,9 @@ impl Etcd {
         revision: i64,
         ops: Vec<TxnOp>,
     ) -> Result<Option<Snapshot>> {
-        let unchanged = Compare::mod_revision(
-            start.to_vec(),
-            CompareOp::Less,
-            revision.saturating_add(1),
-        )
-        .with_range(end.to_vec());
+        let unchanged =
+            Compare::mod_revision(start.to_vec(), CompareOp::Less, revision.saturating_add(1))
+                .with_range(end.to_vec());
         let reread = TxnOp::get(
             start.to_vec(),
             Some(GetOptions::new().with_range(end.to_vec()).with_keys_only()),
@@ -156,5 +132,68 @@ impl Etcd {
             }));
         }
         Ok(None)
+    }
+}
+
+/// The ranges `[from, to)` holding the runs of own keys in `keys` (sorted, all in
+/// `[start, end)`): each run ends just before the next foreign key, so no foreign key
+/// of `keys` falls in one (and the guard rules out foreign keys written later).
+fn own_runs(
+    start: &[u8],
+    end: &[u8],
+    keys: &[Vec<u8>],
+    is_own: impl Fn(&[u8]) -> bool,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut runs = Vec::new();
+    let mut run_start = start.to_vec();
+    let mut run_has_keys = false;
+    for key in keys {
+        if is_own(key) {
+            run_has_keys = true;
+            continue;
+        }
+        let mut after = key.clone();
+        after.push(0); // the smallest key after the foreign one
+        let run_start = std::mem::replace(&mut run_start, after);
+        if run_has_keys {
+            runs.push((run_start, key.clone()));
+        }
+        run_has_keys = false;
+    }
+    if run_has_keys {
+        runs.push((run_start, end.to_vec()));
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_runs;
+
+    fn runs(keys: &[&str]) -> Vec<(String, String)> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        let own = |key: &[u8]| !key.contains(&b'!');
+        own_runs(b"d/", b"d0", &keys, own)
+            .into_iter()
+            .map(|(from, to)| {
+                (
+                    String::from_utf8(from).unwrap(),
+                    String::from_utf8(to).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_cover_every_own_key_and_no_foreign_one() {
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(runs(&[]), []);
+        assert_eq!(runs(&["d/a", "d/b"]), [pair("d/", "d0")]);
+        assert_eq!(runs(&["d/!x", "d/!y"]), []);
+        assert_eq!(
+            runs(&["d/!a", "d/b", "d/c", "d/!d", "d/!e", "d/f"]),
+            [pair("d/!a\0", "d/!d"), pair("d/!e\0", "d0")]
+        );
+        assert_eq!(runs(&["d/a", "d/!b"]), [pair("d/", "d/!b")]);
     }
 }
