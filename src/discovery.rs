@@ -190,8 +190,13 @@ impl<B: Backend> Heartbeat<B> {
                     return;
                 }
                 _ = tick.tick() => {
-                    if let Err(err) = self.kv.put(&self.key, self.address.clone(), self.options.clone()).await {
-                        tracing::warn!(key = %self.key, %err, "discovery heartbeat failed, will retry");
+                    match self.kv.put(&self.key, self.address.clone(), self.options.clone()).await {
+                        Ok(_) => {}
+                        // A closed store never comes back: the entry expires with its TTL.
+                        Err(crate::Error::Closed) => return,
+                        Err(err) => {
+                            tracing::warn!(key = %self.key, %err, "discovery heartbeat failed, will retry");
+                        }
                     }
                 }
             }

@@ -84,7 +84,7 @@ impl<B: Backend> Candidate<B> {
 
     /// Starts running for election. The stream yields `false` first, `true` when
     /// elected, `false` when leadership is lost or resigned, and ends after
-    /// [`Candidate::stop`]. Calling it again while running returns a stream that ends
+    /// [`Candidate::stop`] or once the store is closed ([`Error::Closed`]). Calling it again while running returns a stream that ends
     /// at once.
     pub fn campaign(&self) -> Campaign {
         let (events, receiver) = mpsc::unbounded_channel();
@@ -163,6 +163,10 @@ impl<B: Backend> Round<B> {
             };
             let guard = match attempt {
                 Ok(guard) => guard,
+                Err(Error::Closed) => {
+                    tracing::debug!(key = %self.key, "election: the store was closed; stopping");
+                    break;
+                }
                 Err(err) => {
                     tracing::warn!(key = %self.key, %err, "election: cannot take the lock, retrying");
                     self.pause().await;
@@ -239,7 +243,8 @@ impl<B: Backend> Follower<B> {
 
     /// A stream of leader changes: the current leader first (`None` while there is
     /// none), then each change. A store failure is yielded as an `Err` item, then the
-    /// follower watches again after the retry pause. Ends when dropped.
+    /// follower watches again after the retry pause; after `Err(Closed)` (the store
+    /// was closed) the stream ends.
     pub fn leaders(&self) -> Leaders {
         let (sender, receiver) = mpsc::channel(16);
         tokio::spawn(follow(
@@ -278,7 +283,9 @@ async fn follow<B: Backend>(
             },
             Err(err) => err,
         };
-        if sender.send(Err(failure)).await.is_err() {
+        // A closed store never comes back: report it once and end the stream.
+        let closed = matches!(failure, Error::Closed);
+        if sender.send(Err(failure)).await.is_err() || closed {
             return;
         }
         tokio::select! {

@@ -96,6 +96,15 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A value could not be encoded (serialised) before writing; nothing was sent.
+    #[error("cannot encode the value for {key}: {source}")]
+    Encode {
+        /// The key the value was meant for.
+        key: String,
+        /// The encoder's error.
+        #[source]
+        source: BoxError,
+    },
     /// Any other backend failure, with the backend's own error.
     #[error("{backend} error: {source}")]
     Backend {
@@ -136,6 +145,8 @@ pub enum ErrorKind {
     Decode,
     /// [`Error::Backend`]
     Backend,
+    /// [`Error::Encode`]
+    Encode,
 }
 
 impl Error {
@@ -154,6 +165,7 @@ impl Error {
             Error::Closed => ErrorKind::Closed,
             Error::Decode { .. } => ErrorKind::Decode,
             Error::Backend { .. } => ErrorKind::Backend,
+            Error::Encode { .. } => ErrorKind::Encode,
         }
     }
 

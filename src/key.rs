@@ -59,6 +59,16 @@ impl<'a> Key<'a> {
         Ok(Key(Cow::Owned(normalised)))
     }
 
+    /// True when `raw` is a key exactly as kvkit writes it: valid and already
+    /// normalised (no leading, trailing or repeated `/`, no `.`/`..` segment, no
+    /// control character, within [`MAX_KEY_LEN`]). Backends apply it to every key a
+    /// server returns, so keys written by other tools in another form are never
+    /// listed, watched or deleted by a tree operation.
+    #[inline]
+    pub fn is_normal(raw: &str) -> bool {
+        already_normal(raw) || matches!(Key::new(raw), Ok(key) if key.as_str() == raw)
+    }
+
     /// This key, owning its string.
     pub fn owned(&self) -> Key<'static> {
         Key(Cow::Owned(self.0.clone().into_owned()))
@@ -366,6 +376,27 @@ mod tests {
         assert!(already_normal("a/b.c/..d"));
         for raw in ["/a", "a/", "a//b", "a/./b", "a/..", "a\u{7f}", "ü"] {
             assert!(!already_normal(raw), "{raw:?} takes the general path");
+        }
+    }
+
+    #[test]
+    fn is_normal_accepts_only_keys_in_normal_form() {
+        for normal in ["a", "a/b", "ü/x", "a.b/..c", &"k".repeat(MAX_KEY_LEN)] {
+            assert!(Key::is_normal(normal), "{normal:?}");
+        }
+        for foreign in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "./a",
+            "a/../b",
+            "a/.",
+            "a\u{1}b",
+            "a\u{7f}",
+            &"k".repeat(MAX_KEY_LEN + 1),
+        ] {
+            assert!(!Key::is_normal(foreign), "{foreign:?}");
         }
     }
 

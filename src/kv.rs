@@ -198,7 +198,8 @@ impl<B: Backend> Kv<B> {
         })
     }
 
-    /// Writes `value` at `key` as JSON.
+    /// Writes `value` at `key` as JSON; `Error::Encode` when `value` cannot be
+    /// serialised (nothing is written then).
     pub async fn put_json<T: serde::Serialize + ?Sized>(
         &self,
         key: impl AsRef<str>,
@@ -206,7 +207,7 @@ impl<B: Backend> Kv<B> {
         options: PutOptions,
     ) -> Result<KvPair> {
         let key = key.as_ref();
-        let encoded = serde_json::to_vec(value).map_err(|e| Error::Decode {
+        let encoded = serde_json::to_vec(value).map_err(|e| Error::Encode {
             key: key.to_owned(),
             source: Box::new(e),
         })?;

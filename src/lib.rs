@@ -48,6 +48,8 @@ pub mod poll;
 pub mod recipe;
 #[cfg(feature = "redb")]
 pub mod redb;
+#[cfg(any(feature = "etcd", feature = "consul"))]
+mod watch_task;
 
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;

@@ -222,8 +222,12 @@ impl<B: Backend> Holder<B> {
                 state = watch.next(), if !self.lost.is_fired() => {
                     match state {
                         Some(Ok(Some(pair))) if pair.last_index <= self.pair.last_index => {}
-                        // Deleted, expired, overwritten, or the watch failed: not ours any more.
-                        _ => self.lost.fire(),
+                        // The store is closed or the watch ended: the lock is gone with it.
+                        Some(Err(Error::Closed)) | None => self.lost.fire(),
+                        // A failed read says nothing about the key: look at it directly.
+                        Some(Err(err)) => self.recheck(err).await,
+                        // Deleted, expired or overwritten: not ours any more.
+                        Some(Ok(_)) => self.lost.fire(),
                     }
                 }
             }
@@ -251,24 +255,41 @@ impl<B: Backend> Holder<B> {
         }
     }
 
-    async fn release(&self) -> Result<()> {
-        if self.lost.is_fired() {
-            return Err(Error::LockLost {
-                key: self.key.as_str().to_owned(),
-            });
+    /// After the watch reported `err`: the lock is lost only if the key is no longer
+    /// our write. A read that fails too keeps the lock (a TTL lock is still guarded by
+    /// its renewals), so a transient error never gives up a key that stays taken.
+    async fn recheck(&self, err: Error) {
+        tracing::debug!(key = %self.key, %err, "lock watch reported an error; checking the key");
+        match self.backend.get(&self.key).await {
+            Ok(Some(pair)) if pair.last_index == self.pair.last_index => {}
+            Ok(_) => self.lost.fire(),
+            Err(Error::Closed) => self.lost.fire(),
+            Err(err) => tracing::warn!(key = %self.key, %err, "lock key unreadable; still held"),
         }
-        match self
+    }
+
+    /// Deletes the key if it still holds our write, also after the lock was reported
+    /// lost (the delete is conditional on our index, so it never touches a new
+    /// holder's key): a lost lock never strands its key.
+    async fn release(&self) -> Result<()> {
+        let was_lost = self.lost.is_fired();
+        let outcome = self
             .backend
             .compare_and_delete(&self.key, self.pair.last_index)
-            .await?
-        {
-            Cas::Applied(()) => Ok(()),
-            Cas::Conflict { .. } => {
+            .await;
+        let lost = || {
+            Err(Error::LockLost {
+                key: self.key.as_str().to_owned(),
+            })
+        };
+        match outcome {
+            _ if was_lost => lost(),
+            Ok(Cas::Applied(())) => Ok(()),
+            Ok(Cas::Conflict { .. }) => {
                 self.lost.fire();
-                Err(Error::LockLost {
-                    key: self.key.as_str().to_owned(),
-                })
+                lost()
             }
+            Err(err) => Err(err),
         }
     }
 }

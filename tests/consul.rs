@@ -726,7 +726,7 @@ async fn ttl_keys_expire_within_the_bound_and_sessions_do_not_leak() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_ends_watches_and_refuses_calls_but_guards_still_release() {
+async fn close_ends_watches_releases_locks_and_tells_their_guards() {
     let (emu, kv) = setup().await;
     let guard = kv
         .lock("c/lock", LockOptions::default().value("held"))
@@ -735,10 +735,30 @@ async fn close_ends_watches_and_refuses_calls_but_guards_still_release() {
     let mut watch = kv.watch("c/k").await.unwrap();
     assert_eq!(watch.next().await.unwrap().unwrap(), None);
     kv.close().await.unwrap();
+    let closed = timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch reports the close");
+    assert!(
+        matches!(closed, Some(Err(kvkit::Error::Closed))),
+        "{closed:?}"
+    );
     let end = timeout(Duration::from_secs(5), watch.next())
         .await
         .expect("the watch ends");
     assert!(end.is_none(), "{end:?}");
+    // The guard knows at once (its session was destroyed), and the lock is free for
+    // others now, not after the session's TTL: a closed handle never goes on
+    // believing it holds a lock someone else takes.
+    timeout(Duration::from_secs(1), guard.lost())
+        .await
+        .expect("close fires lost() on the guards");
+    let other = Kv::new(Consul::connect(client_config(&emu)).await.unwrap());
+    let taken = other
+        .try_lock("c/lock", LockOptions::default().value("other"))
+        .await
+        .unwrap()
+        .expect("the closed handle's lock is free at once");
+    drop(taken);
     assert_eq!(kv.get("c/k").await.unwrap_err().kind(), ErrorKind::Closed);
     assert_eq!(
         kv.put("c/k", "v", PutOptions::default())
@@ -748,13 +768,260 @@ async fn close_ends_watches_and_refuses_calls_but_guards_still_release() {
         ErrorKind::Closed
     );
     assert_eq!(kv.watch("c/k").await.unwrap_err().kind(), ErrorKind::Closed);
-    guard.unlock().await.unwrap();
-    let other = Kv::new(Consul::connect(client_config(&emu)).await.unwrap());
-    assert!(
-        !other.exists("c/lock").await.unwrap(),
-        "the lock key was released"
+    assert_eq!(
+        guard.unlock().await.unwrap_err().kind(),
+        ErrorKind::LockLost
     );
-    assert!(emu.session_ids().is_empty(), "{:?}", emu.session_ids());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while other.exists("c/lock").await.unwrap() || !emu.session_ids().is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", emu.session_ids());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_recipes_against_the_emulator() {
+    let (_emu, kv) = setup().await;
+    kvkit::testing::recipes::close_ends_recipes(&kv).await;
+}
+
+/// PUTs `key` into the emulator as another tool would, unchecked.
+async fn raw_put(emu: &ConsulEmulator, key: &str, value: &str) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut path = String::new();
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'/' => path.push(b as char),
+            _ => path.push_str(&format!("%{b:02X}")),
+        }
+    }
+    let req = hyper::Request::put(format!("{}/v1/kv/{path}", emu.url()))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            value.to_owned(),
+        )))
+        .unwrap();
+    assert_eq!(client.request(req).await.unwrap().status(), 200, "{key:?}");
+}
+
+/// The key names below `prefix` in the emulator, read as another tool would.
+async fn raw_keys(emu: &ConsulEmulator, prefix: &str) -> Vec<String> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = hyper::Request::get(format!("{}/v1/kv/{prefix}?keys", emu.url()))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    if resp.status() == 404 {
+        return Vec::new();
+    }
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// `delete_tree` deletes `dir` and the kvkit keys below it, never a key another tool
+/// wrote there in a form kvkit never writes (also at the root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_written_by_other_tools_are_never_deleted_by_delete_tree() {
+    let (emu, kv) = setup().await;
+    let long = format!("f/{}", "x".repeat(kvkit::key::MAX_KEY_LEN));
+    let mut foreign = vec![
+        "f/".to_owned(),
+        "f//double".to_owned(),
+        "f/./dot".to_owned(),
+        "f/a/".to_owned(),
+        "f/ctl\u{1}".to_owned(),
+        "f/del\u{7f}".to_owned(),
+        long,
+    ];
+    for key in &foreign {
+        raw_put(&emu, key, "foreign").await;
+    }
+    let mine = ["f", "f/a", "f/b/c", "f/z"];
+    for key in mine {
+        kv.put(key, "mine", PutOptions::default()).await.unwrap();
+    }
+    kv.put("fx/sibling", "kept", PutOptions::default())
+        .await
+        .unwrap();
+    kv.delete_tree("f").await.unwrap();
+    foreign.sort();
+    let mut left = foreign.clone();
+    left.push("fx/sibling".to_owned());
+    left.sort();
+    assert_eq!(raw_keys(&emu, "f").await, left);
+    kv.put("r/x", "mine", PutOptions::default()).await.unwrap();
+    kv.delete_tree("").await.unwrap();
+    assert_eq!(raw_keys(&emu, "").await, foreign);
+}
+
+/// Foreign keys written below `dir` while `delete_tree(dir)` runs survive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_keys_written_during_delete_tree_survive_it() {
+    let (emu, kv) = setup().await;
+    let emu = Arc::new(emu);
+    let writer = tokio::spawn({
+        let emu = emu.clone();
+        async move {
+            for i in 0..300 {
+                raw_put(&emu, &format!("c//n{i:03}"), "foreign").await;
+            }
+        }
+    });
+    let mut rounds = 0;
+    while !writer.is_finished() {
+        for i in 0..4 {
+            kv.put(format!("c/k{i}"), "mine", PutOptions::default())
+                .await
+                .unwrap();
+        }
+        kv.delete_tree("c").await.unwrap();
+        assert!(kv.list("c").await.unwrap().is_empty());
+        rounds += 1;
+    }
+    writer.await.unwrap();
+    assert!(
+        rounds > 1,
+        "the writer ended before delete_tree overlapped it"
+    );
+    assert_eq!(
+        raw_keys(&emu, "c/").await.len(),
+        300,
+        "foreign keys were deleted"
+    );
+}
+
+/// Keys another tool wrote in a form kvkit never writes are not kvkit keys: never
+/// listed, never in a tree watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_written_by_other_tools_are_never_listed_or_watched() {
+    let (emu, kv) = setup().await;
+    kv.put("f/ok", "mine", PutOptions::default()).await.unwrap();
+    let long = format!("f/{}", "x".repeat(kvkit::key::MAX_KEY_LEN));
+    let foreign = [
+        "f//double",
+        "f/./dot",
+        "f/trailing/",
+        "f/ctl\u{1}",
+        "f/del\u{7f}",
+        long.as_str(),
+    ];
+    for key in foreign {
+        raw_put(&emu, key, "foreign").await;
+    }
+    let listed: Vec<String> = kv
+        .list("f")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(listed, ["f/ok"]);
+    let everything: Vec<String> = kv
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(everything, ["f/ok"]);
+    let mut tree = kv.watch_tree("f").await.unwrap();
+    let first: Vec<String> = tree
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(first, ["f/ok"]);
+    raw_put(&emu, "f//late", "foreign").await;
+    kv.put("f/ok2", "mine", PutOptions::default())
+        .await
+        .unwrap();
+    let next = timeout(Duration::from_secs(10), tree.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let keys: Vec<String> = next.into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["f/ok", "f/ok2"]);
+}
+
+/// A TLS connection cut without close_notify, an agent that is down for a while (new
+/// connections closed before the handshake) and HTTP 429/503 answers are all
+/// retryable `Unavailable`: calls can be retried, and watches and lock waiters resume
+/// once the agent is back, still over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_survives_dropped_connections_and_agent_restarts() {
+    let (ca_pem, tls) = certificates(&["localhost"]);
+    let emu = ConsulEmulator::start(emulator_config().tls(tls))
+        .await
+        .unwrap();
+    let config = client_config(&emu)
+        .ca_pem(ca_pem)
+        .request_timeout(Duration::from_secs(2));
+    let kv = Kv::new(Consul::connect(config.clone()).await.unwrap());
+    let other = Kv::new(Consul::connect(config).await.unwrap());
+    kv.put("t/k", "v0", PutOptions::default()).await.unwrap();
+    let mut watch = kv.watch("t/k").await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap().unwrap().value, "v0");
+    let holder = kv.lock("t/lock", LockOptions::default()).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let guard = other
+            .lock("t/lock", LockOptions::default().value("waiter"))
+            .await;
+        guard.map(|g| (other, g))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Cut every connection (TLS streams closed without close_notify, blocking queries
+    // included) while the agent refuses new ones, as during a restart.
+    emu.faults().set_refusing(true);
+    emu.drop_connections();
+    let err = kv.get("t/k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    emu.faults().set_refusing(false);
+
+    // Rate limited and unavailable answers are retryable too.
+    emu.faults().respond_next(429, 1);
+    let err = kv.get("t/k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "429: {err}");
+    emu.faults().respond_next(503, 1);
+    let err = kv.get("t/k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "503: {err}");
+
+    // The watch resumes: every error it reports is retryable, and it sees v1.
+    kv.put("t/k", "v1", PutOptions::default()).await.unwrap();
+    let seen = timeout(Duration::from_secs(20), async {
+        loop {
+            match watch.next().await.expect("the watch keeps going") {
+                Ok(Some(pair)) if pair.value == "v1" => return,
+                Ok(_) => {}
+                Err(err) => assert!(err.is_retryable(), "the watch gave up: {err}"),
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the watch resumed after the agent came back");
+
+    // The waiter is still waiting, and takes the lock once it is released.
+    assert!(
+        !waiter.is_finished(),
+        "the waiter gave up during the outage"
+    );
+    assert!(!holder.is_lost(), "a short outage does not lose the lock");
+    holder.unlock().await.unwrap();
+    let (other, guard) = timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("the waiter resumed waiting and took the lock")
+        .unwrap()
+        .expect("the waiter got the lock");
+    assert_eq!(other.get("t/lock").await.unwrap().value, "waiter");
+    guard.unlock().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -835,10 +1102,23 @@ async fn round_trips_per_operation_match_the_docs() {
     r.unwrap();
     assert_eq!((req, gets), (1, 0), "delete");
     kv.put("d/a/b", "v", opts()).await.unwrap();
+    // delete_tree: `GET ?keys` (to spare keys other tools wrote), then one txn
+    // deleting `d` and the keys read by name, 64 per txn.
     let (r, req, gets) = counted(&emu, kv.delete_tree("d")).await;
     r.unwrap();
-    assert_eq!((req, gets), (1, 0), "delete_tree");
+    assert_eq!((req, gets), (2, 1), "delete_tree");
     assert!(kv.list("d").await.unwrap().is_empty());
+    for i in 0..130 {
+        kv.put(format!("big/{i:03}"), "v", opts()).await.unwrap();
+    }
+    let (r, req, gets) = counted(&emu, kv.delete_tree("big")).await;
+    r.unwrap();
+    assert_eq!(
+        (req, gets),
+        (4, 1),
+        "delete_tree of 130 keys: 131 deletes in 3 txns"
+    );
+    assert!(kv.list("big").await.unwrap().is_empty());
 
     // watch_tree: 1 read to start, then 1 blocking query per change, no other read.
     kv.put("w/a", "1", opts()).await.unwrap();

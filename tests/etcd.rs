@@ -804,8 +804,10 @@ async fn round_trips_per_operation_match_the_docs() {
     assert_eq!(rt, calls(&[("Txn", 1)]), "atomic_delete applied");
     let (_, rt) = round_trips(&server, || kv.delete("d/k")).await;
     assert_eq!(rt, calls(&[("DeleteRange", 1)]), "delete");
+    // delete_tree: a keys-only Range (to spare keys other tools wrote), then one Txn
+    // guarded by that Range's revision.
     let (_, rt) = round_trips(&server, || kv.delete_tree("d")).await;
-    assert_eq!(rt, calls(&[("Txn", 1)]), "delete_tree");
+    assert_eq!(rt, calls(&[("Range", 1), ("Txn", 1)]), "delete_tree");
 
     let ttl = || PutOptions::with_ttl(Duration::from_secs(30));
     let (_, rt) = round_trips(&server, || kv.put("d/t1", "v", ttl())).await;
@@ -881,7 +883,11 @@ async fn round_trips_per_operation_match_the_docs() {
     drop(tree);
     let (r, rt) = round_trips(&server, || kv.delete_tree("wt")).await;
     r.unwrap();
-    assert_eq!(rt, calls(&[("Txn", 1)]), "delete_tree of a populated dir");
+    assert_eq!(
+        rt,
+        calls(&[("Range", 1), ("Txn", 1)]),
+        "delete_tree of a populated dir"
+    );
 
     // list of 1,000 keys is still one Range.
     let puts = futures::stream::iter(0..1_000)
@@ -1353,4 +1359,242 @@ async fn a_refused_batch_falls_back_to_single_reads() {
             assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{key}: {err}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_recipes_on_etcd() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config().prefix("close-recipes")).await;
+    kvkit::testing::recipes::close_ends_recipes(&kv).await;
+}
+
+/// `close` revokes the leases of the locks held (and awaited) through the handle: the
+/// guards see `lost()`, another client takes the lock at once rather than after the
+/// lease's TTL, also when the guard is dropped only after the close; watches yield
+/// `Err(Closed)` and end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_releases_locks_at_once_and_ends_watches() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config()).await;
+    let other = connect(server.config()).await;
+    let long = LockOptions::default().ttl(Duration::from_secs(60));
+    let held = kv.lock("c/held", long.clone().value("a")).await.unwrap();
+    let dropped = kv.lock("c/dropped", long.clone()).await.unwrap();
+    let blocker = other.lock("c/awaited", long.clone()).await.unwrap();
+    let waiter = {
+        let kv = kv.clone();
+        let long = long.clone();
+        tokio::spawn(async move { kv.lock("c/awaited", long).await.map(drop) })
+    };
+    let mut watch = kv.watch("c/watched").await.unwrap();
+    assert_eq!(next(&mut watch).await, None);
+    let mut tree = kv.watch_tree("c").await.unwrap();
+    assert_eq!(next(&mut tree).await.len(), 3);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    kv.close().await.unwrap();
+
+    tokio::time::timeout(STEP, held.lost())
+        .await
+        .expect("close fires lost() on the guards");
+    let waited = tokio::time::timeout(STEP, waiter)
+        .await
+        .expect("the waiter ends");
+    assert_eq!(waited.unwrap().unwrap_err().kind(), ErrorKind::Closed);
+    for key in ["c/held", "c/dropped"] {
+        let taken = tokio::time::timeout(STEP, other.try_lock(key, long.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(taken.is_some(), "{key} is free right after close");
+    }
+    drop(dropped);
+    assert_eq!(held.unlock().await.unwrap_err().kind(), ErrorKind::LockLost);
+    // No contender of the closed handle is left queued before the next one.
+    blocker.unlock().await.unwrap();
+    let next_holder = tokio::time::timeout(STEP, other.lock("c/awaited", long))
+        .await
+        .expect("the closed waiter's contender is gone");
+    drop(next_holder);
+    // The tree saw the released locks go before the close ended it.
+    let mut tail = Vec::new();
+    let tree_end = loop {
+        match tokio::time::timeout(STEP, tree.next()).await.unwrap() {
+            Some(Ok(pairs)) => tail.push(pairs.len()),
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(tree_end, Some(Err(kvkit::Error::Closed))),
+        "{tree_end:?} after {tail:?}"
+    );
+    let watch_end = tokio::time::timeout(STEP, watch.next()).await.unwrap();
+    assert!(
+        matches!(watch_end, Some(Err(kvkit::Error::Closed))),
+        "{watch_end:?}"
+    );
+    assert!(
+        tokio::time::timeout(STEP, watch.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        tokio::time::timeout(STEP, tree.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Keys another tool wrote straight into etcd in a form kvkit never writes are not
+/// kvkit keys: never listed, never in a tree watch, never in a point watch's answer.
+#[tokio::test]
+async fn keys_written_by_other_tools_are_never_listed_or_watched() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config()).await;
+    let mut raw = kv.backend().client().kv_client();
+    kv.put("f/ok", "mine", PutOptions::default()).await.unwrap();
+    let long = format!("f/{}", "x".repeat(kvkit::key::MAX_KEY_LEN));
+    let foreign: Vec<Vec<u8>> = [
+        "/f/lead",
+        "f//double",
+        "f/./dot",
+        "f/../dotdot",
+        "f/trailing/",
+        "f/ctl\u{1}",
+        "f/del\u{7f}",
+        "f/c1\u{85}",
+        long.as_str(),
+    ]
+    .iter()
+    .map(|k| k.as_bytes().to_vec())
+    .chain([b"f/not-utf8-\xff".to_vec()])
+    .collect();
+    for key in &foreign {
+        raw.put(key.clone(), "foreign", None).await.unwrap();
+    }
+    let keys = |pairs: Vec<KvPair>| pairs.into_iter().map(|p| p.key).collect::<Vec<_>>();
+    assert_eq!(keys(kv.list("f").await.unwrap()), ["f/ok"]);
+    assert_eq!(keys(kv.list("").await.unwrap()), ["f/ok"]);
+    let mut tree = kv.watch_tree("f").await.unwrap();
+    assert_eq!(keys(next(&mut tree).await), ["f/ok"]);
+    // Foreign writes while watching are not part of the subtree either.
+    raw.put("f//late", "foreign", None).await.unwrap();
+    kv.put("f/ok2", "mine", PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(keys(next(&mut tree).await), ["f/ok", "f/ok2"]);
+    assert_quiet(&mut tree, Duration::from_millis(300)).await;
+}
+
+/// `delete_tree` deletes `dir` and the kvkit keys below it, never a key another tool
+/// wrote there in a form kvkit never writes, also when such keys sit between kvkit
+/// keys in etcd's key order and at the root; still 2 requests (Range + Txn).
+#[tokio::test]
+async fn keys_written_by_other_tools_are_never_deleted_by_delete_tree() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config()).await;
+    let mut raw = kv.backend().client().kv_client();
+    let long = format!("f/{}", "x".repeat(kvkit::key::MAX_KEY_LEN));
+    // In etcd's order these fall before, between and after the kvkit keys below.
+    let foreign: Vec<Vec<u8>> = [
+        "/f/lead",
+        "f//double",
+        "f/./dot",
+        "f/a/",
+        "f/b/../c",
+        "f/ctl\u{1}",
+        "f/del\u{7f}",
+        long.as_str(),
+    ]
+    .iter()
+    .map(|k| k.as_bytes().to_vec())
+    .chain([b"f/zz-not-utf8-\xff".to_vec()])
+    .collect();
+    for key in &foreign {
+        raw.put(key.clone(), "foreign", None).await.unwrap();
+    }
+    let mine = ["f", "f/a", "f/b/c", "f/d", "f/y", "f/zzz"];
+    for key in mine {
+        kv.put(key, "mine", PutOptions::default()).await.unwrap();
+    }
+    kv.put("fx/sibling", "kept", PutOptions::default())
+        .await
+        .unwrap();
+
+    let (r, rt) = round_trips(&server, || kv.delete_tree("f")).await;
+    r.unwrap();
+    for key in mine {
+        assert!(!kv.exists(key).await.unwrap(), "{key} was not deleted");
+    }
+    assert!(kv.exists("fx/sibling").await.unwrap());
+    for key in &foreign {
+        let resp = raw.get(key.clone(), None).await.unwrap();
+        assert_eq!(
+            resp.kvs().len(),
+            1,
+            "the foreign key {:?} was deleted",
+            String::from_utf8_lossy(key)
+        );
+    }
+    assert_eq!(rt, calls(&[("Range", 1), ("Txn", 1)]), "delete_tree");
+
+    // The root: every kvkit key goes, every foreign key stays.
+    kv.put("r/x", "mine", PutOptions::default()).await.unwrap();
+    kv.delete_tree("").await.unwrap();
+    assert!(kv.list("").await.unwrap().is_empty());
+    for key in &foreign {
+        let resp = raw.get(key.clone(), None).await.unwrap();
+        assert_eq!(resp.kvs().len(), 1, "{:?}", String::from_utf8_lossy(key));
+    }
+}
+
+/// Foreign keys written below `dir` while `delete_tree(dir)` runs survive it: the
+/// delete is guarded by the revision of its read, so a key written after the read
+/// makes it re-read instead of deleting the new key with the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_keys_written_during_delete_tree_survive_it() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config().prefix("p")).await;
+    let mut raw = kv.backend().client().kv_client();
+    let writer = tokio::spawn(async move {
+        for i in 0..400 {
+            raw.put(format!("p/c//n{i:03}"), "foreign", None)
+                .await
+                .unwrap();
+        }
+    });
+    let mut rounds = 0;
+    while !writer.is_finished() {
+        for i in 0..4 {
+            kv.put(format!("c/k{i}"), "mine", PutOptions::default())
+                .await
+                .unwrap();
+        }
+        kv.delete_tree("c").await.unwrap();
+        assert!(kv.list("c").await.unwrap().is_empty());
+        rounds += 1;
+    }
+    writer.await.unwrap();
+    assert!(
+        rounds > 1,
+        "the writer ended before delete_tree overlapped it"
+    );
+    let mut raw = kv.backend().client().kv_client();
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let left = raw.get("p/c//", Some(options)).await.unwrap();
+    assert_eq!(left.kvs().len(), 400, "foreign keys were deleted");
 }

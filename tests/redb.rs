@@ -168,3 +168,119 @@ async fn concurrent_writers_share_commits_without_losing_a_write() {
         assert_eq!(pair.value, format!("{i}"));
     }
 }
+
+/// Set in the child process of `a_lock_held_by_a_killed_process_is_free_after_reopen`.
+const LOCK_CHILD_VAR: &str = "KVKIT_REDB_LOCK_CHILD_PATH";
+
+/// redb files are process-exclusive, so a lock found at open belongs to a process that
+/// died: the child takes a TTL-less lock and is killed -9 while holding it; the parent
+/// then opens the file and takes the lock at once.
+#[test]
+fn a_lock_held_by_a_killed_process_is_free_after_reopen() {
+    if let Ok(path) = std::env::var(LOCK_CHILD_VAR) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let kv = open(std::path::Path::new(&path));
+            let guard = kv
+                .lock("jobs/nightly", kvkit::LockOptions::default().value("child"))
+                .await
+                .unwrap();
+            kv.put("jobs/other", "kept", PutOptions::default())
+                .await
+                .unwrap();
+            println!("CHILD-LOCKED");
+            use std::io::Write as _;
+            std::io::stdout().flush().unwrap();
+            // Hold the lock until killed.
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            drop(guard);
+        });
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.redb");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_lock_held_by_a_killed_process_is_free_after_reopen",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LOCK_CHILD_VAR, &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let locked = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("CHILD-LOCKED"))
+    });
+    // Bounded: a child that never locks is killed after the deadline and fails below.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !locked.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor, no unlock
+    child.wait().unwrap();
+    assert!(locked.join().unwrap(), "the child took the lock");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let kv = open(&path);
+        assert_eq!(kv.get("jobs/other").await.unwrap().value, "kept");
+        let guard = tokio::time::timeout(
+            Duration::from_secs(5),
+            kv.lock(
+                "jobs/nightly",
+                kvkit::LockOptions::default().value("parent"),
+            ),
+        )
+        .await
+        .expect("the dead process's lock is freed at open")
+        .unwrap();
+        assert_eq!(kv.get("jobs/nightly").await.unwrap().value, "parent");
+        drop(guard);
+    });
+}
+
+/// `close` releases the locks held through the store and tells their guards; the key
+/// is free after reopening.
+#[tokio::test]
+async fn close_releases_held_locks_and_tells_their_guards() {
+    use kvkit::LockGuard;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("close-locks.redb");
+    {
+        let kv = open(&path);
+        let guard = kv
+            .lock("held", kvkit::LockOptions::default())
+            .await
+            .unwrap();
+        // A plain key that a lock once held stays: only current lock writes go.
+        let released = kv.lock("was-lock", Default::default()).await.unwrap();
+        released.unlock().await.unwrap();
+        kv.put("was-lock", "plain", PutOptions::default())
+            .await
+            .unwrap();
+        kv.close().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), guard.lost())
+            .await
+            .expect("the guard reports lost() after close");
+        assert_eq!(
+            guard.unlock().await.unwrap_err().kind(),
+            ErrorKind::LockLost
+        );
+    }
+    let kv = open(&path);
+    assert!(!kv.exists("held").await.unwrap(), "close released the lock");
+    assert_eq!(kv.get("was-lock").await.unwrap().value, "plain");
+    assert!(
+        kv.try_lock("held", Default::default())
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

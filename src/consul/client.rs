@@ -61,8 +61,9 @@ impl Response {
             .map_err(|e| Error::backend(NAME, format!("unexpected response from Consul: {e}")))
     }
 
-    /// Fails unless the status is one of `ok`: 403 is PermissionDenied, 5xx is
-    /// Unavailable, anything else is a backend error.
+    /// Fails unless the status is one of `ok`: 403 is PermissionDenied, 429 (rate
+    /// limited) and 5xx (503 included) are Unavailable, anything else is a backend
+    /// error.
     pub fn expect(self, ok: &[StatusCode]) -> Result<Self> {
         if ok.contains(&self.status) {
             return Ok(self);
@@ -74,7 +75,9 @@ impl Response {
                 backend: NAME,
                 source: msg.into(),
             },
-            s if s.is_server_error() => Error::unavailable(NAME, msg),
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                Error::unavailable(NAME, msg)
+            }
             _ => Error::backend(NAME, msg),
         })
     }
@@ -309,38 +312,48 @@ impl Client {
     }
 }
 
-/// A TLS failure (wrong CA, bad certificate) is a configuration error; anything else
-/// from the transport is retryable.
+/// Classifies a transport failure from the typed errors in its source chain, never
+/// from message text: an error that rustls itself raised (a certificate the CA does
+/// not vouch for, a refused client certificate, a protocol mismatch) is a
+/// configuration error; anything else (refused or reset connections, a TLS connection
+/// closed without close_notify, an agent restart, timeouts) is retryable.
 fn transport_error(e: hyper_util::client::legacy::Error) -> Error {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     let mut chain = String::new();
-    let mut tls = false;
     while let Some(err) = source {
         if !chain.is_empty() {
             chain.push_str(": ");
         }
         chain.push_str(&err.to_string());
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            tls = true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-        {
-            tls = true;
-        }
         source = err.source();
     }
-    let lower = chain.to_ascii_lowercase();
-    if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
-        tls = true;
-    }
-    if tls {
+    if raised_by_rustls(&e) {
         Error::backend(NAME, format!("TLS failure: {chain}"))
     } else {
         Error::unavailable(NAME, chain)
     }
+}
+
+/// True when a `rustls::Error` is in `err`'s chain. An `io::Error` wrapping another
+/// error hides that error from `source()` (it reports the wrapped error's source), so
+/// the wrapped error is looked into explicitly: hyper-rustls wraps tokio-rustls's
+/// `io::Error`, which wraps the `rustls::Error`.
+fn raised_by_rustls(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(wrapped) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && raised_by_rustls(wrapped)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Percent-encodes `s` for a URL path (`/` kept when `keep_slash`) or query value.

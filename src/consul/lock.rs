@@ -9,6 +9,12 @@
 //! deleted, overwritten by a kvkit put, or released by Consul because the session was
 //! invalidated (destroyed, or expired after the renewals failed for a whole TTL).
 //! Unlock deletes the key (only while this session holds it) and destroys the session.
+//!
+//! Every session is registered with its handle: `close` releases the key of each one
+//! (only while that session holds it) and destroys it, and the guards' `lost()` fires,
+//! so a closed handle never goes on believing it holds a lock that Consul hands to
+//! someone else once the session expires. A waiter rides out transport failures
+//! (a dropped TLS connection, an agent restart) and resumes waiting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +26,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::client::{Entry, NAME, encode};
-use super::watch::Backoff;
+use super::watch::backoff;
 use super::{Inner, Txn};
 use crate::backend::{LockGuard, LockLost, LockOptions, LostSignal};
 use crate::error::{Error, Result};
@@ -46,12 +52,18 @@ struct Session {
 }
 
 impl Session {
-    async fn create(inner: Arc<Inner>, ttl: Duration) -> Result<Self> {
+    /// Creates a session for the lock on `remote`, registered with the handle.
+    async fn create(inner: Arc<Inner>, ttl: Duration, remote: &str) -> Result<Self> {
         let lock_delay = inner.config.lock_delay;
         let id = inner
             .create_session("kvkit-lock", ttl, "release", lock_delay)
             .await?;
         let lost = LostSignal::new();
+        inner
+            .lock_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), (remote.to_owned(), lost.clone()));
         let renew = tokio::spawn(renew_loop(inner.clone(), id.clone(), ttl, lost.clone()));
         Ok(Session {
             inner,
@@ -66,6 +78,11 @@ impl Session {
         for task in self.tasks.drain(..) {
             task.abort();
         }
+        self.inner
+            .lock_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 
     /// Stops the keep-alive and destroys the session now.
@@ -99,7 +116,8 @@ async fn renew_loop(inner: Arc<Inner>, id: String, ttl: Duration, lost: LostSign
     let mut delay = every;
     loop {
         tokio::select! {
-            _ = inner.closed.cancelled() => return,
+            // `close` released the lock and destroyed the session.
+            _ = inner.closed.cancelled() => { lost.fire(); return }
             _ = tokio::time::sleep(delay) => {}
         }
         let path = format!("/v1/session/renew/{}", encode(&id, false));
@@ -135,11 +153,11 @@ async fn monitor(
     lost: LostSignal,
     mut index: u64,
 ) {
-    let mut backoff = Backoff::new(Duration::from_secs(2));
+    let mut backoff = backoff(Duration::from_secs(2));
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
-            _ = inner.closed.cancelled() => return,
+            _ = inner.closed.cancelled() => { lost.fire(); return }
             outcome = inner.get_entry(&remote, index) => outcome,
         };
         match outcome {
@@ -157,6 +175,14 @@ async fn monitor(
             }
             Err(_) => tokio::time::sleep(backoff.next_delay()).await,
         }
+    }
+}
+
+/// Sleeps `delay`; `Err(Closed)` as soon as the handle is closed.
+async fn pause(inner: &Inner, delay: Duration) -> Result<()> {
+    tokio::select! {
+        _ = inner.closed.cancelled() => Err(Error::Closed),
+        _ = tokio::time::sleep(delay) => Ok(()),
     }
 }
 
@@ -181,8 +207,9 @@ pub(crate) async fn lock(
         .unwrap_or(inner.config.lock_ttl)
         .max(inner.config.min_session_ttl);
     let remote = inner.remote(key.as_str());
-    let mut session = Session::create(inner.clone(), ttl).await?;
-    let mut delay_backoff = Backoff::new(Duration::from_secs(1));
+    let mut session = Session::create(inner.clone(), ttl, &remote).await?;
+    let mut failures = backoff(Duration::from_secs(2));
+    let mut delay_backoff = backoff(Duration::from_secs(1));
     let acquired_at = loop {
         if session.lost.is_fired() {
             return Err(Error::unavailable(
@@ -196,7 +223,16 @@ pub(crate) async fn lock(
             "Value": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &options.value),
             "Session": session.id,
         })];
-        match inner.txn(ops).await? {
+        let attempt = match inner.txn(ops).await {
+            // A waiter rides out an outage; the session's renewals tell when it is over.
+            Err(e) if wait && e.is_retryable() => {
+                pause(&inner, failures.next_delay()).await?;
+                continue;
+            }
+            other => other?,
+        };
+        failures.reset();
+        match attempt {
             Txn::Applied(entries) => {
                 let index = entries
                     .iter()
@@ -212,16 +248,22 @@ pub(crate) async fn lock(
             Txn::RolledBack(_) => {}
         }
         // Held by someone, or under a lock-delay. Look now.
-        let (entry, at) = inner.get_entry(&remote, 0).await?;
+        let (entry, at) = match inner.get_entry(&remote, 0).await {
+            Err(e) if e.is_retryable() => {
+                pause(&inner, failures.next_delay()).await?;
+                continue;
+            }
+            other => other?,
+        };
         if is_free(&entry) {
             // Free but refused: a lock-delay. Back off until it ends.
-            tokio::time::sleep(delay_backoff.next_delay()).await;
+            pause(&inner, delay_backoff.next_delay()).await?;
             continue;
         }
         delay_backoff.reset();
         // Held: block on the key until it looks free.
         let mut index = at;
-        let mut errors = Backoff::new(Duration::from_secs(2));
+        let mut errors = backoff(Duration::from_secs(2));
         loop {
             if session.lost.is_fired() {
                 break;
@@ -238,7 +280,7 @@ pub(crate) async fn lock(
                     }
                     index = if at < index { 0 } else { at };
                 }
-                Err(e) if e.is_retryable() => tokio::time::sleep(errors.next_delay()).await,
+                Err(e) if e.is_retryable() => pause(&inner, errors.next_delay()).await?,
                 Err(e) => return Err(e),
             }
         }

@@ -22,7 +22,7 @@
 //! | atomic_put create-only | 1 txn `[check-not-exists, set]` |
 //! | atomic_put CAS | 1 txn `[get, check-index, delete, set]` |
 //! | atomic_delete | 1 txn `[get, check-index, delete]` |
-//! | delete_tree | 1 txn `[delete dir, delete-tree dir/]` |
+//! | delete_tree | 2: `GET dir/?keys`, txn `[delete dir, delete k...]` (+1 txn per 64 more keys) |
 //! | lock / try_lock | 2 (create session, txn `lock`), + blocking queries while waiting |
 //! | unlock | 2 (txn `[check-session, delete]`, destroy session) |
 //!
@@ -64,6 +64,8 @@ pub const MAX_VALUE_SIZE: usize = 512 * 1024;
 const MAX_TTL: Duration = Duration::from_secs(86_400);
 /// Keys put with the same TTL within this window share one session.
 const SHARE_WINDOW: Duration = Duration::from_secs(1);
+/// Consul's limit on the operations of one transaction.
+const MAX_TXN_OPS: usize = 64;
 
 /// A Consul agent, reached over its HTTP API. A cheap handle: clones share the
 /// connection pool and background work.
@@ -81,6 +83,9 @@ pub(crate) struct Inner {
     /// TTL (whole seconds) -> shared session and when it was created.
     ttl_sessions: Mutex<HashMap<u64, (String, Instant)>>,
     pub closed: CancellationToken,
+    /// Lock sessions of this handle: id -> (the lock's Consul key, its guard's lost
+    /// signal). `close` releases and destroys each.
+    pub lock_sessions: Mutex<HashMap<String, (String, crate::backend::LostSignal)>>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +130,7 @@ impl Consul {
                 prefix,
                 ttl_sessions: Mutex::new(HashMap::new()),
                 closed: CancellationToken::new(),
+                lock_sessions: Mutex::new(HashMap::new()),
             }),
         };
         // Try each address once: the client moves on after a connection failure.
@@ -193,10 +199,7 @@ impl Inner {
     /// kvkit's normal form (written by other clients, such as `dir/` folder markers).
     pub fn local(&self, remote: &str) -> Option<String> {
         let key = remote.strip_prefix(&self.prefix)?;
-        match Key::new(key) {
-            Ok(k) if k.as_str() == key => Some(key.to_owned()),
-            _ => None,
-        }
+        Key::is_normal(key).then(|| key.to_owned())
     }
 
     /// The Consul prefix of everything strictly below `dir`.
@@ -407,6 +410,45 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Deletes every kvkit key strictly below `dir`, and `dir` itself when `with_dir`
+    /// (and `dir` is not the root), never a key in a form kvkit never writes: Consul
+    /// has no guarded prefix delete, so the names below `dir/` are read (one
+    /// `GET ?keys`) and exactly the kvkit ones deleted by name, [`MAX_TXN_OPS`] per
+    /// txn. A key written after the read is kept, as if written after the delete; up
+    /// to 63 keys below `dir` go in one txn, atomically.
+    async fn delete_own_keys_below(&self, dir: &Dir, with_dir: bool) -> Result<()> {
+        let path = format!("{}?keys", self.kv_path(&self.remote_children(dir)));
+        let resp = self
+            .request(Method::GET, &path, Bytes::new())
+            .await?
+            .expect(&[StatusCode::OK, StatusCode::NOT_FOUND])?;
+        let names: Vec<String> = if resp.status == StatusCode::NOT_FOUND {
+            Vec::new()
+        } else {
+            resp.json()?
+        };
+        let dir_key = dir
+            .as_key()
+            .filter(|_| with_dir)
+            .map(|key| self.remote(key.as_str()));
+        let own = names
+            .into_iter()
+            .filter(|name| self.local(name).is_some_and(|key| dir.contains(&key)));
+        let doomed: Vec<String> = dir_key.into_iter().chain(own).collect();
+        for chunk in doomed.chunks(MAX_TXN_OPS) {
+            let ops = chunk
+                .iter()
+                .map(|key| json!({"Verb": "delete", "Key": key}))
+                .collect();
+            if let Txn::RolledBack(errors) = self.txn(ops).await? {
+                return Err(unexpected(&errors));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The key's index from a failed `check-index`, when Consul says it
 /// (`"current modify index N != M"`); 0 when it does not.
 fn reported_index(errors: &[TxnError], op: usize) -> u64 {
@@ -556,30 +598,16 @@ impl Backend for Consul {
         Ok(pairs)
     }
 
+    /// Keeps keys other tools wrote in a form kvkit never writes; see
+    /// [`Inner::delete_own_keys_below`].
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
-        let path = format!(
-            "{}?recurse",
-            self.inner.kv_path(&self.inner.remote_children(dir))
-        );
-        self.inner
-            .request(Method::DELETE, &path, Bytes::new())
-            .await?
-            .expect(&[StatusCode::OK])?;
-        Ok(())
+        self.inner.delete_own_keys_below(dir, false).await
     }
 
+    /// `GET dir/?keys`, then one txn deleting `dir` and the kvkit keys read (63 keys
+    /// per txn); foreign keys below `dir` are kept.
     async fn delete_tree(&self, dir: &Dir) -> Result<()> {
-        let Some(key) = dir.as_key() else {
-            return self.delete_range(dir).await;
-        };
-        let ops = vec![
-            json!({"Verb": "delete", "Key": self.inner.remote(key.as_str())}),
-            json!({"Verb": "delete-tree", "Key": self.inner.remote_children(dir)}),
-        ];
-        match self.inner.txn(ops).await? {
-            Txn::Applied(_) => Ok(()),
-            Txn::RolledBack(errors) => Err(unexpected(&errors)),
-        }
+        self.inner.delete_own_keys_below(dir, true).await
     }
 
     async fn watch(&self, key: &Key<'_>) -> Result<Self::Watch> {
@@ -609,8 +637,39 @@ impl Backend for Consul {
         lock::lock(self.inner.clone(), key, options, false).await
     }
 
+    /// Releases every lock held through this handle (deletes its key while the
+    /// session still holds it, destroys the session; best effort: a session that
+    /// cannot be destroyed expires with its TTL) and fires its guard's `lost()`, then
+    /// ends every watch with `Err(Closed)`. Later calls fail with `Closed`.
     async fn close(&self) -> Result<()> {
+        let sessions: Vec<(String, (String, crate::backend::LostSignal))> = self
+            .inner
+            .lock_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         self.inner.closed.cancel();
+        let inner = &self.inner;
+        let releases = sessions.into_iter().map(|(id, (remote, lost))| async move {
+            lost.fire();
+            let ops = vec![
+                json!({"Verb": "check-session", "Key": remote, "Session": id}),
+                json!({"Verb": "delete", "Key": remote}),
+            ];
+            let released = inner.txn_even_if_closed(ops).await;
+            if let Err(err) = inner.destroy_session(&id).await.and(released.map(drop)) {
+                tracing::debug!(%err, session = %id, "close: releasing a lock failed; its session expires with its TTL");
+            }
+        });
+        // Bounded: an unreachable agent costs one request timeout, not one per lock.
+        let budget = self.inner.config.request_timeout;
+        if tokio::time::timeout(budget, futures::future::join_all(releases))
+            .await
+            .is_err()
+        {
+            tracing::debug!("close: the agent did not answer; lock sessions expire with their TTL");
+        }
         Ok(())
     }
 }

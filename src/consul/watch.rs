@@ -7,7 +7,9 @@
 //! without a change, and retries transport failures with capped exponential backoff.
 //! After [`REPORT_AFTER`] failures in a row it yields one `Err(Unavailable)` (so a
 //! long outage is not silent) and keeps retrying. A permanent error (403, a malformed
-//! answer) is yielded and ends the stream. Dropping the stream aborts the task.
+//! answer) is yielded and ends the stream; `close` ends it after one `Err(Closed)`.
+//! Dropping the stream aborts the task (the shared rules of
+//! [`crate::watch_task::TaskStream`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,14 +17,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::Inner;
 use crate::backend::KvPair;
 use crate::error::Result;
 use crate::key::Dir;
+use crate::watch_task::{Backoff, TaskStream};
 
 /// Shortest time between two blocking queries when the first returned no change.
 const MIN_GAP: Duration = Duration::from_millis(50);
@@ -34,54 +35,19 @@ const REPORT_AFTER: u32 = 5;
 
 /// The stream of a Consul watch: a channel fed by a background task, aborted on drop.
 #[derive(Debug)]
-pub struct ConsulWatch<T> {
-    rx: mpsc::Receiver<Result<T>>,
-    task: AbortHandle,
-}
+pub struct ConsulWatch<T>(TaskStream<T>);
 
 impl<T> Stream for ConsulWatch<T> {
     type Item = Result<T>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        Pin::new(&mut self.0).poll_next(cx)
     }
 }
 
-impl<T> Drop for ConsulWatch<T> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Capped exponential backoff with a little jitter.
-pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Self {
-        Backoff {
-            next: FIRST_BACKOFF,
-            max,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.next = FIRST_BACKOFF;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Up to 25% jitter so that many watchers do not retry in lockstep.
-        let random = std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            delay,
-        );
-        let jitter = Duration::from_nanos(random % (delay.as_nanos() as u64 / 4 + 1));
-        delay + jitter
-    }
+/// The retry backoff of Consul's loops: from [`FIRST_BACKOFF`], doubling up to `max`.
+pub(crate) fn backoff(max: Duration) -> Backoff {
+    Backoff::new(FIRST_BACKOFF, max)
 }
 
 /// Runs the loop shared by both watches. `fetch(index)` does one (blocking) query
@@ -92,12 +58,11 @@ where
     F: Fn(Arc<Inner>, u64) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(T, u64)>> + Send,
 {
-    let (tx, rx) = mpsc::channel(16);
     let closed = inner.closed.clone();
-    let task = tokio::spawn(async move {
+    ConsulWatch(TaskStream::spawn(16, closed.clone(), |tx| async move {
         let mut index = 0u64;
         let mut last: Option<T> = None;
-        let mut backoff = Backoff::new(MAX_BACKOFF);
+        let mut backoff = backoff(MAX_BACKOFF);
         let mut failures = 0u32;
         loop {
             let started = Instant::now();
@@ -107,7 +72,7 @@ where
                 outcome = fetch(inner.clone(), index) => outcome,
             };
             if closed.is_cancelled() {
-                // `close` ends every watch: the stream ends, without an error item.
+                // `close` ends every watch; the stream then yields `Err(Closed)`.
                 return;
             }
             match outcome {
@@ -146,11 +111,7 @@ where
                 }
             }
         }
-    });
-    ConsulWatch {
-        rx,
-        task: task.abort_handle(),
-    }
+    }))
 }
 
 pub(crate) fn watch_key(inner: Arc<Inner>, remote: String) -> ConsulWatch<Option<KvPair>> {

@@ -42,9 +42,34 @@ struct LeaseHold {
 }
 
 impl LeaseHold {
+    /// Holds lease `id`; registered with the handle so that `close` revokes it.
+    fn new(etcd: &Etcd, id: i64) -> Self {
+        etcd.inner
+            .lock_leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        LeaseHold {
+            etcd: etcd.clone(),
+            id,
+            stop: CancellationToken::new(),
+            armed: true,
+        }
+    }
+
+    fn unregister(&self) {
+        self.etcd
+            .inner
+            .lock_leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+
     async fn revoke(&mut self) -> Result<()> {
         self.armed = false;
         self.stop.cancel();
+        self.unregister();
         let id = self.id;
         request!(self.etcd, lease => lease.revoke(id))
             .await
@@ -55,6 +80,8 @@ impl LeaseHold {
 impl Drop for LeaseHold {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.unregister();
+        // After `close` the lease was revoked by `close` itself.
         if !self.armed || self.etcd.inner.closed.is_cancelled() {
             return;
         }
@@ -121,12 +148,7 @@ pub(crate) async fn acquire(
     let granted_at = Instant::now();
     let ttl_secs = i64::try_from(secs).unwrap_or(i64::MAX);
     let grant = request!(etcd, lease => lease.grant(ttl_secs, None)).await?;
-    let mut hold = LeaseHold {
-        etcd: etcd.clone(),
-        id: grant.id(),
-        stop: CancellationToken::new(),
-        armed: true,
-    };
+    let mut hold = LeaseHold::new(etcd, grant.id());
     let lost = LostSignal::new();
     let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(secs));
     // Renewals start once the lease serves a contender (not for a failed try_lock).
@@ -290,8 +312,15 @@ async fn wait_for_predecessors(
     my_revision: i64,
     lost: &LostSignal,
 ) -> Result<()> {
-    let lost_error = || Error::LockLost {
-        key: key.as_str().to_owned(),
+    // The lease of a waiter of a closed handle was revoked by `close`.
+    let lost_error = || {
+        if etcd.inner.closed.is_cancelled() {
+            Error::Closed
+        } else {
+            Error::LockLost {
+                key: key.as_str().to_owned(),
+            }
+        }
     };
     loop {
         if lost.is_fired() {
@@ -426,7 +455,7 @@ async fn keep_alive(
                     }
                 }
             }
-            Ok(Err(err)) if lease_gone(&err) => {
+            Ok(Err(err)) if lease_gone(&etcd, id, &err).await => {
                 tracing::debug!(lease = id, %err, "etcd lock lease is gone");
                 lost.fire();
                 return;
@@ -443,10 +472,16 @@ async fn keep_alive(
     }
 }
 
-fn lease_gone(err: &etcd_client::Error) -> bool {
+/// True when opening a keep-alive failed because the lease no longer exists: etcd's
+/// `NotFound` code, or (etcd-client reports a first answer with TTL 0 only as text) a
+/// TimeToLive request that finds no life left.
+async fn lease_gone(etcd: &Etcd, id: i64, err: &etcd_client::Error) -> bool {
     match err {
-        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
-        etcd_client::Error::GRpcStatus(status) => status.message().contains("lease not found"),
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::NotFound,
+        etcd_client::Error::LeaseKeepAliveError(_) => {
+            matches!(request!(etcd, lease => lease.time_to_live(id, None)).await,
+                Ok(resp) if resp.ttl() <= 0)
+        }
         _ => false,
     }
 }

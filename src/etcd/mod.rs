@@ -24,8 +24,9 @@
 //! # Round trips
 //!
 //! One gRPC request each for get, exists, put (without TTL, or with a cached lease),
-//! delete, list, delete_tree, atomic_put, atomic_delete; see `docs/etcd.md` for the
-//! full table, including leases, watches and locks. Concurrent gets and exists share
+//! delete, list, atomic_put, atomic_delete; two for delete_tree (a keys-only Range,
+//! then a guarded Txn, so keys other tools wrote are kept; see `tree`); see
+//! `docs/etcd.md` for the full table, including leases, watches and locks. Concurrent gets and exists share
 //! requests: past two in flight, the waiting ones go out together as one read-only
 //! Txn (see `batch`).
 
@@ -33,6 +34,7 @@ mod batch;
 mod config;
 mod lease;
 mod lock;
+mod tree;
 mod watch;
 
 use std::future::Future;
@@ -41,8 +43,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    KeyValue, KvClient, LeaseClient, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchClient,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    KvClient, LeaseClient, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchClient,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +106,9 @@ pub(crate) struct Inner {
     reads: Reads,
     /// Cancelled by `close`: stops watches and lock keep-alives.
     closed: CancellationToken,
+    /// The leases of the locks held or awaited through this handle: `close` revokes
+    /// them, so its locks are free at once rather than after their TTL.
+    lock_leases: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -157,7 +162,7 @@ impl Etcd {
             match tokio::time::timeout_at(deadline, connect).await {
                 Ok(Ok(client)) => break client,
                 Ok(Err(err)) => {
-                    let err = map_error(err);
+                    let err = refused_credentials(map_error(err), config.username.is_some());
                     let pause = Duration::from_millis(50);
                     if !is_connect_error(&err) || tokio::time::Instant::now() + pause >= deadline {
                         return Err(err);
@@ -186,13 +191,18 @@ impl Etcd {
                 leases: LeaseCache::default(),
                 reads: Reads::default(),
                 closed: CancellationToken::new(),
+                lock_leases: Default::default(),
             }),
         };
         // The probe (a count of one hidden key): the first request also establishes
         // the connection.
         let probe = etcd.full("\u{1}probe");
         let options = GetOptions::new().with_count_only();
-        request!(etcd, kv => kv.get(probe, Some(options)), clone probe, options).await?;
+        // The probe is always a valid request: an `InvalidArgument` answer is etcd's
+        // "user name is empty" (auth is on and no credentials were given).
+        request!(etcd, kv => kv.get(probe, Some(options)), clone probe, options)
+            .await
+            .map_err(|err| refused_credentials(err, true))?;
         Ok(etcd)
     }
 
@@ -231,7 +241,9 @@ impl Etcd {
     fn pair(&self, kv: &KeyValue) -> Option<KvPair> {
         let key = kv.key().strip_prefix(self.inner.prefix.as_slice())?;
         let key = std::str::from_utf8(key).ok()?;
-        if key.is_empty() || key.as_bytes()[0] < 0x20 {
+        // Keys written by other tools in a form kvkit never writes are not ours to
+        // show (the bookkeeping namespace below 0x20 is not normal either).
+        if !Key::is_normal(key) {
             return None;
         }
         Some(KvPair {
@@ -251,11 +263,12 @@ impl Etcd {
             return None;
         }
         key.drain(..self.inner.prefix.len());
-        if key.first().is_none_or(|&b| b < 0x20) {
+        let key = String::from_utf8(key).ok()?;
+        if !Key::is_normal(&key) {
             return None;
         }
         Some(KvPair {
-            key: String::from_utf8(key).ok()?,
+            key,
             value: Bytes::from(value),
             last_index,
         })
@@ -466,24 +479,15 @@ impl Backend for Etcd {
         Ok(pairs)
     }
 
+    /// Keeps keys other tools wrote in a form kvkit never writes; see `tree`.
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
-        let (start, end) = self.dir_range(dir);
-        let options = DeleteOptions::new().with_range(end);
-        request!(self, kv => kv.delete(start, Some(options)), clone start, options).await?;
-        Ok(())
+        self.delete_own_keys_below(dir, false).await
     }
 
+    /// A keys-only Range, then one guarded Txn deleting `dir` and the kvkit keys
+    /// below it (foreign keys kept); see `tree`.
     async fn delete_tree(&self, dir: &Dir) -> Result<()> {
-        let Some(key) = dir.as_key() else {
-            return self.delete_range(dir).await;
-        };
-        let (start, end) = self.dir_range(dir);
-        let txn = Txn::new().and_then([
-            TxnOp::delete(self.full(key.as_str()), None),
-            TxnOp::delete(start, Some(DeleteOptions::new().with_range(end))),
-        ]);
-        request!(self, kv => kv.txn(txn), clone txn).await?;
-        Ok(())
+        self.delete_own_keys_below(dir, true).await
     }
 
     async fn watch(&self, key: &Key<'_>) -> Result<EtcdWatch> {
@@ -504,9 +508,25 @@ impl Backend for Etcd {
         lock::acquire(self, key, options, false).await
     }
 
+    /// Revokes the leases of the locks held or awaited through this handle (best
+    /// effort: a lease that cannot be revoked expires with its TTL), then stops
+    /// watches (each yields `Err(Closed)` and ends) and keep-alives (each guard's
+    /// `lost()` fires). Leases of TTL puts are left to expire on their own: revoking
+    /// them would delete the keys before their TTL.
     async fn close(&self) -> Result<()> {
-        // Stops watches and lock keep-alives. Leases of TTL puts are left to expire on
-        // their own: revoking them would delete the keys before their TTL.
+        let leases: Vec<i64> = self
+            .inner
+            .lock_leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        let revokes = leases.into_iter().map(|id| async move {
+            if let Err(err) = request!(self, lease => lease.revoke(id)).await {
+                tracing::debug!(%err, lease = id, "close: revoking a lock lease failed; it expires with its TTL");
+            }
+        });
+        futures::future::join_all(revokes).await;
         self.inner.closed.cancel();
         Ok(())
     }
@@ -599,42 +619,61 @@ fn timeout_error(after: Duration) -> Error {
     Error::unavailable(NAME, format!("no answer within {after:?}"))
 }
 
-/// True when the error says a lease does not exist (expired or revoked).
-pub(crate) fn is_lease_not_found(err: &Error) -> bool {
-    matches!(err, Error::Backend { source, .. } if source.to_string().contains("lease not found"))
+/// The gRPC status behind an error, if the error came from one.
+fn status_of(err: &Error) -> Option<&tonic::Status> {
+    match err {
+        Error::Backend { source, .. }
+        | Error::Unavailable { source, .. }
+        | Error::PermissionDenied { source, .. } => source.downcast_ref::<tonic::Status>(),
+        _ => None,
+    }
 }
 
-/// Maps an `etcd-client` error to a kvkit error: transport failures and timeouts are
-/// retryable `Unavailable`, refused credentials `PermissionDenied`, the rest `Backend`.
+/// True when the error says a lease does not exist (expired or revoked): etcd answers
+/// `NotFound` only for a missing lease (a missing key is an empty answer).
+pub(crate) fn is_lease_not_found(err: &Error) -> bool {
+    status_of(err).is_some_and(|status| status.code() == tonic::Code::NotFound)
+}
+
+/// True when something in `err`'s source chain is a `T` for which `pred` holds.
+fn chain_has<T: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + 'static),
+    pred: impl Fn(&T) -> bool,
+) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err.downcast_ref::<T>().is_some_and(&pred) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Maps an `etcd-client` error to a kvkit error from its gRPC code and typed sources,
+/// never from message text: transport failures and timeouts are retryable
+/// `Unavailable`, refused credentials `PermissionDenied`, the rest `Backend`.
 pub(crate) fn map_error(err: etcd_client::Error) -> Error {
     use etcd_client::Error as E;
     use tonic::Code;
     match err {
-        E::GRpcStatus(status) => {
-            let message = status.message();
-            let auth = message.contains("authentication failed")
-                || message.contains("permission denied")
-                || message.contains("invalid auth token")
-                || message.contains("user name is empty")
-                || message.contains("user name not found");
-            match status.code() {
-                _ if auth => Error::PermissionDenied {
-                    backend: NAME,
-                    source: Box::new(status),
-                },
-                Code::Unauthenticated | Code::PermissionDenied => Error::PermissionDenied {
-                    backend: NAME,
-                    source: Box::new(status),
-                },
-                Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::Cancelled
-                | Code::Aborted
-                | Code::ResourceExhausted => Error::unavailable(NAME, status),
-                Code::Unknown if is_transport_message(message) => Error::unavailable(NAME, status),
-                _ => Error::backend(NAME, status),
+        E::GRpcStatus(status) => match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => Error::PermissionDenied {
+                backend: NAME,
+                source: Box::new(status),
+            },
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::ResourceExhausted => Error::unavailable(NAME, status),
+            // A status made on this side from a transport failure carries that failure
+            // as its source; one sent by the server carries none.
+            Code::Unknown | Code::Internal if std::error::Error::source(&status).is_some() => {
+                Error::unavailable(NAME, status)
             }
-        }
+            _ => Error::backend(NAME, status),
+        },
         E::TransportError(err) => Error::unavailable(NAME, err),
         E::IoError(err) => Error::unavailable(NAME, err),
         E::WatchError(err) => Error::unavailable(NAME, err),
@@ -643,22 +682,35 @@ pub(crate) fn map_error(err: etcd_client::Error) -> Error {
     }
 }
 
-/// True for a request that failed before reaching any server (refused connection).
-fn is_connect_error(err: &Error) -> bool {
-    matches!(err, Error::Unavailable { source, .. } if {
-        let text = source.to_string();
-        text.contains("tcp connect error") || text.contains("Connection refused")
-    })
+/// At connect, the requests are fixed and valid (the authentication with credentials,
+/// then the probe): etcd answers a wrong user or password, or missing credentials on a
+/// server with auth on, with `InvalidArgument` or `FailedPrecondition`, which there
+/// means refused credentials.
+fn refused_credentials(err: Error, at_connect: bool) -> Error {
+    let refused = at_connect
+        && status_of(&err).is_some_and(|status| {
+            matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+            )
+        });
+    match err {
+        Error::Backend { backend, source } if refused => {
+            Error::PermissionDenied { backend, source }
+        }
+        err => err,
+    }
 }
 
-fn is_transport_message(message: &str) -> bool {
-    [
-        "transport",
-        "connection",
-        "broken pipe",
-        "h2 protocol",
-        "tcp connect",
-    ]
-    .iter()
-    .any(|needle| message.contains(needle))
+/// True for a request that failed before reaching any server: the connection could not
+/// be made (tonic's `ConnectError`, or a refused TCP connection), so nothing was sent.
+fn is_connect_error(err: &Error) -> bool {
+    let Error::Unavailable { source, .. } = err else {
+        return false;
+    };
+    let source: &(dyn std::error::Error + 'static) = source.as_ref();
+    chain_has::<tonic::ConnectError>(source, |_| true)
+        || chain_has::<std::io::Error>(source, |io| {
+            io.kind() == std::io::ErrorKind::ConnectionRefused
+        })
 }

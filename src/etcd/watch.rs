@@ -10,9 +10,12 @@
 //! etcd revision (a transaction that deletes a tree is one snapshot). Dropping the
 //! stream aborts the task, which drops the gRPC stream and so cancels the etcd watch.
 //!
-//! Transient failures are not yielded: the stream resumes on its own. A failure that
-//! retrying cannot fix (refused credentials) is yielded as an error and ends the
-//! stream; `close` ends it too.
+//! An outage is yielded once as `Err(Unavailable)` and the stream resumes on its own.
+//! A failure that retrying cannot fix (refused credentials) is yielded as an error and
+//! ends the stream; `close` ends it after one `Err(Closed)` (the shared rules of
+//! [`crate::watch_task::TaskStream`]). A watch the server cancels for any reason other
+//! than compaction is re-read through a Range, whose typed status tells a revoked
+//! permission from a transient cancel.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -22,12 +25,12 @@ use std::time::Duration;
 use etcd_client::{Event, EventType, GetOptions, WatchOptions, WatchStream};
 use futures::Stream;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::{Etcd, map_error, timeout_error};
 use crate::backend::KvPair;
 use crate::error::{Error, Result};
 use crate::key::{Dir, Key};
+use crate::watch_task::{Backoff, TaskStream};
 
 /// Items buffered between the watch task and a slow consumer.
 const CHANNEL_CAPACITY: usize = 64;
@@ -36,23 +39,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The stream of [`crate::Kv::watch`] on etcd.
 #[derive(Debug)]
-pub struct EtcdWatch {
-    rx: mpsc::Receiver<Result<Option<KvPair>>>,
-    task: JoinHandle<()>,
-}
+pub struct EtcdWatch(TaskStream<Option<KvPair>>);
 
 /// The stream of [`crate::Kv::watch_tree`] on etcd.
 #[derive(Debug)]
-pub struct EtcdWatchTree {
-    rx: mpsc::Receiver<Result<Vec<KvPair>>>,
-    task: JoinHandle<()>,
-}
+pub struct EtcdWatchTree(TaskStream<Vec<KvPair>>);
 
 impl Stream for EtcdWatch {
     type Item = Result<Option<KvPair>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        Pin::new(&mut self.0).poll_next(cx)
     }
 }
 
@@ -60,19 +57,7 @@ impl Stream for EtcdWatchTree {
     type Item = Result<Vec<KvPair>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for EtcdWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Drop for EtcdWatchTree {
-    fn drop(&mut self) {
-        self.task.abort();
+        Pin::new(&mut self.0).poll_next(cx)
     }
 }
 
@@ -185,11 +170,16 @@ pub(crate) async fn watch_key(etcd: Etcd, key: &Key<'_>) -> Result<EtcdWatch> {
     };
     let (revision, kvs) = read(&etcd, &state).await?;
     state.reset(&etcd, &kvs);
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let first = state.last.clone();
-    let _ = tx.try_send(Ok(first));
-    let task = tokio::spawn(follow(etcd, state, revision, tx));
-    Ok(EtcdWatch { rx, task })
+    let closed = etcd.inner.closed.clone();
+    Ok(EtcdWatch(TaskStream::spawn(
+        CHANNEL_CAPACITY,
+        closed,
+        |tx| {
+            let _ = tx.try_send(Ok(first));
+            follow(etcd, state, revision, tx)
+        },
+    )))
 }
 
 /// Starts a watch of everything below `dir`.
@@ -202,10 +192,16 @@ pub(crate) async fn watch_tree(etcd: Etcd, dir: &Dir) -> Result<EtcdWatchTree> {
     };
     let (revision, kvs) = read(&etcd, &state).await?;
     state.reset(&etcd, &kvs);
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let _ = tx.try_send(Ok(state.snapshot()));
-    let task = tokio::spawn(follow(etcd, state, revision, tx));
-    Ok(EtcdWatchTree { rx, task })
+    let first = state.snapshot();
+    let closed = etcd.inner.closed.clone();
+    Ok(EtcdWatchTree(TaskStream::spawn(
+        CHANNEL_CAPACITY,
+        closed,
+        |tx| {
+            let _ = tx.try_send(Ok(first));
+            follow(etcd, state, revision, tx)
+        },
+    )))
 }
 
 /// Reads the followed key or range: the revision of the read and the pairs.
@@ -243,6 +239,9 @@ enum Break {
     Retry,
     /// The revision was compacted: re-read, then re-open.
     Compacted,
+    /// The server cancelled the watch for another reason: check access with a read,
+    /// then re-open from the same revision.
+    Cancelled,
 }
 
 /// The watch task: follows etcd from `revision + 1` until the consumer goes away.
@@ -253,7 +252,7 @@ async fn follow<S: Follow>(
     tx: mpsc::Sender<Result<S::Item>>,
 ) {
     let closed = etcd.inner.closed.clone();
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     // One `Err` item per outage tells the consumer; then the watch keeps retrying.
     let mut reported_outage = false;
     loop {
@@ -288,6 +287,15 @@ async fn follow<S: Follow>(
         };
         match outcome {
             Break::Stop => return,
+            Break::Cancelled => match read(&etcd, &state).await {
+                Err(Error::Closed) => return,
+                Err(err) if !err.is_retryable() => {
+                    // A revoked permission: the typed answer of the read says so.
+                    let _ = tx.send(Err(err)).await;
+                    return;
+                }
+                _ => {}
+            },
             Break::Compacted => match read(&etcd, &state).await {
                 Ok((read_revision, kvs)) => {
                     revision = read_revision;
@@ -299,6 +307,10 @@ async fn follow<S: Follow>(
                     continue;
                 }
                 Err(Error::Closed) => return,
+                Err(err) if !err.is_retryable() => {
+                    let _ = tx.send(Err(err)).await;
+                    return;
+                }
                 Err(err) => {
                     tracing::debug!(%err, "etcd watch re-read failed; retrying");
                     // Re-opening from the compacted revision will report it again.
@@ -307,11 +319,10 @@ async fn follow<S: Follow>(
             Break::Retry => {}
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
             () = closed.cancelled() => return,
             () = tx.closed() => return,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -322,7 +333,7 @@ async fn pump<S: Follow>(
     revision: &mut i64,
     stream: &mut WatchStream,
     tx: &mpsc::Sender<Result<S::Item>>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Break {
     let closed = etcd.inner.closed.clone();
     loop {
@@ -345,28 +356,19 @@ async fn pump<S: Follow>(
             }
         };
         if resp.canceled() {
-            if resp.compact_revision() > 0 {
-                tracing::debug!(
-                    compacted = resp.compact_revision(),
-                    "etcd watch revision compacted; re-reading"
-                );
-                return Break::Compacted;
-            }
-            let reason = resp.cancel_reason().to_owned();
-            if reason.contains("permission denied") {
-                let _ = tx
-                    .send(Err(Error::PermissionDenied {
-                        backend: super::NAME,
-                        source: reason.into(),
-                    }))
-                    .await;
-                return Break::Stop;
-            }
-            tracing::debug!(%reason, "etcd watch cancelled by the server; resuming");
-            return Break::Retry;
+            tracing::debug!(
+                compacted = resp.compact_revision(),
+                reason = resp.cancel_reason(),
+                "etcd watch cancelled by the server"
+            );
+            return if resp.compact_revision() > 0 {
+                Break::Compacted
+            } else {
+                Break::Cancelled
+            };
         }
         if resp.created() {
-            *backoff = MIN_BACKOFF;
+            backoff.reset();
         }
         // Events arrive in revision order; yield once per revision.
         let events = resp.events();

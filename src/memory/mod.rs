@@ -158,18 +158,39 @@ impl Memory {
         Ok(self.inner.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Starts the expiry task on the first TTL write (there is a runtime by then).
+    /// Starts the expiry task if none runs (on the first TTL write, or again when the
+    /// runtime that ran it has ended), and wakes it.
     fn schedule_expiry(&self) {
         if !self.inner.reaper_started.swap(true, Ordering::AcqRel) {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    handle.spawn(reap(Arc::downgrade(&self.inner), self.inner.reaper.clone()));
+                    let running = ReaperRunning(Arc::downgrade(&self.inner));
+                    handle.spawn(reap(running, self.inner.reaper.clone()));
                 }
                 // Reads still hide expired keys; only watchers miss the expiry.
                 Err(_) => self.inner.reaper_started.store(false, Ordering::Release),
             }
         }
         self.inner.reaper.notify_one();
+    }
+
+    /// Makes sure pending TTLs reach watchers: a new watcher may live on a runtime
+    /// other than the one whose expiry task ended with it.
+    fn ensure_expiry(&self) {
+        // The flag first: a running task (the common case) costs no lock.
+        if self.inner.reaper_started.load(Ordering::Acquire) {
+            return;
+        }
+        let pending = !self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expiries
+            .is_empty();
+        if pending {
+            self.schedule_expiry();
+        }
     }
 
     fn write(
@@ -229,8 +250,22 @@ impl Memory {
     }
 }
 
+/// Owned by the expiry task: when the task ends, also because its runtime shut down
+/// and dropped it, the store learns that no task runs, so the next TTL write or watch
+/// starts one on a live runtime.
+struct ReaperRunning(Weak<Inner>);
+
+impl Drop for ReaperRunning {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.reaper_started.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Deletes expired entries when their deadline passes, so watchers see them go.
-async fn reap(inner: Weak<Inner>, wake: Arc<Notify>) {
+async fn reap(running: ReaperRunning, wake: Arc<Notify>) {
+    let inner = running.0.clone();
     loop {
         let next = {
             let Some(inner) = inner.upgrade() else { return };
@@ -382,11 +417,13 @@ impl Backend for Memory {
 
     async fn watch(&self, key: &Key<'_>) -> Result<MemoryWatch> {
         self.check_open()?;
+        self.ensure_expiry();
         Ok(MemoryWatch(LocalWatch::new(self.inner.clone(), key)))
     }
 
     async fn watch_tree(&self, dir: &Dir) -> Result<MemoryWatchTree> {
         self.check_open()?;
+        self.ensure_expiry();
         Ok(MemoryWatchTree(LocalWatchTree::new(
             self.inner.clone(),
             dir,
@@ -433,6 +470,40 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(!kv.exists("t").await.unwrap());
         assert_eq!(watch.next().await.unwrap().unwrap(), None);
+    }
+
+    #[test]
+    fn ttl_expiry_reaches_watchers_after_the_first_runtime_ended() {
+        let memory = Memory::new();
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        first.block_on(async {
+            Kv::new(memory.clone())
+                .put("t", "v", PutOptions::with_ttl(Duration::from_millis(300)))
+                .await
+                .unwrap();
+        });
+        // The runtime that ran the expiry task is gone, and the task with it.
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        second.block_on(async {
+            let kv = Kv::new(memory.clone());
+            let mut watch = kv.watch("t").await.unwrap();
+            assert!(watch.next().await.unwrap().unwrap().is_some());
+            let expired = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
+            assert_eq!(
+                expired
+                    .expect("the expiry reached the watcher")
+                    .unwrap()
+                    .unwrap(),
+                None
+            );
+        });
     }
 
     #[tokio::test]

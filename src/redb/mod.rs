@@ -13,6 +13,11 @@
 //!   (opening the same path twice in a process returns the same shared store). They
 //!   are process-local: a second process cannot open the file at all and gets
 //!   [`Error::Backend`] saying the database is already open.
+//! * Locks survive their holder's crash: every lock write is also recorded (key and
+//!   index) in a lock table, in the same transaction. The file is process-exclusive,
+//!   so a lock record found when the file is opened belongs to a process that died
+//!   (or a store that was closed): its key is deleted at open if it still holds that
+//!   lock write. `close` releases the locks of its store the same way.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -46,6 +51,8 @@ const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kvkit_data");
 const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("kvkit_expiry");
 /// "revision" -> the last revision handed out.
 const META: TableDefinition<&str, u64> = TableDefinition::new("kvkit_meta");
+/// key -> last_index of the lock write holding it (see the module docs).
+const LOCKS: TableDefinition<&str, u64> = TableDefinition::new("kvkit_locks");
 const REVISION: &str = "revision";
 const HEADER: usize = 16;
 
@@ -53,6 +60,9 @@ const HEADER: usize = 16;
 #[derive(Clone)]
 pub struct Redb {
     inner: Arc<Inner>,
+    /// Set on the handle a lock works through: its conditional writes record lock
+    /// ownership (see the module docs).
+    lock_records: bool,
 }
 
 impl std::fmt::Debug for Redb {
@@ -79,13 +89,19 @@ enum Write {
         value: Bytes,
         ttl: Option<Duration>,
         expect: Option<Expect>,
+        /// A lock write: recorded in the lock table.
+        lock: bool,
         reply: oneshot::Sender<Result<Cas<KvPair>>>,
     },
     Delete {
         key: Key<'static>,
         expect: Option<u64>,
+        /// A lock release: drops the lock record.
+        lock: bool,
         reply: oneshot::Sender<Result<Cas<bool>>>,
     },
+    /// Deletes every key still held by a recorded lock (`close`).
+    ReleaseLocks { reply: oneshot::Sender<Result<()>> },
     DeleteRange {
         dir: Dir,
         /// Delete `dir` itself too (`delete_tree`).
@@ -162,7 +178,10 @@ impl Redb {
         if let Some(inner) = open.get(&path).and_then(Weak::upgrade)
             && !inner.closed.load(Ordering::Acquire)
         {
-            return Ok(Redb { inner });
+            return Ok(Redb {
+                inner,
+                lock_records: false,
+            });
         }
         let db = Arc::new(Database::create(&path).map_err(storage)?);
         let revision = init_tables(&db)?;
@@ -187,7 +206,18 @@ impl Redb {
         });
         open.retain(|_, weak| weak.strong_count() > 0);
         open.insert(path, Arc::downgrade(&inner));
-        Ok(Redb { inner })
+        Ok(Redb {
+            inner,
+            lock_records: false,
+        })
+    }
+
+    /// The handle a lock works through: its conditional writes keep the lock table.
+    fn locker(&self) -> Redb {
+        Redb {
+            inner: self.inner.clone(),
+            lock_records: true,
+        }
     }
 
     /// The database file.
@@ -216,19 +246,63 @@ impl Redb {
     }
 }
 
-/// Creates the tables if needed and returns the stored revision.
+/// Creates the tables if needed, frees the locks left by a dead process (nobody else
+/// can have the file open), and returns the stored revision.
 fn init_tables(db: &Database) -> Result<u64> {
     let txn = db.begin_write().map_err(storage)?;
     let revision = {
         txn.open_table(DATA).map_err(storage)?;
         txn.open_table(EXPIRY).map_err(storage)?;
-        let meta = txn.open_table(META).map_err(storage)?;
-        meta.get(REVISION)
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        let mut revision = meta
+            .get(REVISION)
             .map_err(storage)?
-            .map_or(0, |v| v.value())
+            .map_or(0, |v| v.value());
+        if !free_locks(&txn, &mut revision)?.is_empty() {
+            meta.insert(REVISION, revision).map_err(storage)?;
+        }
+        revision
     };
     txn.commit().map_err(storage)?;
     Ok(revision)
+}
+
+/// Deletes every key that still holds the lock write its record names, clears the
+/// lock table, and returns the deleted keys (raising `revision` once if any).
+fn free_locks(txn: &WriteTransaction, revision: &mut u64) -> Result<Vec<String>> {
+    let mut locks = txn.open_table(LOCKS).map_err(storage)?;
+    let mut records = Vec::new();
+    for entry in locks.iter().map_err(storage)? {
+        let (key, index) = entry.map_err(storage)?;
+        records.push((key.value().to_owned(), index.value()));
+    }
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut data = txn.open_table(DATA).map_err(storage)?;
+    let mut expiry = txn.open_table(EXPIRY).map_err(storage)?;
+    let mut freed = Vec::new();
+    for (key, index) in records {
+        locks.remove(key.as_str()).map_err(storage)?;
+        let held = match data.get(key.as_str()).map_err(storage)? {
+            Some(raw) => {
+                let (current, expires, _) = decode(raw.value())?;
+                (current == index).then_some(expires)
+            }
+            None => None,
+        };
+        if let Some(expires) = held {
+            if expires != 0 {
+                expiry.remove((expires, key.as_str())).map_err(storage)?;
+            }
+            data.remove(key.as_str()).map_err(storage)?;
+            freed.push(key);
+        }
+    }
+    if !freed.is_empty() {
+        *revision += 1;
+    }
+    Ok(freed)
 }
 
 impl Inner {
@@ -379,7 +453,8 @@ impl Writer {
                         (Write::Delete { reply, .. }, Outcome::Deleted(cas)) => {
                             let _ = reply.send(Ok(cas));
                         }
-                        (Write::DeleteRange { reply, .. }, Outcome::Done) => {
+                        (Write::DeleteRange { reply, .. }, Outcome::Done)
+                        | (Write::ReleaseLocks { reply }, Outcome::Done) => {
                             let _ = reply.send(Ok(()));
                         }
                         _ => unreachable!("apply answers each write with its own outcome"),
@@ -397,6 +472,7 @@ impl Writer {
                         Write::Put { reply, .. } => drop(reply.send(Err(fail()))),
                         Write::Delete { reply, .. } => drop(reply.send(Err(fail()))),
                         Write::DeleteRange { reply, .. } => drop(reply.send(Err(fail()))),
+                        Write::ReleaseLocks { reply } => drop(reply.send(Err(fail()))),
                     }
                 }
             }
@@ -453,6 +529,7 @@ impl Writer {
                 value,
                 ttl,
                 expect,
+                lock,
                 ..
             } => {
                 let existing = current(&data, key.as_str())?;
@@ -485,6 +562,12 @@ impl Writer {
                         .insert((expires_at, key.as_str()), ())
                         .map_err(storage)?;
                 }
+                if *lock {
+                    txn.open_table(LOCKS)
+                        .map_err(storage)?
+                        .insert(key.as_str(), self.revision)
+                        .map_err(storage)?;
+                }
                 changed.push(key.as_str().to_owned());
                 Ok(Outcome::Pair(Cas::Applied(KvPair {
                     key: key.as_str().to_owned(),
@@ -492,7 +575,9 @@ impl Writer {
                     last_index: self.revision,
                 })))
             }
-            Write::Delete { key, expect, .. } => {
+            Write::Delete {
+                key, expect, lock, ..
+            } => {
                 let existing = current(&data, key.as_str())?;
                 let live_index = existing.filter(|(_, exp)| live(*exp, now)).map(|(i, _)| i);
                 if let Some(index) = expect
@@ -509,6 +594,12 @@ impl Writer {
                     data.remove(key.as_str()).map_err(storage)?;
                     self.revision += 1;
                     changed.push(key.as_str().to_owned());
+                }
+                if *lock {
+                    txn.open_table(LOCKS)
+                        .map_err(storage)?
+                        .remove(key.as_str())
+                        .map_err(storage)?;
                 }
                 Ok(Outcome::Deleted(Cas::Applied(live_index.is_some())))
             }
@@ -541,6 +632,11 @@ impl Writer {
                     self.revision += 1;
                 }
                 changed.extend(doomed.into_iter().map(|(k, _)| k));
+                Ok(Outcome::Done)
+            }
+            Write::ReleaseLocks { .. } => {
+                drop((data, expiry));
+                changed.extend(free_locks(txn, &mut self.revision)?);
                 Ok(Outcome::Done)
             }
         }
@@ -582,6 +678,7 @@ impl Backend for Redb {
                 value,
                 ttl,
                 expect: None,
+                lock: false,
                 reply,
             })
             .await?
@@ -597,6 +694,7 @@ impl Backend for Redb {
             .submit(|reply| Write::Delete {
                 key,
                 expect: None,
+                lock: false,
                 reply,
             })
             .await?
@@ -615,11 +713,13 @@ impl Backend for Redb {
     ) -> Result<Cas<KvPair>> {
         let ttl = options.ttl;
         let key = key.owned();
+        let lock = self.lock_records;
         self.submit(|reply| Write::Put {
             key,
             value,
             ttl,
             expect: Some(expect),
+            lock,
             reply,
         })
         .await
@@ -627,10 +727,12 @@ impl Backend for Redb {
 
     async fn compare_and_delete(&self, key: &Key<'_>, index: u64) -> Result<Cas<()>> {
         let key = key.owned();
+        let lock = self.lock_records;
         let outcome = self
             .submit(|reply| Write::Delete {
                 key,
                 expect: Some(index),
+                lock,
                 reply,
             })
             .await?;
@@ -682,7 +784,7 @@ impl Backend for Redb {
     }
 
     async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<CasLock<Redb>> {
-        CasLock::lock(self, key, options).await
+        CasLock::lock(&self.locker(), key, options).await
     }
 
     async fn try_lock(
@@ -690,19 +792,29 @@ impl Backend for Redb {
         key: &Key<'_>,
         options: &LockOptions,
     ) -> Result<Option<CasLock<Redb>>> {
-        CasLock::try_lock(self, key, options).await
+        CasLock::try_lock(&self.locker(), key, options).await
     }
 
-    /// Finishes the queued writes, stops the writer thread and ends the watches. The
-    /// file is released when the last handle is dropped.
+    /// Finishes the queued writes, releases the locks held through this store (their
+    /// guards see `lost()`), stops the writer thread and ends the watches. The file is
+    /// released when the last handle is dropped.
     async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Release);
-        // Dropping the sender lets the writer drain what is queued and exit.
-        self.inner
+        let sender = self
+            .inner
             .writes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        self.inner.closed.store(true, Ordering::Release);
+        if let Some(sender) = sender {
+            let (reply, released) = oneshot::channel();
+            let queued = sender.send(Write::ReleaseLocks { reply }).is_ok();
+            // Dropping the sender lets the writer drain what is queued and exit.
+            drop(sender);
+            if queued && let Ok(Err(err)) = released.await {
+                tracing::warn!(%err, "redb: releasing the held locks on close failed; they are freed at the next open");
+            }
+        }
         self.inner.watchers.notify_all();
         Ok(())
     }

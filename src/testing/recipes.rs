@@ -430,4 +430,132 @@ pub async fn typed_values<B: Backend>(kv: &Kv<B>) {
         .await
         .expect_err("missing");
     assert_eq!(missing.kind(), ErrorKind::NotFound);
+    // A value serde cannot encode (a map with non-string keys) is an `Encode` error,
+    // and nothing is written.
+    let unencodable: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+    let err = kv
+        .put_json(
+            format!("{dir}/unencodable"),
+            &unencodable,
+            PutOptions::default(),
+        )
+        .await
+        .expect_err("unencodable");
+    assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+    assert!(
+        !kv.exists(format!("{dir}/unencodable"))
+            .await
+            .expect("exists"),
+        "a value that failed to encode was written"
+    );
+}
+
+/// Closing the store ends every recipe: a lock guard reports `lost()`, a leading
+/// candidate steps down and its campaign stream ends, a follower yields
+/// `Err(Closed)` and ends, a watch yields `Err(Closed)` and ends. Closes `kv`: give it
+/// a handle of its own and run it last.
+pub async fn close_ends_recipes<B: Backend>(kv: &Kv<B>) {
+    let dir = fresh(kv, "close").await;
+    let key = format!("{dir}/leader");
+    let bound = takeover_bound(kv);
+    let candidate =
+        Candidate::new(kv.clone(), &key, "node-1", ttl(kv)).retry_after(Duration::from_millis(50));
+    let mut campaign = candidate.campaign();
+    assert_eq!(
+        campaign.next().await,
+        Some(false),
+        "a campaign starts with false"
+    );
+    let elected = tokio::time::timeout(bound, campaign.next()).await;
+    assert_eq!(
+        elected.ok().flatten(),
+        Some(true),
+        "the only candidate is elected"
+    );
+    let mut leaders = Follower::new(kv.clone(), &key)
+        .retry_after(Duration::from_millis(20))
+        .leaders();
+    loop {
+        let seen = tokio::time::timeout(bound, leaders.next()).await;
+        match seen.expect("the follower reports the leader") {
+            Some(Ok(Some(leader))) if leader == "node-1" => break,
+            Some(_) => {}
+            None => panic!("the follower ended before the store was closed"),
+        }
+    }
+    let guard = kv
+        .lock(format!("{dir}/lock"), crate::LockOptions::default())
+        .await
+        .expect("lock");
+    let mut watch = kv.watch(format!("{dir}/watched")).await.expect("watch");
+    assert!(matches!(watch.next().await, Some(Ok(None))), "watch starts");
+    let registry = Registry::new(kv.clone(), format!("{dir}/services"));
+    let mut instances = registry.watch("web").await.expect("instance watch");
+    let first = tokio::time::timeout(bound, instances.next()).await;
+    assert!(
+        matches!(first, Ok(Some(Ok(ref set))) if set.is_empty()),
+        "the instance watch starts empty: {first:?}"
+    );
+
+    kv.close().await.expect("close");
+
+    tokio::time::timeout(bound, crate::LockGuard::lost(&guard))
+        .await
+        .expect("a lock guard reports lost() after close");
+    let mut tail = Vec::new();
+    let ended = tokio::time::timeout(bound, async {
+        while let Some(event) = campaign.next().await {
+            tail.push(event);
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the campaign did not end after close (events {tail:?})"
+    );
+    assert_eq!(
+        tail,
+        [false],
+        "the leader steps down once, then the campaign ends"
+    );
+    assert!(
+        !candidate.is_leader(),
+        "a candidate of a closed store leads"
+    );
+    let mut errors = Vec::new();
+    let ended = tokio::time::timeout(bound, async {
+        while let Some(item) = leaders.next().await {
+            if let Err(err) = item {
+                errors.push(err.kind());
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the follower did not end after close (errors {errors:?})"
+    );
+    assert_eq!(errors.last(), Some(&ErrorKind::Closed), "{errors:?}");
+    let item = tokio::time::timeout(bound, watch.next())
+        .await
+        .expect("the watch reports the close");
+    assert!(
+        matches!(&item, Some(Err(crate::Error::Closed))),
+        "a watch yields Err(Closed) after close, got {item:?}"
+    );
+    let end = tokio::time::timeout(bound, watch.next())
+        .await
+        .expect("the watch ends after Err(Closed)");
+    assert!(end.is_none(), "a watch ends after Err(Closed), got {end:?}");
+    let item = tokio::time::timeout(bound, instances.next())
+        .await
+        .expect("the instance watch reports the close");
+    assert!(
+        matches!(&item, Some(Err(crate::Error::Closed))),
+        "an instance watch yields Err(Closed) after close, got {item:?}"
+    );
+    let end = tokio::time::timeout(bound, instances.next())
+        .await
+        .expect("the instance watch ends");
+    assert!(end.is_none(), "an instance watch ends after Err(Closed)");
 }

@@ -104,6 +104,11 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
+        if shared.faults.refusing() {
+            // Down: the connection closes before any byte is exchanged.
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -219,6 +224,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     }
     if shared.faults.take_fail() {
         return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "emulated failure"));
+    }
+    if let Some(code) = shared.faults.take_status() {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(text(status, "emulated status"));
     }
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {

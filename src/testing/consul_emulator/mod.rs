@@ -101,6 +101,9 @@ pub struct Faults {
     fail_all: AtomicBool,
     drop_next: AtomicU64,
     delay_ms: AtomicU64,
+    status_next: AtomicU64,
+    status_code: AtomicU64,
+    refusing: AtomicBool,
 }
 
 impl Faults {
@@ -117,6 +120,29 @@ impl Faults {
     /// The next `n` requests are answered by closing the connection, with no response.
     pub fn drop_next(&self, n: u64) {
         self.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` requests get the HTTP status `code` (e.g. 429 or 503) and no data.
+    pub fn respond_next(&self, code: u16, n: u64) {
+        self.status_code.store(u64::from(code), Ordering::SeqCst);
+        self.status_next.store(n, Ordering::SeqCst);
+    }
+
+    /// While `on`, the agent is down as during a restart: every new connection is
+    /// closed at once, before any TLS handshake or request is read. Together with
+    /// [`ConsulEmulator::drop_connections`] this is an agent restart that keeps its
+    /// state (as a restarted server agent does).
+    pub fn set_refusing(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn take_status(&self) -> Option<u16> {
+        take_one(&self.status_next)
+            .then(|| u16::try_from(self.status_code.load(Ordering::SeqCst)).unwrap_or(500))
     }
 
     /// Delays every response by `delay` (zero: no delay).
