@@ -787,7 +787,7 @@ impl Inner {
     pub(crate) fn key_of<'a>(&self, path: &'a str) -> Option<&'a str> {
         path.strip_prefix(self.kv_root.as_str())?
             .strip_prefix('/')
-            .filter(|key| Key::new(key).is_ok_and(|k| k.as_str() == *key))
+            .filter(|key| Key::is_normal(key))
     }
 
     pub(crate) fn server_now_ms(&self) -> i64 {
