@@ -311,8 +311,20 @@ impl Seen {
     }
 }
 
+/// Half the operations go to the first three keys ("hot": they are also the watched
+/// ones), so writes, swaps and watches collide often.
+fn random_key(rng: &mut Rng, keys: &[&'static str]) -> &'static str {
+    if rng.below(2) == 0 {
+        keys[rng.below(keys.len().min(HOT_KEYS))]
+    } else {
+        keys[rng.below(keys.len())]
+    }
+}
+
+const HOT_KEYS: usize = 3;
+
 fn random_op(rng: &mut Rng, keys: &[&'static str], seen: &Seen, value: Bytes) -> ClientOp {
-    let key = keys[rng.below(keys.len())];
+    let key = random_key(rng, keys);
     match rng.below(100) {
         0..18 => ClientOp::Get(key),
         18..22 => ClientOp::Exists(key),
@@ -329,7 +341,13 @@ fn random_op(rng: &mut Rng, keys: &[&'static str], seen: &Seen, value: Bytes) ->
 struct Shared {
     clock: Clock,
     progress: AtomicUsize,
+    /// Set when the fault is injected; stays set (errors after the heal are still
+    /// treated as indeterminate while the store recovers).
     faulted: AtomicBool,
+    /// Set once the fault is in force.
+    injected: AtomicBool,
+    /// A fault will be injected: clients wait for it a third of the way through.
+    fault_planned: bool,
 }
 
 async fn client<B: Backend>(
@@ -343,6 +361,13 @@ async fn client<B: Backend>(
     let mut seen = Seen::default();
     let mut out = Vec::with_capacity(config.ops_per_client);
     for n in 0..config.ops_per_client {
+        if shared.fault_planned && n == config.ops_per_client / 3 {
+            // Make sure the fault is in force for the middle third on any store speed.
+            let deadline = Instant::now() + config.settle;
+            while !shared.injected.load(Ordering::SeqCst) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
         let value = Bytes::from(format!("c{id}-{n}"));
         let op = random_op(&mut rng, keys, &seen, value);
         let call = shared.clock.now();
@@ -794,9 +819,12 @@ fn check_watches(
             }
         }
     }
-    // Convergence: the last session of each key ends on the final state.
+    // Convergence: the last session of each key that yielded anything ends on the
+    // final write.
     for (key, want) in finals {
-        if let Some(log) = logs.iter().rev().find(|l| l.key == *key && l.error.is_none()) {
+        let last = logs.iter().rev().find(|l| l.key == *key && !l.items.is_empty());
+        let last = last.or_else(|| logs.iter().rev().find(|l| l.key == *key));
+        if let Some(log) = last {
             let got = log.items.last().map(|(_, s)| s);
             let same = match (got, want) {
                 (Some(None), None) => true,
@@ -804,10 +832,22 @@ fn check_watches(
                 _ => false,
             };
             if !same {
-                return Err(format!(
-                    "a watch of {key:?} did not converge: its last item is {:?}, the key holds {:?}\n",
-                    got, want
-                ));
+                let mut h = format!(
+                    "a watch of {key:?} did not converge: its last item is {:?}, the key holds {:?}\n  watch called at {:.3}ms, {} sessions of this key; items:\n",
+                    got,
+                    want,
+                    log.call as f64 / 1e6,
+                    logs.iter().filter(|l| l.key == *key).count()
+                );
+                for (t, s) in log.items.iter().rev().take(6).rev() {
+                    let _ = writeln!(h, "    at {:.3}ms: {s:?}", *t as f64 / 1e6);
+                }
+                let _ = writeln!(h, "  last operations on the key:");
+                let on_key: Vec<&Event> = events.iter().filter(|e| e.key == *key).collect();
+                for e in on_key.iter().rev().take(8).rev() {
+                    let _ = writeln!(h, "    {e}");
+                }
+                return Err(h);
             }
         }
     }
@@ -847,6 +887,8 @@ pub async fn check_concurrent<B: Backend>(
         clock: Clock(Instant::now()),
         progress: AtomicUsize::new(0),
         faulted: AtomicBool::new(false),
+        injected: AtomicBool::new(false),
+        fault_planned: fault.is_some(),
     });
     let total = config.clients * config.ops_per_client;
     let mut rng = Rng(seed ^ 0x77);
@@ -858,10 +900,10 @@ pub async fn check_concurrent<B: Backend>(
     let mut watch_tasks = Vec::new();
     let mut watched = Vec::new();
     for w in 0..config.watchers {
-        let key = keys[rng.below(keys.len())];
+        let key = keys[w % keys.len().min(HOT_KEYS)];
         watched.push(key);
         let (kv, shared, logs, stop) = (handle(config.clients + w), shared.clone(), logs.clone(), stop.clone());
-        let start_at = total * (w + 1) / (config.watchers + 2);
+        let start_at = total * w / (2 * config.watchers);
         watch_tasks.push(tokio::spawn(async move {
             while shared.progress.load(Ordering::SeqCst) < start_at && !stop.is_cancelled() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -880,10 +922,11 @@ pub async fn check_concurrent<B: Backend>(
         let shared = shared.clone();
         tokio::spawn(async move {
             while shared.progress.load(Ordering::SeqCst) < total / 3 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             shared.faulted.store(true, Ordering::SeqCst);
             fault.inject().await;
+            shared.injected.store(true, Ordering::SeqCst);
             while shared.progress.load(Ordering::SeqCst) < total * 2 / 3 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -915,44 +958,62 @@ pub async fn check_concurrent<B: Backend>(
     }
     let run_time = started.elapsed();
 
-    // Final states (after recovery, bounded), then wait for watches to converge.
+    // A final write to every watched key (retried until the store has recovered,
+    // bounded): the history's last state of the key, which every watch must reach.
     let mut finals = HashMap::new();
     let deadline = Instant::now() + config.settle;
-    for key in watched.iter().copied() {
-        loop {
-            match kv.get(full(key)).await {
-                Ok(p) => {
-                    finals.insert(key, Some(p));
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    finals.insert(key, None);
-                    break;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!("final read of {key} failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(failure(seed, "the store did not recover after the fault", e)),
+    let finisher = config.clients;
+    let mut dedup = watched.clone();
+    dedup.sort_unstable();
+    dedup.dedup();
+    for (k, key) in dedup.iter().copied().enumerate() {
+        for attempt in 0.. {
+            let op = ClientOp::Put(key, Bytes::from(format!("final-{k}-{attempt}")));
+            let call = shared.clock.now();
+            let reply = run_op(&kv, &op, config.op_timeout, true).await;
+            let ret = shared.clock.now();
+            let reply = reply.unwrap_or_else(Reply::Unknown);
+            let done = match &reply {
+                Reply::Pair(Some(p)) => Some(p.clone()),
+                _ => None,
+            };
+            records.push(Record {
+                client: finisher,
+                op,
+                call,
+                ret,
+                reply,
+            });
+            if let Some(p) = done {
+                finals.insert(key, Some(p));
+                break;
             }
+            if Instant::now() > deadline {
+                stop.cancel();
+                return Err(failure(
+                    seed,
+                    "the store did not recover after the fault",
+                    format!("the final write to {key} kept failing for {:?}", config.settle),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     let converged = |logs: &[WatchLog]| {
         finals.iter().all(|(key, want)| {
-            logs.iter().rev().find(|l| l.key == *key).is_none_or(|l| {
-                l.error.is_some()
-                    || l.items.last().is_some_and(|(_, s)| match (s, want) {
-                        (None, None) => true,
-                        (Some(a), Some(b)) => a.last_index == b.last_index,
-                        _ => false,
-                    })
-            })
+            let want = want.as_ref().map(|p| p.last_index);
+            logs.iter()
+                .rev()
+                .find(|l| l.key == *key && !l.items.is_empty())
+                .is_some_and(|l| {
+                    l.items.last().and_then(|(_, s)| s.as_ref()).map(|p| p.last_index) == want
+                })
         })
     };
     while Instant::now() < deadline
         && !converged(&logs.lock().unwrap_or_else(|e| e.into_inner()))
     {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.cancel();
     for t in watch_tasks {
