@@ -31,3 +31,80 @@ async fn memory() {
         show("memory", &report);
     }
 }
+
+/// Runs `seeds` seeded concurrent checks on `handles`, printing each report.
+async fn check_seeds<B: kvkit::Backend>(name: &str, handles: Vec<Kv<B>>, seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        let config = ConcurrentConfig {
+            seed,
+            ..ConcurrentConfig::default()
+        };
+        match check_concurrent(handles.clone(), config, None).await {
+            Ok(report) => show(name, &report),
+            Err(failure) => panic!("{name}: {failure}"),
+        }
+    }
+}
+
+#[cfg(feature = "redb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = kvkit::redb::Redb::open(dir.path().join("concurrent.redb")).unwrap();
+    // Clones share one database, as two handles of one process do.
+    check_seeds("redb", vec![Kv::new(store.clone()), Kv::new(store)], 0..3).await;
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd() {
+    use kvkit::etcd::Etcd;
+    use kvkit::testing::etcd_server::EtcdServer;
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        // Separate connections: each is its own client of the cluster.
+        handles.push(Kv::new(Etcd::connect(server.config()).await.unwrap()));
+    }
+    check_seeds("etcd", handles, 0..2).await;
+}
+
+#[cfg(feature = "zookeeper")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper() {
+    use kvkit::testing::zookeeper_server::ZkServer;
+    use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let config = ZookeeperConfig::new(server.connect_string())
+            .root("/kvkit-concurrent-suite")
+            .session_timeout(std::time::Duration::from_secs(8))
+            .request_timeout(std::time::Duration::from_secs(5));
+        handles.push(Kv::new(Zookeeper::connect(config).await.unwrap()));
+    }
+    check_seeds("zookeeper", handles, 0..2).await;
+}
+
+#[cfg(feature = "consul")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_emulator() {
+    use kvkit::consul::{Consul, ConsulConfig};
+    use kvkit::testing::consul_emulator::ConsulEmulator;
+    use std::time::Duration;
+    let emu = ConsulEmulator::start_default().await.unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let config = ConsulConfig::new(emu.url())
+            .min_session_ttl(Duration::from_secs(1))
+            .lock_ttl(Duration::from_secs(2))
+            .lock_delay(Duration::from_millis(200))
+            .wait(Duration::from_secs(5));
+        handles.push(Kv::new(Consul::connect(config).await.unwrap()));
+    }
+    check_seeds("consul emulator", handles, 0..2).await;
+}

@@ -42,6 +42,9 @@ pub enum Bug {
 
 type Event = (String, Option<KvPair>);
 
+/// How long a non-atomic compare-and-swap waits between its read and its write.
+const CAS_WINDOW: Duration = Duration::from_millis(3);
+
 /// A [`Memory`] store with one [`Bug`] and a fault switch.
 #[derive(Clone)]
 pub struct Racy {
@@ -191,7 +194,7 @@ impl Backend for Racy {
         let lose = self.before(true)?;
         if self.bug == Bug::NonAtomicCas {
             let current = self.inner.get(key).await?;
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(CAS_WINDOW).await;
             let holds = match (expect, &current) {
                 (Expect::Absent, None) => true,
                 (Expect::Index(i), Some(p)) => p.last_index == i,
@@ -216,7 +219,7 @@ impl Backend for Racy {
         let lose = self.before(true)?;
         if self.bug == Bug::NonAtomicCas {
             let current = self.inner.get(key).await?;
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(CAS_WINDOW).await;
             if current.as_ref().map(|p| p.last_index) != Some(index) {
                 return Ok(Cas::Conflict {
                     current: current.map(|p| p.last_index),
