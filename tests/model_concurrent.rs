@@ -94,9 +94,12 @@ async fn zookeeper() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_emulator() {
     use kvkit::consul::{Consul, ConsulConfig};
-    use kvkit::testing::consul_emulator::ConsulEmulator;
+    use kvkit::testing::consul_emulator::{ConsulEmulator, EmulatorConfig};
     use std::time::Duration;
-    let emu = ConsulEmulator::start_default().await.unwrap();
+    // Short sessions (as tests/consul.rs), so TTL locks of a few seconds are valid.
+    let emu = ConsulEmulator::start(EmulatorConfig::default().session_ttl_min(Duration::from_secs(1)))
+        .await
+        .unwrap();
     let mut handles = Vec::new();
     for _ in 0..2 {
         let config = ConsulConfig::new(emu.url())

@@ -407,19 +407,6 @@ async fn client<B: Backend>(
     Ok(out)
 }
 
-fn key_of(op: &ClientOp) -> Option<&'static str> {
-    match op {
-        ClientOp::Get(k)
-        | ClientOp::Exists(k)
-        | ClientOp::Put(k, _)
-        | ClientOp::Delete(k)
-        | ClientOp::Create(k, _)
-        | ClientOp::Swap(k, _, _)
-        | ClientOp::CompareDelete(k, _) => Some(k),
-        _ => None,
-    }
-}
-
 /// Keys of the space at or below `dir` (relative; `""` is the root).
 fn keys_under(dir: &str, strictly: bool) -> impl Iterator<Item = &'static str> + '_ {
     KEY_SPACE.iter().copied().filter(move |k| {
@@ -635,7 +622,7 @@ async fn contender<B: Backend>(
     id: usize,
     config: ConcurrentConfig,
     shared: Arc<Shared>,
-) -> Vec<Hold> {
+) -> Result<Vec<Hold>, String> {
     let caps = kv.capabilities();
     // Two contenders share the default options; the others use their own.
     let options = if id < 2 {
@@ -653,7 +640,17 @@ async fn contender<B: Backend>(
     for round in 0..config.lock_rounds {
         let guard = match tokio::time::timeout(wait, kv.lock(&lock_key, options.clone())).await {
             Ok(Ok(g)) => g,
-            _ => continue, // liveness is checked elsewhere; only safety here
+            Ok(Err(e)) if shared.faulted.load(Ordering::SeqCst) => {
+                tracing::debug!("lock failed during the fault: {e}");
+                continue;
+            }
+            Ok(Err(e)) => return Err(format!("contender {id}: lock failed: {e}")),
+            Err(_) if shared.faulted.load(Ordering::SeqCst) => continue,
+            Err(_) => {
+                return Err(format!(
+                    "contender {id}: the lock was not acquired within {wait:?} although every holder releases it within milliseconds"
+                ));
+            }
         };
         let acquired = shared.clock.now();
         let fence = async {
@@ -694,7 +691,7 @@ async fn contender<B: Backend>(
             fence,
         });
     }
-    holds
+    Ok(holds)
 }
 
 fn check_locks(holds: &[Hold], faulted: bool) -> Result<(), String> {
@@ -891,7 +888,6 @@ pub async fn check_concurrent<B: Backend>(
         fault_planned: fault.is_some(),
     });
     let total = config.clients * config.ops_per_client;
-    let mut rng = Rng(seed ^ 0x77);
     let keys = &KEY_SPACE[..config.max_key_space.clamp(1, KEY_SPACE.len())];
 
     // Watchers: started during the run.
@@ -945,7 +941,8 @@ pub async fn check_concurrent<B: Backend>(
     }
     let mut holds = Vec::new();
     for c in contenders {
-        holds.extend(c.await.map_err(|e| failure(seed, "a lock contender panicked", e))?);
+        let outcome = c.await.map_err(|e| failure(seed, "a lock contender panicked", e))?;
+        holds.extend(outcome.map_err(|e| failure(seed, "lock", e))?);
     }
     if let Some(task) = fault_task {
         // All clients are done, so the heal has been reached (progress >= 2/3).
