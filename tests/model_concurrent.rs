@@ -6,11 +6,13 @@ use kvkit::testing::concurrent::{ConcurrentConfig, ConcurrentReport, check_concu
 
 fn show(name: &str, report: &ConcurrentReport) {
     eprintln!(
-        "{name}: {} operations ({} events, {} indeterminate) run in {:?}, checked in {:?} ({:.0} operations checked/s); {} watch items, {} lock holds",
+        "{name}: {} operations ({} events, {} indeterminate) run in {:?} (clients {:?}, settle {:?}), checked in {:?} ({:.0} operations checked/s); {} watch items, {} lock holds",
         report.operations,
         report.events,
         report.indeterminate,
         report.run_time,
+        report.clients_time,
+        report.settle_time,
         report.check_time,
         report.operations as f64 / report.check_time.as_secs_f64().max(1e-9),
         report.watch_items,
@@ -33,7 +35,11 @@ async fn memory() {
 }
 
 /// Runs `seeds` seeded concurrent checks on `handles`, printing each report.
-async fn check_seeds<B: kvkit::Backend>(name: &str, handles: Vec<Kv<B>>, seeds: std::ops::Range<u64>) {
+async fn check_seeds<B: kvkit::Backend>(
+    name: &str,
+    handles: Vec<Kv<B>>,
+    seeds: std::ops::Range<u64>,
+) {
     for seed in seeds {
         let config = ConcurrentConfig {
             seed,
@@ -97,9 +103,10 @@ async fn consul_emulator() {
     use kvkit::testing::consul_emulator::{ConsulEmulator, EmulatorConfig};
     use std::time::Duration;
     // Short sessions (as tests/consul.rs), so TTL locks of a few seconds are valid.
-    let emu = ConsulEmulator::start(EmulatorConfig::default().session_ttl_min(Duration::from_secs(1)))
-        .await
-        .unwrap();
+    let emu =
+        ConsulEmulator::start(EmulatorConfig::default().session_ttl_min(Duration::from_secs(1)))
+            .await
+            .unwrap();
     let mut handles = Vec::new();
     for _ in 0..2 {
         let config = ConsulConfig::new(emu.url())
@@ -110,4 +117,105 @@ async fn consul_emulator() {
         handles.push(Kv::new(Consul::connect(config).await.unwrap()));
     }
     check_seeds("consul emulator", handles, 0..2).await;
+}
+
+/// Runs one seeded check with `fault` injected a third of the way through and healed
+/// at two thirds; failed operations are then of unknown outcome.
+async fn check_with_fault<B: kvkit::Backend>(
+    name: &str,
+    handles: Vec<Kv<B>>,
+    fault: kvkit::testing::fault::SharedFault,
+    must_fail_operations: bool,
+) {
+    let config = ConcurrentConfig {
+        seed: 11,
+        op_timeout: std::time::Duration::from_secs(5),
+        ..ConcurrentConfig::default()
+    };
+    match check_concurrent(handles, config, Some(fault)).await {
+        Ok(report) => {
+            show(name, &report);
+            if must_fail_operations {
+                assert!(report.indeterminate > 0, "{name}: the fault never bit");
+            }
+        }
+        Err(failure) => panic!("{name}: {failure}"),
+    }
+}
+
+#[cfg(feature = "consul")]
+struct EmulatorFailing(std::sync::Arc<kvkit::testing::consul_emulator::ConsulEmulator>);
+
+#[cfg(feature = "consul")]
+impl kvkit::testing::fault::FaultInjector for EmulatorFailing {
+    fn name(&self) -> String {
+        "the Consul emulator answers 500 to everything".into()
+    }
+    fn inject(&self) -> futures::future::BoxFuture<'_, ()> {
+        self.0.faults().set_failing(true);
+        Box::pin(async {})
+    }
+    fn heal(&self) -> futures::future::BoxFuture<'_, ()> {
+        self.0.faults().set_failing(false);
+        Box::pin(async {})
+    }
+}
+
+#[cfg(feature = "consul")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_emulator_under_fault() {
+    use kvkit::consul::{Consul, ConsulConfig};
+    use kvkit::testing::consul_emulator::{ConsulEmulator, EmulatorConfig};
+    use std::time::Duration;
+    let emu = std::sync::Arc::new(
+        ConsulEmulator::start(EmulatorConfig::default().session_ttl_min(Duration::from_secs(1)))
+            .await
+            .unwrap(),
+    );
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let config = ConsulConfig::new(emu.url())
+            .min_session_ttl(Duration::from_secs(1))
+            .lock_ttl(Duration::from_secs(2))
+            .lock_delay(Duration::from_millis(200))
+            .wait(Duration::from_secs(5));
+        handles.push(Kv::new(Consul::connect(config).await.unwrap()));
+    }
+    let fault = kvkit::testing::fault::SharedFault::new(EmulatorFailing(emu.clone()));
+    check_with_fault("consul emulator, failing", handles, fault, true).await;
+}
+
+#[cfg(feature = "etcd")]
+struct EtcdStopped(tokio::sync::Mutex<kvkit::testing::etcd_server::EtcdServer>);
+
+#[cfg(feature = "etcd")]
+impl kvkit::testing::fault::FaultInjector for EtcdStopped {
+    fn name(&self) -> String {
+        "kill the etcd server, restart it on heal".into()
+    }
+    fn inject(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async { self.0.lock().await.stop() })
+    }
+    fn heal(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async { self.0.lock().await.restart().await })
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_under_fault() {
+    use kvkit::etcd::Etcd;
+    use kvkit::testing::etcd_server::EtcdServer;
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        handles.push(Kv::new(Etcd::connect(server.config()).await.unwrap()));
+    }
+    let fault =
+        kvkit::testing::fault::SharedFault::new(EtcdStopped(tokio::sync::Mutex::new(server)));
+    // The etcd client may hold its requests until the server is back: no operation
+    // needs to fail, but every one must still be linearizable.
+    check_with_fault("etcd, killed and restarted", handles, fault, false).await;
 }

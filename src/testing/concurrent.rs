@@ -21,7 +21,7 @@
 //!   held.
 //!
 //! With a fault injector the fault is injected after a third of the operations and
-//! healed after two thirds; operations that fail with `Unavailable` or time out are
+//! healed after two thirds (or [`ConcurrentConfig::fault_duration`]); operations that fail with `Unavailable` or time out are
 //! then treated as "may or may not have taken effect".
 
 use std::collections::HashMap;
@@ -79,6 +79,9 @@ pub struct ConcurrentConfig {
     /// An operation still pending after this long is abandoned and treated as one
     /// that may or may not have taken effect (default 10 s).
     pub op_timeout: Duration,
+    /// The longest a fault stays in force (default 3 s): it is healed when two
+    /// thirds of the operations are done or after this long, whichever comes first.
+    pub fault_duration: Duration,
     /// The bound for recovery after a fault and for watches to converge (default 30 s).
     pub settle: Duration,
     /// How hard the linearizability search may work per key.
@@ -98,6 +101,7 @@ impl Default for ConcurrentConfig {
             lock_rounds: 6,
             max_key_space: KEY_SPACE.len(),
             op_timeout: Duration::from_secs(10),
+            fault_duration: Duration::from_secs(3),
             settle: Duration::from_secs(30),
             limits: CheckLimits::default(),
             check_list_snapshots: true,
@@ -120,6 +124,10 @@ pub struct ConcurrentReport {
     pub check_time: Duration,
     /// Time spent running the operations.
     pub run_time: Duration,
+    /// Time the random clients took (part of `run_time`).
+    pub clients_time: Duration,
+    /// Time from the end of the run until every watch converged on the final writes.
+    pub settle_time: Duration,
     /// Watch items checked.
     pub watch_items: usize,
     /// Lock holds checked.
@@ -262,7 +270,12 @@ async fn run_op<B: Backend>(
                 Err(e) => conflict(e),
             },
             ClientOp::Swap(k, v, i) => match kv
-                .atomic_put(full(k), v.clone(), Some(&previous(k, *i)), PutOptions::default())
+                .atomic_put(
+                    full(k),
+                    v.clone(),
+                    Some(&previous(k, *i)),
+                    PutOptions::default(),
+                )
                 .await
             {
                 Ok(p) => Ok(Reply::Pair(Some(p))),
@@ -282,7 +295,10 @@ async fn run_op<B: Backend>(
         Err(_) => Ok(Reply::Unknown(format!("timed out after {timeout:?}"))),
         Ok(Ok(reply)) => Ok(reply),
         Ok(Err(e)) if is_indeterminate(&e, faulted) => Ok(Reply::Unknown(e.to_string())),
-        Ok(Err(e)) => Err(format!("{} failed with an unexpected error: {e}", label(op))),
+        Ok(Err(e)) => Err(format!(
+            "{} failed with an unexpected error: {e}",
+            label(op)
+        )),
     }
 }
 
@@ -414,19 +430,27 @@ fn keys_under(dir: &str, strictly: bool) -> impl Iterator<Item = &'static str> +
             true
         } else {
             (!strictly && *k == dir)
-                || (k.len() > dir.len() + 1 && k.starts_with(dir) && k.as_bytes()[dir.len()] == b'/')
+                || (k.len() > dir.len() + 1
+                    && k.starts_with(dir)
+                    && k.as_bytes()[dir.len()] == b'/')
         }
     })
 }
 
 /// Turns client records into single-key events (plus list snapshots), checking the
 /// shape of each reply on the way.
-fn to_events(records: &[Record]) -> Result<(Vec<Event>, Vec<(usize, String, Time, Time)>), String> {
+/// A list that returned: (origin, label, call, return).
+type ListCall = (usize, String, Time, Time);
+
+fn to_events(records: &[Record]) -> Result<(Vec<Event>, Vec<ListCall>), String> {
     let mut events = Vec::new();
     let mut lists = Vec::new();
     for (origin, r) in records.iter().enumerate() {
-        let lbl = label(&r.op);
         let unknown = matches!(r.reply, Reply::Unknown(_));
+        let lbl = match &r.reply {
+            Reply::Unknown(why) => format!("{}; outcome unknown: {why}", label(&r.op)),
+            _ => label(&r.op),
+        };
         let mut push = |key: &str, op: KeyOp, outcome: Outcome| {
             events.push(Event {
                 key: key.to_owned(),
@@ -514,8 +538,8 @@ fn to_events(records: &[Record]) -> Result<(Vec<Event>, Vec<(usize, String, Time
                     push(k, KeyOp::TreeDelete, Outcome::Done);
                 }
             }
-            ClientOp::List(d) => match &r.reply {
-                Reply::List(pairs) => {
+            ClientOp::List(d) => {
+                if let Reply::List(pairs) = &r.reply {
                     let dir_full = full(d);
                     let mut previous: Option<&str> = None;
                     let mut found: HashMap<&str, &KvPair> = HashMap::new();
@@ -525,7 +549,10 @@ fn to_events(records: &[Record]) -> Result<(Vec<Event>, Vec<(usize, String, Time
                         }
                         previous = Some(&p.key);
                         let Some(k) = KEY_SPACE.iter().find(|k| full(k) == p.key) else {
-                            return Err(bad(&format!("list returned {:?}, a key never written", p.key)));
+                            return Err(bad(&format!(
+                                "list returned {:?}, a key never written",
+                                p.key
+                            )));
                         };
                         if !keys_under(d, true).any(|u| u == *k) {
                             return Err(bad(&format!(
@@ -540,9 +567,8 @@ fn to_events(records: &[Record]) -> Result<(Vec<Event>, Vec<(usize, String, Time
                         push(k, KeyOp::Read, Outcome::Read(got));
                     }
                     lists.push((origin, lbl.clone(), r.call, r.ret));
-                }
-                _ => {} // an unknown read tells nothing
-            },
+                } // an unknown list tells nothing
+            }
         }
     }
     Ok((events, lists))
@@ -663,10 +689,15 @@ async fn contender<B: Backend>(
                 .as_ref()
                 .and_then(|p| std::str::from_utf8(&p.value).ok()?.parse::<u64>().ok())
                 .unwrap_or(0);
-            kv.atomic_put(&fence_key, (n + 1).to_string(), current.as_ref(), PutOptions::default())
-                .await
-                .map(|_| n + 1)
-                .map_err(|e| format!("fencing swap failed: {e}"))
+            kv.atomic_put(
+                &fence_key,
+                (n + 1).to_string(),
+                current.as_ref(),
+                PutOptions::default(),
+            )
+            .await
+            .map(|_| n + 1)
+            .map_err(|e| format!("fencing swap failed: {e}"))
         };
         let fence = tokio::time::timeout(config.op_timeout, fence)
             .await
@@ -721,7 +752,10 @@ fn check_locks(holds: &[Hold], faulted: bool) -> Result<(), String> {
             ));
         }
     }
-    let mut values: Vec<u64> = safe.iter().filter_map(|h| h.fence.as_ref().ok().copied()).collect();
+    let mut values: Vec<u64> = safe
+        .iter()
+        .filter_map(|h| h.fence.as_ref().ok().copied())
+        .collect();
     values.sort_unstable();
     if let Some(w) = values.windows(2).find(|w| w[0] == w[1]) {
         return Err(format!(
@@ -746,7 +780,11 @@ fn check_watches(
             Some(p) => format!("{:?} @{}", String::from_utf8_lossy(&p.value), p.last_index),
         };
         let history = || {
-            let mut h = format!("  watch of {:?} called at {:.3}ms, items:\n", log.key, log.call as f64 / 1e6);
+            let mut h = format!(
+                "  watch of {:?} called at {:.3}ms, items:\n",
+                log.key,
+                log.call as f64 / 1e6
+            );
             for (t, s) in &log.items {
                 let _ = writeln!(h, "    at {:.3}ms: {}", *t as f64 / 1e6, show(s));
             }
@@ -757,7 +795,12 @@ fn check_watches(
         for (at, state) in &log.items {
             if let Some(p) = state {
                 if p.key != full(log.key) {
-                    return Err(format!("a watch of {:?} yielded key {:?}\n{}", log.key, p.key, history()));
+                    return Err(format!(
+                        "a watch of {:?} yielded key {:?}\n{}",
+                        log.key,
+                        p.key,
+                        history()
+                    ));
                 }
                 if last.is_some_and(|l| p.last_index <= l) {
                     return Err(format!(
@@ -795,9 +838,16 @@ fn check_watches(
             }
             previous = Some(state);
         }
-        if every_write && log.error.is_none() {
-            if let Some((first_at, first)) = log.items.first() {
-                let yielded: Vec<u64> = log.items.iter().filter_map(|(_, s)| s.as_ref().map(|p| p.last_index)).collect();
+        if every_write
+            && log.error.is_none()
+            && let Some((first_at, first)) = log.items.first()
+        {
+            {
+                let yielded: Vec<u64> = log
+                    .items
+                    .iter()
+                    .filter_map(|(_, s)| s.as_ref().map(|p| p.last_index))
+                    .collect();
                 let upto = yielded.iter().copied().max().unwrap_or(0);
                 for e in events.iter().filter(|e| e.key == log.key) {
                     if let Outcome::Written(j) = e.outcome {
@@ -819,7 +869,10 @@ fn check_watches(
     // Convergence: the last session of each key that yielded anything ends on the
     // final write.
     for (key, want) in finals {
-        let last = logs.iter().rev().find(|l| l.key == *key && !l.items.is_empty());
+        let last = logs
+            .iter()
+            .rev()
+            .find(|l| l.key == *key && !l.items.is_empty());
         let last = last.or_else(|| logs.iter().rev().find(|l| l.key == *key));
         if let Some(log) = last {
             let got = log.items.last().map(|(_, s)| s);
@@ -858,7 +911,15 @@ fn failure(seed: u64, what: &str, detail: impl std::fmt::Display) -> ModelFailur
 }
 
 fn violation(seed: u64, v: &Violation) -> ModelFailure {
-    failure(seed, if v.undecided { "undecided" } else { "linearizability" }, v)
+    failure(
+        seed,
+        if v.undecided {
+            "undecided"
+        } else {
+            "linearizability"
+        },
+        v,
+    )
 }
 
 /// Runs concurrent clients, watchers and lock contenders against the store behind
@@ -871,7 +932,9 @@ pub async fn check_concurrent<B: Backend>(
 ) -> Result<ConcurrentReport, ModelFailure> {
     let seed = config.seed;
     if handles.is_empty() {
-        return Err(ModelFailure("check_concurrent needs at least one handle".into()));
+        return Err(ModelFailure(
+            "check_concurrent needs at least one handle".into(),
+        ));
     }
     let handle = |i: usize| handles[i % handles.len()].clone();
     let kv = handle(0);
@@ -898,7 +961,12 @@ pub async fn check_concurrent<B: Backend>(
     for w in 0..config.watchers {
         let key = keys[w % keys.len().min(HOT_KEYS)];
         watched.push(key);
-        let (kv, shared, logs, stop) = (handle(config.clients + w), shared.clone(), logs.clone(), stop.clone());
+        let (kv, shared, logs, stop) = (
+            handle(config.clients + w),
+            shared.clone(),
+            logs.clone(),
+            stop.clone(),
+        );
         let start_at = total * w / (2 * config.watchers);
         watch_tasks.push(tokio::spawn(async move {
             while shared.progress.load(Ordering::SeqCst) < start_at && !stop.is_cancelled() {
@@ -914,16 +982,22 @@ pub async fn check_concurrent<B: Backend>(
     let contenders: Vec<_> = (0..config.lock_contenders)
         .map(|c| tokio::spawn(contender(handle(c + 1), c, config.clone(), shared.clone())))
         .collect();
+    let fault_duration = config.fault_duration;
+    let inject_at = config.clients * (config.ops_per_client / 3);
     let fault_task = fault.clone().map(|fault| {
         let shared = shared.clone();
         tokio::spawn(async move {
-            while shared.progress.load(Ordering::SeqCst) < total / 3 {
+            // Exactly where every client waits for the fault (see `client`).
+            while shared.progress.load(Ordering::SeqCst) < inject_at {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             shared.faulted.store(true, Ordering::SeqCst);
             fault.inject().await;
             shared.injected.store(true, Ordering::SeqCst);
-            while shared.progress.load(Ordering::SeqCst) < total * 2 / 3 {
+            let injected_at = Instant::now();
+            while shared.progress.load(Ordering::SeqCst) < total * 2 / 3
+                && injected_at.elapsed() < fault_duration
+            {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             fault.heal().await;
@@ -939,9 +1013,12 @@ pub async fn check_concurrent<B: Backend>(
             Err(e) => first_error = first_error.or(Some(format!("a client panicked: {e}"))),
         }
     }
+    let clients_time = started.elapsed();
     let mut holds = Vec::new();
     for c in contenders {
-        let outcome = c.await.map_err(|e| failure(seed, "a lock contender panicked", e))?;
+        let outcome = c
+            .await
+            .map_err(|e| failure(seed, "a lock contender panicked", e))?;
         holds.extend(outcome.map_err(|e| failure(seed, "lock", e))?);
     }
     if let Some(task) = fault_task {
@@ -954,6 +1031,7 @@ pub async fn check_concurrent<B: Backend>(
         return Err(failure(seed, "an operation failed", e));
     }
     let run_time = started.elapsed();
+    let run_time_end = Instant::now();
 
     // A final write to every watched key (retried until the store has recovered,
     // bounded): the history's last state of the key, which every watch must reach.
@@ -990,7 +1068,10 @@ pub async fn check_concurrent<B: Backend>(
                 return Err(failure(
                     seed,
                     "the store did not recover after the fault",
-                    format!("the final write to {key} kept failing for {:?}", config.settle),
+                    format!(
+                        "the final write to {key} kept failing for {:?}",
+                        config.settle
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1003,15 +1084,18 @@ pub async fn check_concurrent<B: Backend>(
                 .rev()
                 .find(|l| l.key == *key && !l.items.is_empty())
                 .is_some_and(|l| {
-                    l.items.last().and_then(|(_, s)| s.as_ref()).map(|p| p.last_index) == want
+                    l.items
+                        .last()
+                        .and_then(|(_, s)| s.as_ref())
+                        .map(|p| p.last_index)
+                        == want
                 })
         })
     };
-    while Instant::now() < deadline
-        && !converged(&logs.lock().unwrap_or_else(|e| e.into_inner()))
-    {
+    while Instant::now() < deadline && !converged(&logs.lock().unwrap_or_else(|e| e.into_inner())) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let settle_time = run_time_end.elapsed();
     stop.cancel();
     for t in watch_tasks {
         let _ = t.await;
@@ -1020,11 +1104,15 @@ pub async fn check_concurrent<B: Backend>(
 
     // Check.
     let check_started = std::time::Instant::now();
-    let indeterminate = records.iter().filter(|r| matches!(r.reply, Reply::Unknown(_))).count();
+    let indeterminate = records
+        .iter()
+        .filter(|r| matches!(r.reply, Reply::Unknown(_)))
+        .count();
     let operations = records.len();
     records.sort_by_key(|r| (r.call, r.client));
     let (events, lists) = to_events(&records).map_err(|e| failure(seed, "malformed reply", e))?;
-    let stats = linearizability::check_history(&events, &config.limits).map_err(|v| violation(seed, &v))?;
+    let stats =
+        linearizability::check_history(&events, &config.limits).map_err(|v| violation(seed, &v))?;
     if config.check_list_snapshots {
         let snapshots: Vec<Snapshot<'_>> = lists
             .iter()
@@ -1058,6 +1146,8 @@ pub async fn check_concurrent<B: Backend>(
         states: stats.states,
         check_time,
         run_time,
+        clients_time,
+        settle_time,
         watch_items,
         lock_holds: holds.len(),
     })

@@ -254,6 +254,22 @@ struct Prepared<'a> {
     written: u32,
     /// The read value's id (`u32::MAX` when no write wrote it).
     read: u32,
+    /// For an event of unknown outcome: its effect, shared by every such event with
+    /// the same effect (see [`Effect`]); `None` for determinate events.
+    effect: Option<Effect>,
+}
+
+/// The effect of applying an event of unknown outcome. Two pending such events with
+/// the same effect are interchangeable once both are invoked (they never return, so
+/// they stay available forever): the search tries only the earliest of them, which
+/// keeps many failed writes from multiplying the search space.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Put(u32),
+    Create(u32),
+    Swap(u32, u64),
+    Delete,
+    CompareDelete(u64),
 }
 
 fn values_of(events: &[&Event]) -> HashMap<Bytes, u32> {
@@ -452,7 +468,6 @@ impl Bits {
 
 struct Frame {
     lin: Bits,
-    state: State,
     /// Linearized determinate events.
     done: usize,
     /// First event (in call order) not linearized.
@@ -475,18 +490,43 @@ fn check_key(key: &str, events: &[&Event], limits: &CheckLimits) -> Result<usize
     for (v, &id) in &ids {
         names[id as usize] = v.clone();
     }
+    // Values nobody read back: a write of one is indistinguishable from a write of
+    // another, so all of them share one id.
+    let read_back: HashSet<&Bytes> = events
+        .iter()
+        .filter_map(|e| match &e.outcome {
+            Outcome::Read(Some((v, _))) => Some(v),
+            _ => None,
+        })
+        .collect();
+    let unread = u32::try_from(names.len()).unwrap_or(u32::MAX - 1);
+    names.push(Bytes::from_static(b"<a value never read back>"));
     let prepared: Vec<Prepared<'_>> = events
         .iter()
-        .map(|&event| Prepared {
-            event,
-            written: match &event.op {
-                KeyOp::Put(v) | KeyOp::Create(v) | KeyOp::Swap(v, _) => ids[v],
+        .map(|&event| {
+            let written = match &event.op {
+                KeyOp::Put(v) | KeyOp::Create(v) | KeyOp::Swap(v, _) if read_back.contains(v) => {
+                    ids[v]
+                }
+                KeyOp::Put(_) | KeyOp::Create(_) | KeyOp::Swap(..) => unread,
                 _ => u32::MAX,
-            },
-            read: match &event.outcome {
-                Outcome::Read(Some((v, _))) => ids.get(v).copied().unwrap_or(u32::MAX),
-                _ => u32::MAX,
-            },
+            };
+            let effect = (!event.is_determinate()).then_some(match &event.op {
+                KeyOp::Put(_) => Effect::Put(written),
+                KeyOp::Create(_) => Effect::Create(written),
+                KeyOp::Swap(_, i) => Effect::Swap(written, *i),
+                KeyOp::CompareDelete(i) => Effect::CompareDelete(*i),
+                KeyOp::Delete | KeyOp::TreeDelete | KeyOp::Read | KeyOp::Exists => Effect::Delete,
+            });
+            Prepared {
+                event,
+                written,
+                effect,
+                read: match &event.outcome {
+                    Outcome::Read(Some((v, _))) => ids.get(v).copied().unwrap_or(u32::MAX),
+                    _ => u32::MAX,
+                },
+            }
         })
         .collect();
     let n = prepared.len();
@@ -496,6 +536,7 @@ fn check_key(key: &str, events: &[&Event], limits: &CheckLimits) -> Result<usize
     let candidates = |lin: &Bits, state: &State, first: usize| -> Vec<(usize, State)> {
         let mut out = Vec::new();
         let mut min_ret = Time::MAX;
+        let mut effects_tried: Vec<Effect> = Vec::new();
         for (i, p) in prepared.iter().enumerate().skip(first) {
             if lin.get(i) {
                 continue;
@@ -504,13 +545,20 @@ fn check_key(key: &str, events: &[&Event], limits: &CheckLimits) -> Result<usize
                 break;
             }
             min_ret = min_ret.min(p.event.ret_or_never());
+            if let Some(effect) = p.effect {
+                if effects_tried.contains(&effect) {
+                    continue;
+                }
+                effects_tried.push(effect);
+            }
             if let Ok(next) = step(state, p, &names) {
                 out.push((i, next));
             }
         }
         out
     };
-    let first_unlinearized = |lin: &Bits, from: usize| (from..n).find(|&i| !lin.get(i)).unwrap_or(n);
+    let first_unlinearized =
+        |lin: &Bits, from: usize| (from..n).find(|&i| !lin.get(i)).unwrap_or(n);
 
     let start = State {
         current: None,
@@ -521,7 +569,6 @@ fn check_key(key: &str, events: &[&Event], limits: &CheckLimits) -> Result<usize
     let mut stack = vec![Frame {
         candidates: candidates(&lin, &start, 0),
         lin,
-        state: start,
         done: 0,
         first: 0,
         next: 0,
@@ -566,7 +613,6 @@ fn check_key(key: &str, events: &[&Event], limits: &CheckLimits) -> Result<usize
         stack.push(Frame {
             candidates: candidates(&lin, &next_state, first),
             lin,
-            state: next_state,
             done,
             first,
             next: 0,
@@ -608,7 +654,10 @@ fn explain(
         "  state after the longest linearizable prefix: {}",
         describe(state, names)
     );
-    let _ = writeln!(history, "  operations on this key around the conflict (=> is the one that cannot be placed, * = linearized in that prefix):");
+    let _ = writeln!(
+        history,
+        "  operations on this key around the conflict (=> is the one that cannot be placed, * = linearized in that prefix):"
+    );
     for (i, p) in prepared.iter().enumerate().take(hi).skip(lo) {
         let mark = if i == blocker {
             "=>"
@@ -634,7 +683,9 @@ fn explain(
 fn lifetime(events: &[&Event], value: &Bytes, index: u64) -> Option<(Time, Time)> {
     let start = events
         .iter()
-        .filter(|e| matches!(&e.op, KeyOp::Put(v) | KeyOp::Create(v) | KeyOp::Swap(v, _) if v == value))
+        .filter(
+            |e| matches!(&e.op, KeyOp::Put(v) | KeyOp::Create(v) | KeyOp::Swap(v, _) if v == value),
+        )
         .map(|e| e.call)
         .min()?;
     let end = events
@@ -707,13 +758,22 @@ pub fn check_snapshots(events: &[Event], snapshots: &[Snapshot<'_>]) -> Result<(
                 snap.label
             );
             let mut history = String::new();
-            for key in [earliest_end.1, latest_start.1].into_iter().flatten().map(|s| s.0) {
+            for key in [earliest_end.1, latest_start.1]
+                .into_iter()
+                .flatten()
+                .map(|s| s.0)
+            {
                 if let Some(key_events) = by_key.get(key) {
                     let _ = writeln!(history, "  operations on {key:?} near the list:");
-                    for e in key_events.iter().filter(|e| {
-                        e.call <= snap.ret.saturating_add(1)
-                            && e.ret_or_never() >= earliest_end.0.min(snap.call).saturating_sub(1)
-                    }).take(16) {
+                    for e in key_events
+                        .iter()
+                        .filter(|e| {
+                            e.call <= snap.ret.saturating_add(1)
+                                && e.ret_or_never()
+                                    >= earliest_end.0.min(snap.call).saturating_sub(1)
+                        })
+                        .take(16)
+                    {
                         let _ = writeln!(history, "    {e}");
                     }
                 }
@@ -731,7 +791,12 @@ pub fn check_snapshots(events: &[Event], snapshots: &[Snapshot<'_>]) -> Result<(
 
 /// The window in which `key` held `(value, index)`, from the whole history; `None`
 /// when no operation wrote `value` to `key`.
-pub fn state_lifetime(events: &[Event], key: &str, value: &Bytes, index: u64) -> Option<(Time, Time)> {
+pub fn state_lifetime(
+    events: &[Event],
+    key: &str,
+    value: &Bytes,
+    index: u64,
+) -> Option<(Time, Time)> {
     let key_events: Vec<&Event> = events.iter().filter(|e| e.key == key).collect();
     lifetime(&key_events, value, index)
 }
@@ -759,7 +824,13 @@ mod tests {
         ev(c, t.0, Some(t.1), KeyOp::Put(b(v)), Outcome::Written(i))
     }
     fn read(c: usize, t: (u64, u64), got: Option<(&'static str, u64)>) -> Event {
-        ev(c, t.0, Some(t.1), KeyOp::Read, Outcome::Read(got.map(|(v, i)| (b(v), i))))
+        ev(
+            c,
+            t.0,
+            Some(t.1),
+            KeyOp::Read,
+            Outcome::Read(got.map(|(v, i)| (b(v), i))),
+        )
     }
     fn swap(c: usize, t: (u64, u64), v: &'static str, exp: u64, out: Outcome) -> Event {
         ev(c, t.0, Some(t.1), KeyOp::Swap(b(v), exp), out)
@@ -778,7 +849,13 @@ mod tests {
             read(1, (8, 9), Some(("y", 9))),
             ev(1, 10, Some(11), KeyOp::Delete, Outcome::Deleted(true)),
             ev(0, 12, Some(13), KeyOp::Create(b("z")), Outcome::Written(12)),
-            ev(0, 14, Some(15), KeyOp::Create(b("w")), Outcome::Conflict(Conflict::Exists)),
+            ev(
+                0,
+                14,
+                Some(15),
+                KeyOp::Create(b("w")),
+                Outcome::Conflict(Conflict::Exists),
+            ),
         ];
         check(&h).unwrap();
     }
@@ -863,7 +940,13 @@ mod tests {
             swap(1, (2, 3), "y", 1, Outcome::Conflict(Conflict::Modified)),
         ];
         assert!(check(&h).unwrap_err().rule.contains("failed with Modified"));
-        let h = [ev(0, 0, Some(1), KeyOp::Create(b("a")), Outcome::Conflict(Conflict::Exists))];
+        let h = [ev(
+            0,
+            0,
+            Some(1),
+            KeyOp::Create(b("a")),
+            Outcome::Conflict(Conflict::Exists),
+        )];
         assert!(check(&h).is_err());
     }
 
@@ -927,7 +1010,16 @@ mod tests {
                 let ret = effect + 1 + rnd(40);
                 let unknown = rnd(40) == 0;
                 let applied = !unknown || rnd(2) == 0;
-                planned.push((t, effect, ret, c, rnd(keys as u64) as usize, rnd(7), unknown, applied));
+                planned.push((
+                    t,
+                    effect,
+                    ret,
+                    c,
+                    rnd(keys as u64) as usize,
+                    rnd(7),
+                    unknown,
+                    applied,
+                ));
                 t = ret + 1 + rnd(10);
             }
         }
@@ -936,14 +1028,18 @@ mod tests {
         let mut versions: HashMap<usize, Vec<u64>> = HashMap::new();
         let mut clock = 0u64;
         let mut out = Vec::new();
-        for (n, (call, _, ret, client, key, kind, unknown, applied)) in planned.into_iter().enumerate() {
+        for (n, (call, _, ret, client, key, kind, unknown, applied)) in
+            planned.into_iter().enumerate()
+        {
             let cur = store.get(&key).cloned();
             let value = Bytes::from(format!("v{n}"));
             let seen = versions.entry(key).or_default();
             let expected = if rnd(2) == 0 {
                 cur.as_ref().map_or(1, |c| c.1)
             } else {
-                seen.get(rnd(seen.len() as u64) as usize).copied().unwrap_or(1)
+                seen.get(rnd(seen.len() as u64) as usize)
+                    .copied()
+                    .unwrap_or(1)
             };
             let mut write = |store: &mut HashMap<usize, (Bytes, u64)>| {
                 clock += 1 + rnd(3);
@@ -1027,14 +1123,17 @@ mod tests {
             let mut h = simulated(400, 4, 3, seed);
             // Make one late read return an older state of its key, written and
             // overwritten long before the read was invoked.
-            let Some(r) = h.iter().rposition(|e| {
-                matches!(e.outcome, Outcome::Read(Some(_))) && e.call > 2000
-            }) else {
+            let Some(r) = h
+                .iter()
+                .rposition(|e| matches!(e.outcome, Outcome::Read(Some(_))) && e.call > 2000)
+            else {
                 continue;
             };
             let key = h[r].key.clone();
             let call = h[r].call;
-            let Outcome::Read(Some((_, now))) = h[r].outcome.clone() else { continue };
+            let Outcome::Read(Some((_, now))) = h[r].outcome.clone() else {
+                continue;
+            };
             let old = h.iter().find_map(|e| match (&e.op, &e.outcome) {
                 (KeyOp::Put(v), Outcome::Written(i))
                     if e.key == key && *i < now && e.ret.is_some_and(|t| t + 200 < call) =>
@@ -1068,6 +1167,55 @@ mod tests {
             stats.events as f64 / took.as_secs_f64()
         );
         assert!(stats.events > 1900);
+    }
+
+    #[test]
+    fn many_writes_of_unknown_outcome_are_decided_quickly() {
+        // 4 clients; every other write fails with an unknown outcome; the known
+        // writes are read back. Unread unknown writes are interchangeable, so the
+        // search stays small.
+        let mut h = Vec::new();
+        let mut index = 0;
+        let vals: Vec<&'static str> = (0..400)
+            .map(|i| &*Box::leak(format!("v{i}").into_boxed_str()))
+            .collect();
+        for round in 0..100u64 {
+            let t = round * 100;
+            for c in 0..4u64 {
+                let n = (round * 4 + c) as usize;
+                if c % 2 == 0 {
+                    h.push(ev(
+                        c as usize,
+                        t + c,
+                        None,
+                        KeyOp::Put(b(vals[n])),
+                        Outcome::Unknown,
+                    ));
+                } else {
+                    index += 10;
+                    h.push(put(c as usize, (t + c, t + 50 + c), vals[n], index));
+                }
+            }
+            h.push(read(
+                9,
+                (t + 60, t + 61),
+                Some((vals[(round * 4 + 3) as usize], index)),
+            ));
+        }
+        let stats = check(&h).unwrap();
+        assert!(stats.states < 100_000, "{stats:?}");
+        // A conflict that only an unknown write can justify.
+        let h = [
+            ev(0, 0, None, KeyOp::Put(b("x")), Outcome::Unknown),
+            ev(
+                1,
+                5,
+                Some(6),
+                KeyOp::Create(b("y")),
+                Outcome::Conflict(Conflict::Exists),
+            ),
+        ];
+        check(&h).unwrap();
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Racy {
             return Ok(false);
         }
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        if write && n % 2 == 0 {
+        if write && n.is_multiple_of(2) {
             Ok(true) // apply, then report Unavailable
         } else {
             Err(Self::unavailable())
@@ -208,7 +208,10 @@ impl Backend for Racy {
             return Ok(Cas::Applied(self.inner.put(key, value, options).await?));
         }
         let _g = self.gate().await;
-        let r = self.inner.compare_and_put(key, value, expect, options).await;
+        let r = self
+            .inner
+            .compare_and_put(key, value, expect, options)
+            .await;
         if let Ok(Cas::Applied(pair)) = &r {
             self.emit(key.as_str(), Some(pair.clone()));
         }
@@ -329,7 +332,11 @@ impl Backend for Racy {
 
     async fn try_lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Option<RacyGuard>> {
         self.before(false)?;
-        Ok(self.inner.try_lock(key, options).await?.map(RacyGuard::Real))
+        Ok(self
+            .inner
+            .try_lock(key, options)
+            .await?
+            .map(RacyGuard::Real))
     }
 }
 
