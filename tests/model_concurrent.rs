@@ -219,3 +219,61 @@ async fn etcd_under_fault() {
     // needs to fail, but every one must still be linearizable.
     check_with_fault("etcd, killed and restarted", handles, fault, false).await;
 }
+
+/// The harness's cost on a 2,000-operation history (4 clients x 500 operations on
+/// memory), printed rather than asserted:
+/// `cargo test --features testing --test model_concurrent cost -- --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_of_a_2000_operation_history() {
+    let store = kvkit::memory::Memory::new();
+    let config = ConcurrentConfig {
+        ops_per_client: 500,
+        seed: 3,
+        ..ConcurrentConfig::default()
+    };
+    let report = check_concurrent(vec![Kv::new(store)], config, None)
+        .await
+        .unwrap();
+    show("memory, 2,000 operations", &report);
+    assert!(report.operations >= 2000);
+}
+
+#[cfg(feature = "zookeeper")]
+struct ZkStopped(std::sync::Mutex<kvkit::testing::zookeeper_server::ZkServer>);
+
+#[cfg(feature = "zookeeper")]
+impl kvkit::testing::fault::FaultInjector for ZkStopped {
+    fn name(&self) -> String {
+        "stop the ZooKeeper server, restart it on heal".into()
+    }
+    fn inject(&self) -> futures::future::BoxFuture<'_, ()> {
+        self.0.lock().unwrap().stop();
+        Box::pin(async {})
+    }
+    fn heal(&self) -> futures::future::BoxFuture<'_, ()> {
+        let server = &self.0;
+        Box::pin(async move {
+            tokio::task::block_in_place(|| server.lock().unwrap().restart());
+        })
+    }
+}
+
+#[cfg(feature = "zookeeper")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_under_fault() {
+    use kvkit::testing::zookeeper_server::ZkServer;
+    use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let config = ZookeeperConfig::new(server.connect_string())
+            .root("/kvkit-concurrent-fault")
+            .session_timeout(std::time::Duration::from_secs(8))
+            .request_timeout(std::time::Duration::from_secs(5));
+        handles.push(Kv::new(Zookeeper::connect(config).await.unwrap()));
+    }
+    let fault = kvkit::testing::fault::SharedFault::new(ZkStopped(std::sync::Mutex::new(server)));
+    check_with_fault("zookeeper, stopped and restarted", handles, fault, false).await;
+}

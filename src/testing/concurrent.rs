@@ -20,6 +20,16 @@
 //!   not lost never overlap, and the fencing swap never conflicts while the lock is
 //!   held.
 //!
+//! What is not checked here: TTLs (no operation uses one; the sequential model
+//! harness covers them), `watch_tree`, an absent (`None`) watch item against the
+//! history (only its place in the order is checked), absent keys of a list across
+//! keys (each is checked per key), and lock liveness beyond "acquired within three
+//! operation timeouts".
+//!
+//! After the run, one final write per watched key (retried until the store serves
+//! again, bounded by [`ConcurrentConfig::settle`]) marks the end of the history:
+//! every watch must reach it.
+//!
 //! With a fault injector the fault is injected after a third of the operations and
 //! healed after two thirds (or [`ConcurrentConfig::fault_duration`]); operations that fail with `Unavailable` or time out are
 //! then treated as "may or may not have taken effect".
