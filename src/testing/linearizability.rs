@@ -679,20 +679,39 @@ fn explain(
 /// The time window in which the state `(value, index)` of `key` can have existed:
 /// from the invocation of the write that wrote `value`, to the earliest return of an
 /// operation that observed or wrote a higher index of the key (that state is newer,
-/// so `(value, index)` was gone by then). `None` when no write wrote `value`.
+/// so `(value, index)` was gone by then), or of an operation invoked after that
+/// write returned that changed the key or saw another state of it. `None` when no
+/// write wrote `value`.
 fn lifetime(events: &[&Event], value: &Bytes, index: u64) -> Option<(Time, Time)> {
-    let start = events
-        .iter()
-        .filter(
+    let writes = || {
+        events.iter().filter(
             |e| matches!(&e.op, KeyOp::Put(v) | KeyOp::Create(v) | KeyOp::Swap(v, _) if v == value),
         )
-        .map(|e| e.call)
-        .min()?;
+    };
+    let start = writes().map(|e| e.call).min()?;
+    // Once the write of `value` has returned, any later-invoked operation that
+    // changed the key or saw another state proves the state gone by its return.
+    let written_by = writes().filter_map(|e| e.ret).max();
     let end = events
         .iter()
-        .filter(|e| match &e.outcome {
-            Outcome::Read(Some((_, j))) | Outcome::Written(j) => *j > index,
-            _ => false,
+        .filter(|e| e.is_determinate())
+        .filter(|e| {
+            let newer = match &e.outcome {
+                Outcome::Read(Some((_, j))) | Outcome::Written(j) => *j > index,
+                _ => false,
+            };
+            let after = written_by.is_some_and(|w| e.call > w)
+                && match &e.outcome {
+                    Outcome::Read(Some((v, j))) => v != value || *j != index,
+                    Outcome::Exists(present) => !present,
+                    Outcome::Conflict(c) => *c == Conflict::Absent,
+                    Outcome::Read(None)
+                    | Outcome::Written(_)
+                    | Outcome::Deleted(_)
+                    | Outcome::Done => true,
+                    Outcome::Unknown => false,
+                };
+            newer || after
         })
         .filter_map(|e| e.ret)
         .min()
@@ -717,9 +736,10 @@ pub struct Snapshot<'a> {
 /// Exactly what is proven: for each snapshot, there is one instant, within the
 /// snapshot's call and return, at which every key it returned present could have
 /// held the returned `(value, index)` at once. Each such state is bounded by
-/// [`lifetime`]-style windows computed from the whole history (from the invocation
-/// of the write of that value, to the first return of an operation that saw or wrote
-/// a higher index of the key). Absent keys are checked per key only (by
+/// windows computed from the whole history: from the invocation of the write of
+/// that value, to the first return of an operation that saw or wrote a higher index
+/// of the key, or that was invoked after that write returned and changed the key or
+/// saw it in another state. Absent keys are checked per key only (by
 /// [`check_history`] through the per-key reads), not across keys.
 pub fn check_snapshots(events: &[Event], snapshots: &[Snapshot<'_>]) -> Result<(), Violation> {
     let mut by_key: HashMap<&str, Vec<&Event>> = HashMap::new();

@@ -35,8 +35,11 @@ pub enum Bug {
     LostSiblingWrite,
     /// A lock that finds the key held claims it anyway (gives up waiting).
     LockIgnoresContention,
+    /// `range` reads the keys one at a time, so a list is not an atomic snapshot
+    /// (each key's state is still one that existed during the call).
+    ListKeyByKey,
     /// A watch that claims to see every write but drops an event when the next one
-    /// for the same key follows within a few milliseconds.
+    /// for the same key follows within [`DEBOUNCE`].
     WatchCoalescesClaimingEveryWrite,
 }
 
@@ -44,6 +47,9 @@ type Event = (String, Option<KvPair>);
 
 /// How long a non-atomic compare-and-swap waits between its read and its write.
 const CAS_WINDOW: Duration = Duration::from_millis(3);
+
+/// How long the coalescing watch waits for a newer event that replaces one.
+const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// A [`Memory`] store with one [`Bug`] and a fault switch.
 #[derive(Clone)]
@@ -241,7 +247,25 @@ impl Backend for Racy {
 
     async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         self.before(false)?;
-        self.inner.range(dir).await
+        if self.bug != Bug::ListKeyByKey {
+            return self.inner.range(dir).await;
+        }
+        let mut keys: Vec<String> = self
+            .inner
+            .range(dir)
+            .await?
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        keys.sort();
+        let mut pairs = Vec::new();
+        for key in keys {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if let Some(pair) = self.inner.get(&Key::new(&key)?).await? {
+                pairs.push(pair);
+            }
+        }
+        Ok(pairs)
     }
 
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
@@ -288,8 +312,8 @@ impl Backend for Racy {
                         continue;
                     }
                     if coalesce {
-                        // Debounce: a newer event of the key within 3 ms replaces it.
-                        let deadline = tokio::time::Instant::now() + Duration::from_millis(3);
+                        // Debounce: a newer event of the key within DEBOUNCE replaces it.
+                        let deadline = tokio::time::Instant::now() + DEBOUNCE;
                         let mut replaced = None;
                         while let Ok(Ok(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
                             if e.0 == wanted {
