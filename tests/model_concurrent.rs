@@ -119,6 +119,7 @@ async fn consul_emulator() {
     check_seeds("consul emulator", handles, 0..2).await;
 }
 
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "consul"))]
 /// Runs one seeded check with `fault` injected a third of the way through and healed
 /// at two thirds; failed operations are then of unknown outcome.
 async fn check_with_fault<B: kvkit::Backend>(

@@ -372,6 +372,8 @@ struct Shared {
     faulted: AtomicBool,
     /// Set once the fault is in force.
     injected: AtomicBool,
+    /// Watchers whose first watch is live.
+    watchers_live: AtomicUsize,
     /// A fault will be injected: clients wait for it a third of the way through.
     fault_planned: bool,
 }
@@ -393,6 +395,15 @@ async fn client<B: Backend>(
             while !shared.injected.load(Ordering::SeqCst) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
+        }
+        // Each watcher starts at a fixed point of every client: wait until it is live
+        // so that it sees the rest of the run however fast the store is.
+        let due = (0..config.watchers)
+            .filter(|&w| watcher_start(w, &config) <= n)
+            .count();
+        let deadline = Instant::now() + config.settle;
+        while shared.watchers_live.load(Ordering::SeqCst) < due && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let value = Bytes::from(format!("c{id}-{n}"));
         let op = random_op(&mut rng, keys, &seen, value);
@@ -601,6 +612,14 @@ async fn watcher<B: Backend>(
     stop: tokio_util::sync::CancellationToken,
     slot: usize,
 ) {
+    // Counted once, when the first session is live (first item, or failed).
+    let mut announced = false;
+    let mut announce = |shared: &Shared| {
+        if !announced {
+            announced = true;
+            shared.watchers_live.fetch_add(1, Ordering::SeqCst);
+        }
+    };
     while !stop.is_cancelled() {
         let call = shared.clock.now();
         let session = {
@@ -614,22 +633,25 @@ async fn watcher<B: Backend>(
             logs.len() - 1
         };
         let _ = slot;
-        let mut stream = tokio::select! {
-            s = kv.watch(full(key)) => match s {
-                Ok(s) => s,
-                Err(e) => {
-                    logs.lock().unwrap_or_else(|e| e.into_inner())[session].error = Some(e.to_string());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let stream = tokio::select! {
+            s = kv.watch(full(key)) => s,
             () = stop.cancelled() => return,
+        };
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                logs.lock().unwrap_or_else(|e| e.into_inner())[session].error = Some(e.to_string());
+                announce(&shared);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         loop {
             tokio::select! {
                 item = stream.next() => {
                     let at = shared.clock.now();
                     let mut logs = logs.lock().unwrap_or_else(|e| e.into_inner());
+                    announce(&shared);
                     match item {
                         Some(Ok(state)) => logs[session].items.push((at, state)),
                         Some(Err(e)) => { logs[session].error = Some(e.to_string()); break; }
@@ -641,6 +663,12 @@ async fn watcher<B: Backend>(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The operation index (of every client) at which watcher `w` starts: spread over
+/// the first half of the run.
+fn watcher_start(w: usize, config: &ConcurrentConfig) -> usize {
+    config.ops_per_client * w / (2 * config.watchers.max(1))
 }
 
 /// One lock hold.
@@ -958,6 +986,7 @@ pub async fn check_concurrent<B: Backend>(
         progress: AtomicUsize::new(0),
         faulted: AtomicBool::new(false),
         injected: AtomicBool::new(false),
+        watchers_live: AtomicUsize::new(0),
         fault_planned: fault.is_some(),
     });
     let total = config.clients * config.ops_per_client;
@@ -977,7 +1006,7 @@ pub async fn check_concurrent<B: Backend>(
             logs.clone(),
             stop.clone(),
         );
-        let start_at = total * w / (2 * config.watchers);
+        let start_at = config.clients * watcher_start(w, &config);
         watch_tasks.push(tokio::spawn(async move {
             while shared.progress.load(Ordering::SeqCst) < start_at && !stop.is_cancelled() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
