@@ -11,12 +11,14 @@
 //! # }
 //! ```
 
+pub mod concurrent;
 pub mod conformance;
 #[cfg(feature = "consul")]
 pub mod consul_emulator;
 #[cfg(feature = "etcd")]
 pub mod etcd_server;
 pub mod fault;
+pub mod linearizability;
 pub mod model;
 pub mod recipes;
 pub mod server;

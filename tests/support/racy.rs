@@ -1,0 +1,421 @@
+//! A memory store with one bug that only concurrency exposes, and a fault switch, for
+//! the concurrent checks' teeth and their fault path.
+
+#![allow(dead_code)] // each test file uses some of it
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use kvkit::backend::LostSignal;
+use kvkit::memory::Memory;
+use kvkit::testing::fault::FaultInjector;
+use kvkit::{
+    Backend, Capabilities, Cas, Dir, Error, Expect, Key, KvPair, LockGuard, LockOptions,
+    PutOptions, Result,
+};
+use tokio::sync::broadcast;
+
+/// The bug a [`Racy`] store has.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bug {
+    /// None: a faithful delegate (memory's own coalescing watches).
+    None,
+    /// None, with a watch that delivers every write and claims so.
+    EveryWrite,
+    /// Compare-and-swap/delete read, wait a little, then write unconditionally.
+    NonAtomicCas,
+    /// A put rewrites its siblings from a snapshot taken before it (a store that keeps
+    /// a directory in one record and read-modify-writes it): a sibling written in
+    /// between is lost.
+    LostSiblingWrite,
+    /// A lock that finds the key held claims it anyway (gives up waiting).
+    LockIgnoresContention,
+    /// `range` reads the keys one at a time, so a list is not an atomic snapshot
+    /// (each key's state is still one that existed during the call).
+    ListKeyByKey,
+    /// A watch that claims to see every write but drops an event when the next one
+    /// for the same key follows within [`DEBOUNCE`].
+    WatchCoalescesClaimingEveryWrite,
+}
+
+type Event = (String, Option<KvPair>);
+
+/// How long a non-atomic compare-and-swap waits between its read and its write.
+const CAS_WINDOW: Duration = Duration::from_millis(3);
+
+/// How long the coalescing watch waits for a newer event that replaces one.
+const DEBOUNCE: Duration = Duration::from_millis(10);
+
+/// A [`Memory`] store with one [`Bug`] and a fault switch.
+#[derive(Clone)]
+pub struct Racy {
+    pub inner: Memory,
+    bug: Bug,
+    faulted: Arc<AtomicBool>,
+    calls: Arc<AtomicU64>,
+    events: broadcast::Sender<Event>,
+    /// Orders writes with their events (every-write modes only).
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Racy {
+    pub fn new(bug: Bug) -> Self {
+        Racy {
+            inner: Memory::new(),
+            bug,
+            faulted: Arc::default(),
+            calls: Arc::default(),
+            events: broadcast::channel(1 << 16).0,
+            gate: Arc::default(),
+        }
+    }
+
+    /// A switch that makes this store (and its clones) fail while on.
+    pub fn fault_switch(&self) -> FaultSwitch {
+        FaultSwitch(self.faulted.clone())
+    }
+
+    fn every_write(&self) -> bool {
+        matches!(
+            self.bug,
+            Bug::EveryWrite | Bug::WatchCoalescesClaimingEveryWrite
+        )
+    }
+
+    fn unavailable() -> Error {
+        Error::Unavailable {
+            backend: "racy",
+            source: "injected fault".into(),
+        }
+    }
+
+    /// While faulted: fail before the operation, or (every other write) apply it and
+    /// lose the acknowledgement.
+    fn before(&self, write: bool) -> Result<bool> {
+        if !self.faulted.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if write && n.is_multiple_of(2) {
+            Ok(true) // apply, then report Unavailable
+        } else {
+            Err(Self::unavailable())
+        }
+    }
+
+    fn after<T>(lose_ack: bool, r: Result<T>) -> Result<T> {
+        if lose_ack {
+            r.and(Err(Self::unavailable()))
+        } else {
+            r
+        }
+    }
+
+    async fn gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.every_write() {
+            Some(self.gate.lock().await)
+        } else {
+            None
+        }
+    }
+
+    fn emit(&self, key: &str, state: Option<KvPair>) {
+        if self.every_write() {
+            let _ = self.events.send((key.to_owned(), state));
+        }
+    }
+
+    async fn put_inner(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+        if self.bug != Bug::LostSiblingWrite {
+            let _g = self.gate().await;
+            let pair = self.inner.put(key, value, options).await?;
+            self.emit(key.as_str(), Some(pair.clone()));
+            return Ok(pair);
+        }
+        let parent = match key.as_str().rsplit_once('/') {
+            Some((p, _)) => Dir::new(p)?,
+            None => Dir::root(),
+        };
+        let snapshot = self.inner.range(&parent).await?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let pair = self.inner.put(key, value, options).await?;
+        for old in snapshot.iter().filter(|p| p.key != key.as_str()) {
+            let sibling = Key::new(&old.key)?;
+            if let Some(now) = self.inner.get(&sibling).await?
+                && now.last_index != old.last_index
+            {
+                self.inner
+                    .put(&sibling, old.value.clone(), &PutOptions::default())
+                    .await?;
+            }
+        }
+        Ok(pair)
+    }
+}
+
+impl Backend for Racy {
+    type Watch = BoxStream<'static, Result<Option<KvPair>>>;
+    type WatchTree = BoxStream<'static, Result<Vec<KvPair>>>;
+    type Lock = RacyGuard;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            watch_sees_every_write: self.every_write(),
+            ..self.inner.capabilities()
+        }
+    }
+
+    async fn get(&self, key: &Key<'_>) -> Result<Option<KvPair>> {
+        self.before(false)?;
+        self.inner.get(key).await
+    }
+
+    async fn put(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
+        let lose = self.before(true)?;
+        Self::after(lose, self.put_inner(key, value, options).await)
+    }
+
+    async fn delete(&self, key: &Key<'_>) -> Result<bool> {
+        let lose = self.before(true)?;
+        let _g = self.gate().await;
+        let existed = self.inner.delete(key).await;
+        if matches!(existed, Ok(true)) {
+            self.emit(key.as_str(), None);
+        }
+        Self::after(lose, existed)
+    }
+
+    async fn compare_and_put(
+        &self,
+        key: &Key<'_>,
+        value: Bytes,
+        expect: Expect,
+        options: &PutOptions,
+    ) -> Result<Cas<KvPair>> {
+        let lose = self.before(true)?;
+        if self.bug == Bug::NonAtomicCas {
+            let current = self.inner.get(key).await?;
+            tokio::time::sleep(CAS_WINDOW).await;
+            let holds = match (expect, &current) {
+                (Expect::Absent, None) => true,
+                (Expect::Index(i), Some(p)) => p.last_index == i,
+                _ => false,
+            };
+            if !holds {
+                return Ok(Cas::Conflict {
+                    current: current.map(|p| p.last_index),
+                });
+            }
+            return Ok(Cas::Applied(self.inner.put(key, value, options).await?));
+        }
+        let _g = self.gate().await;
+        let r = self
+            .inner
+            .compare_and_put(key, value, expect, options)
+            .await;
+        if let Ok(Cas::Applied(pair)) = &r {
+            self.emit(key.as_str(), Some(pair.clone()));
+        }
+        Self::after(lose, r)
+    }
+
+    async fn compare_and_delete(&self, key: &Key<'_>, index: u64) -> Result<Cas<()>> {
+        let lose = self.before(true)?;
+        if self.bug == Bug::NonAtomicCas {
+            let current = self.inner.get(key).await?;
+            tokio::time::sleep(CAS_WINDOW).await;
+            if current.as_ref().map(|p| p.last_index) != Some(index) {
+                return Ok(Cas::Conflict {
+                    current: current.map(|p| p.last_index),
+                });
+            }
+            self.inner.delete(key).await?;
+            return Ok(Cas::Applied(()));
+        }
+        let _g = self.gate().await;
+        let r = self.inner.compare_and_delete(key, index).await;
+        if let Ok(Cas::Applied(())) = &r {
+            self.emit(key.as_str(), None);
+        }
+        Self::after(lose, r)
+    }
+
+    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+        self.before(false)?;
+        if self.bug != Bug::ListKeyByKey {
+            return self.inner.range(dir).await;
+        }
+        let mut keys: Vec<String> = self
+            .inner
+            .range(dir)
+            .await?
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        keys.sort();
+        let mut pairs = Vec::new();
+        for key in keys {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if let Some(pair) = self.inner.get(&Key::new(&key)?).await? {
+                pairs.push(pair);
+            }
+        }
+        Ok(pairs)
+    }
+
+    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+        let lose = self.before(true)?;
+        let _g = self.gate().await;
+        let gone = if self.every_write() {
+            self.inner.range(dir).await?
+        } else {
+            Vec::new()
+        };
+        let r = self.inner.delete_range(dir).await;
+        for pair in gone {
+            self.emit(&pair.key, None);
+        }
+        Self::after(lose, r)
+    }
+
+    async fn watch(&self, key: &Key<'_>) -> Result<Self::Watch> {
+        self.before(false)?;
+        if !self.every_write() {
+            return Ok(self.inner.watch(key).await?.boxed());
+        }
+        let (first, rx) = {
+            let _g = self.gate.lock().await;
+            (self.inner.get(key).await?, self.events.subscribe())
+        };
+        let wanted = key.as_str().to_owned();
+        let coalesce = self.bug == Bug::WatchCoalescesClaimingEveryWrite;
+        let later = futures::stream::unfold((rx, None::<Event>), move |(mut rx, mut held)| {
+            let wanted = wanted.clone();
+            async move {
+                loop {
+                    let next = match held.take() {
+                        Some(e) => e,
+                        None => match rx.recv().await {
+                            Ok(e) => e,
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                return Some((Err(Racy::unavailable()), (rx, None)));
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        },
+                    };
+                    if next.0 != wanted {
+                        continue;
+                    }
+                    if coalesce {
+                        // Debounce: a newer event of the key within DEBOUNCE replaces it.
+                        let deadline = tokio::time::Instant::now() + DEBOUNCE;
+                        let mut replaced = None;
+                        while let Ok(Ok(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                            if e.0 == wanted {
+                                replaced = Some(e);
+                                break;
+                            }
+                        }
+                        if let Some(newer) = replaced {
+                            held = Some(newer);
+                            continue;
+                        }
+                    }
+                    return Some((Ok(next.1), (rx, held)));
+                }
+            }
+        });
+        Ok(futures::stream::once(async move { Ok(first) })
+            .chain(later)
+            .boxed())
+    }
+
+    async fn watch_tree(&self, dir: &Dir) -> Result<Self::WatchTree> {
+        self.before(false)?;
+        Ok(self.inner.watch_tree(dir).await?.boxed())
+    }
+
+    async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<RacyGuard> {
+        self.before(false)?;
+        if self.bug == Bug::LockIgnoresContention {
+            return Ok(match self.inner.try_lock(key, options).await? {
+                Some(g) => RacyGuard::Real(g),
+                None => RacyGuard::Fake {
+                    key: key.as_str().to_owned(),
+                    lost: LostSignal::new(),
+                },
+            });
+        }
+        Ok(RacyGuard::Real(self.inner.lock(key, options).await?))
+    }
+
+    async fn try_lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Option<RacyGuard>> {
+        self.before(false)?;
+        Ok(self
+            .inner
+            .try_lock(key, options)
+            .await?
+            .map(RacyGuard::Real))
+    }
+}
+
+/// A lock guard of [`Racy`]: memory's, or a claimed lock that is not held.
+pub enum RacyGuard {
+    Real(<Memory as Backend>::Lock),
+    Fake { key: String, lost: LostSignal },
+}
+
+impl LockGuard for RacyGuard {
+    fn key(&self) -> &str {
+        match self {
+            RacyGuard::Real(g) => g.key(),
+            RacyGuard::Fake { key, .. } => key,
+        }
+    }
+
+    fn lost(&self) -> kvkit::backend::LockLost {
+        match self {
+            RacyGuard::Real(g) => g.lost(),
+            RacyGuard::Fake { lost, .. } => lost.wait(),
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        match self {
+            RacyGuard::Real(g) => g.is_lost(),
+            RacyGuard::Fake { lost, .. } => lost.is_fired(),
+        }
+    }
+
+    async fn unlock(self) -> Result<()> {
+        match self {
+            RacyGuard::Real(g) => g.unlock().await,
+            RacyGuard::Fake { .. } => Ok(()),
+        }
+    }
+}
+
+/// Turns a [`Racy`] store's fault on (inject) and off (heal).
+#[derive(Clone)]
+pub struct FaultSwitch(Arc<AtomicBool>);
+
+impl FaultInjector for FaultSwitch {
+    fn name(&self) -> String {
+        "racy store returns Unavailable, half its writes applied (ack lost)".into()
+    }
+
+    fn inject(&self) -> BoxFuture<'_, ()> {
+        self.0.store(true, Ordering::SeqCst);
+        async {}.boxed()
+    }
+
+    fn heal(&self) -> BoxFuture<'_, ()> {
+        self.0.store(false, Ordering::SeqCst);
+        async {}.boxed()
+    }
+}
