@@ -181,7 +181,8 @@ fn hex(seed: [u8; 32]) -> String {
 pub enum Version {
     /// The pair most recently observed for the key.
     Latest,
-    /// The pair observed before that (stale when the key was written since).
+    /// The oldest of the last four pairs observed (stale when the key was written
+    /// since).
     Previous,
 }
 
@@ -305,8 +306,10 @@ const LOCKS: usize = 2;
 const MAX_WATCHES: usize = 3;
 
 /// Segments that sort before `/` (`-`, `.`, space) and after it (`~`, `é`, `b`), all
-/// string-prefix-siblings of `a` (which comes four times as often).
-const SEGMENTS: [&str; 10] = ["a", "a", "a", "a", "ab", "a-", "a.b", "a b", "a~", "é"];
+/// string-prefix-siblings of `a`, which comes half of the time so keys collide.
+const SEGMENTS: [&str; 12] = [
+    "a", "a", "a", "a", "a", "a", "ab", "a-", "a.b", "a b", "a~", "é",
+];
 
 // Strategies pick from tables (`select`) rather than `prop_oneof`: proptest's unions
 // keep a lazily generated tree per alternative, which made generating a case cost more
@@ -316,16 +319,15 @@ const SEGMENTS: [&str; 10] = ["a", "a", "a", "a", "ab", "a-", "a.b", "a b", "a~"
 fn raw_key() -> impl Strategy<Value = String> {
     let slashes = || proptest::sample::select(vec!["", "", "", "", "/", "//"]);
     (
-        proptest::collection::vec(
-            (proptest::sample::select(SEGMENTS.to_vec()), slashes()),
-            1..=3,
-        ),
+        // Depth 1 half of the time, 2 a third, 3 a sixth.
+        proptest::sample::select(vec![1, 1, 1, 2, 2, 3]),
+        proptest::collection::vec((proptest::sample::select(SEGMENTS.to_vec()), slashes()), 3),
         slashes(),
         slashes(),
     )
-        .prop_map(|(segments, lead, trail)| {
+        .prop_map(|(depth, segments, lead, trail)| {
             let mut key = String::from(lead);
-            for (i, (seg, sep)) in segments.iter().enumerate() {
+            for (i, (seg, sep)) in segments.iter().take(depth).enumerate() {
                 if i > 0 {
                     key.push('/');
                     key.push_str(sep);
@@ -351,7 +353,7 @@ fn value() -> impl Strategy<Value = Bytes> {
     })
 }
 
-/// The kinds of step and how often each comes (out of 35).
+/// The kinds of step and how often each comes (out of 36).
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Put,
@@ -382,7 +384,7 @@ const KINDS: [(Kind, usize); 18] = [
     (Kind::List, 3),
     (Kind::DeleteTree, 1),
     (Kind::Create, 2),
-    (Kind::Swap, 3),
+    (Kind::Swap, 4),
     (Kind::CompareDelete, 2),
     (Kind::Watch, 2),
     (Kind::WatchTree, 2),
@@ -640,7 +642,7 @@ struct Seen(HashMap<String, (u64, bool)>);
 
 /// One run: the handles, the model and the open watches and locks of a case.
 struct Harness<B: Backend> {
-    handles: Vec<Kv<B>>,
+    handles: Arc<[Kv<B>]>,
     caps: Capabilities,
     config: ModelConfig<B>,
     /// The TTL written by TTL steps, and the bound after which its key must be gone.
@@ -677,13 +679,32 @@ fn unexpected_error(what: &str, e: &Error) -> Violation {
     violation(RULE_HEALTHY, format!("{what}: unexpected error {e:?}"))
 }
 
+/// One of the run's handles, borrowed without cloning the `Kv` (a clone may be a new
+/// client with its own state, and each handle must stay the same one all run).
+struct Handle<B: Backend> {
+    all: Arc<[Kv<B>]>,
+    index: usize,
+}
+
+impl<B: Backend> std::ops::Deref for Handle<B> {
+    type Target = Kv<B>;
+
+    fn deref(&self) -> &Kv<B> {
+        &self.all[self.index]
+    }
+}
+
 impl<B: Backend> Harness<B> {
-    fn handle(&self, h: usize) -> (usize, Kv<B>) {
-        let h = h % self.handles.len();
-        (h, self.handles[h].clone())
+    fn handle(&self, h: usize) -> (usize, Handle<B>) {
+        let index = h % self.handles.len();
+        let handle = Handle {
+            all: self.handles.clone(),
+            index,
+        };
+        (index, handle)
     }
 
-    fn other_handle(&self, h: usize) -> (usize, Kv<B>) {
+    fn other_handle(&self, h: usize) -> (usize, Handle<B>) {
         self.handle(h + 1)
     }
 
@@ -691,7 +712,8 @@ impl<B: Backend> Harness<B> {
         self.data.clear();
         self.gone.clear();
         self.max_index.clear();
-        self.observed.clear();
+        // `observed` is kept: pairs from earlier cases are stale after the wipe, and a
+        // compare operation with one must fail.
         for seen in &mut self.seen {
             seen.0.clear();
         }
@@ -743,7 +765,7 @@ impl<B: Backend> Harness<B> {
         let observed = self.observed.entry(pair.key.clone()).or_default();
         if observed.last().map(|p| p.last_index) != Some(pair.last_index) {
             observed.push(pair.clone());
-            if observed.len() > 2 {
+            if observed.len() > 4 {
                 observed.remove(0);
             }
         }
@@ -1581,7 +1603,7 @@ impl<B: Backend> Harness<B> {
 
     /// The lock keys hold the values of the held locks, and nothing else shows.
     async fn check_locks(&mut self, h: usize) -> Checked {
-        let kv = self.handles[h].clone();
+        let (_, kv) = self.handle(h);
         let want: Vec<(String, Bytes)> = (0..LOCKS)
             .filter_map(|l| match &self.locks[l] {
                 LockSlot::Held { value, .. } => Some((lock_key(l), value.options().value)),
@@ -1694,9 +1716,10 @@ impl<B: Backend> Harness<B> {
         }
         let target = Instant::now().into_std();
         let open = self.config.open_handle.clone();
+        let holder = Kv::clone(&kv);
         let t0 = Instant::now();
         let taken = tokio::task::spawn_blocking(move || {
-            std::thread::spawn(move || doomed_lock(kv, open, key, options, paused, target))
+            std::thread::spawn(move || doomed_lock(holder, open, key, options, paused, target))
                 .join()
                 .unwrap_or_else(|_| Err(Error::Closed))
         })
@@ -1750,7 +1773,7 @@ impl<B: Backend> Harness<B> {
     // -- a case ---------------------------------------------------------------------
 
     async fn wipe(&mut self) -> std::result::Result<(), String> {
-        let kv = self.handles[0].clone();
+        let (_, kv) = self.handle(0);
         for dir in [ROOT, LOCK_ROOT] {
             kv.delete_tree(dir)
                 .await
@@ -1785,10 +1808,13 @@ impl<B: Backend> Harness<B> {
             self.step = step;
             self.apply(op).await.map_err(|v| (Some(step), v))?;
         }
-        self.expire_if_due().await.map_err(|v| (None, v))?;
+        // TTL keys still pending are waited for, so every TTL written is checked.
+        if self.data.values().any(|e| e.expiry.is_some()) {
+            self.elapse().await.map_err(|v| (None, v))?;
+        }
         self.converge_all().await.map_err(|v| (None, v))?;
         // Finally the whole state must agree.
-        let kv = self.handles[0].clone();
+        let (_, kv) = self.handle(0);
         match kv.list(ROOT).await {
             Ok(pairs) => self.check_list(0, ROOT, &pairs).map_err(|v| (None, v))?,
             Err(e) => return Err((None, unexpected_error("list", &e))),
@@ -1938,7 +1964,7 @@ pub async fn check_against_memory<B: Backend>(
         .map_err(|e| ModelFailure(format!("a first TTL write failed: {e}")))?;
     let mut harness = Harness {
         seen: (0..handles.len()).map(|_| Seen::default()).collect(),
-        handles,
+        handles: handles.into(),
         caps,
         ttl,
         ttl_bound,
