@@ -87,6 +87,9 @@ pub struct ModelConfig<B: Backend> {
     /// same again). Once spent, new TTL steps are skipped. Under a paused tokio clock
     /// sleeping costs no real time, so the budget is never spent.
     pub max_sleep: Duration,
+    /// Most runs spent shrinking a failing sequence (0: report it unshrunk). Shrinking
+    /// only shortens the report; it never decides whether a run fails.
+    pub max_shrink_runs: u32,
 }
 
 impl<B: Backend> Default for ModelConfig<B> {
@@ -103,6 +106,7 @@ impl<B: Backend> Default for ModelConfig<B> {
             watches: true,
             locks: true,
             max_sleep: Duration::from_secs(30),
+            max_shrink_runs: 1024,
         }
     }
 }
@@ -121,6 +125,7 @@ impl<B: Backend> Clone for ModelConfig<B> {
             watches: self.watches,
             locks: self.locks,
             max_sleep: self.max_sleep,
+            max_shrink_runs: self.max_shrink_runs,
         }
     }
 }
@@ -139,6 +144,7 @@ impl<B: Backend> fmt::Debug for ModelConfig<B> {
             .field("watches", &self.watches)
             .field("locks", &self.locks)
             .field("max_sleep", &self.max_sleep)
+            .field("max_shrink_runs", &self.max_shrink_runs)
             .finish()
     }
 }
@@ -339,11 +345,6 @@ fn raw_key() -> impl Strategy<Value = String> {
         })
 }
 
-/// A raw directory: a key, or (one time in six) the root of the case.
-fn raw_dir() -> impl Strategy<Value = String> {
-    (0..6u8, raw_key()).prop_map(|(pick, key)| if pick == 5 { String::new() } else { key })
-}
-
 fn value() -> impl Strategy<Value = Bytes> {
     (0..4u8, proptest::collection::vec(any::<u8>(), 0..16)).prop_map(|(pick, bytes)| match pick {
         0 => Bytes::new(),
@@ -419,7 +420,9 @@ fn op() -> impl Strategy<Value = Op> {
         proptest::sample::select(kinds),
         0..HANDLE_CHOICES,
         raw_key(),
-        raw_dir(),
+        // The dir of a list/delete_tree/watch_tree step: the key, or (one time in six)
+        // the root of the case.
+        0..6u8,
         value(),
         proptest::sample::select(versions),
         proptest::sample::select(vec![false, false, false, true]),
@@ -427,53 +430,60 @@ fn op() -> impl Strategy<Value = Op> {
         proptest::sample::select(lock_values),
     )
         .prop_map(
-            |(kind, handle, key, dir, value, version, ttl, lock, lock_value)| match kind {
-                Kind::Put => Op::Put {
-                    handle,
-                    key,
-                    value,
-                    ttl,
-                },
-                Kind::Get => Op::Get { handle, key },
-                Kind::Delete => Op::Delete { handle, key },
-                Kind::Exists => Op::Exists { handle, key },
-                Kind::List => Op::List { handle, dir },
-                Kind::DeleteTree => Op::DeleteTree { handle, dir },
-                Kind::Create => Op::Create {
-                    handle,
-                    key,
-                    value,
-                    ttl,
-                },
-                Kind::Swap => Op::Swap {
-                    handle,
-                    key,
-                    value,
-                    version,
-                    ttl,
-                },
-                Kind::CompareDelete => Op::CompareDelete {
-                    handle,
-                    key,
-                    version,
-                },
-                Kind::Watch => Op::Watch { handle, key },
-                Kind::WatchTree => Op::WatchTree { handle, dir },
-                Kind::Observe => Op::Observe,
-                Kind::Elapse => Op::Elapse,
-                Kind::Lock => Op::Lock {
-                    handle,
-                    lock,
-                    value: lock_value,
-                },
-                Kind::TryLock => Op::TryLock {
-                    handle,
-                    lock,
-                    value: lock_value,
-                },
-                Kind::Unlock => Op::Unlock { lock },
-                Kind::DropGuard => Op::DropGuard { lock },
-                Kind::Abandon => Op::Abandon { handle, lock },
+            |(kind, handle, key, root, value, version, ttl, lock, lock_value)| {
+                let dir = if root == 5 {
+                    String::new()
+                } else {
+                    key.clone()
+                };
+                match kind {
+                    Kind::Put => Op::Put {
+                        handle,
+                        key,
+                        value,
+                        ttl,
+                    },
+                    Kind::Get => Op::Get { handle, key },
+                    Kind::Delete => Op::Delete { handle, key },
+                    Kind::Exists => Op::Exists { handle, key },
+                    Kind::List => Op::List { handle, dir },
+                    Kind::DeleteTree => Op::DeleteTree { handle, dir },
+                    Kind::Create => Op::Create {
+                        handle,
+                        key,
+                        value,
+                        ttl,
+                    },
+                    Kind::Swap => Op::Swap {
+                        handle,
+                        key,
+                        value,
+                        version,
+                        ttl,
+                    },
+                    Kind::CompareDelete => Op::CompareDelete {
+                        handle,
+                        key,
+                        version,
+                    },
+                    Kind::Watch => Op::Watch { handle, key },
+                    Kind::WatchTree => Op::WatchTree { handle, dir },
+                    Kind::Observe => Op::Observe,
+                    Kind::Elapse => Op::Elapse,
+                    Kind::Lock => Op::Lock {
+                        handle,
+                        lock,
+                        value: lock_value,
+                    },
+                    Kind::TryLock => Op::TryLock {
+                        handle,
+                        lock,
+                        value: lock_value,
+                    },
+                    Kind::Unlock => Op::Unlock { lock },
+                    Kind::DropGuard => Op::DropGuard { lock },
+                    Kind::Abandon => Op::Abandon { handle, lock },
+                }
             },
         )
 }
@@ -2015,8 +2025,10 @@ async fn run_cases<B: Backend>(
         let mut best = (tree.current(), first);
         let mut iterations = 0;
         let shrink_started = std::time::Instant::now();
-        if tree.simplify() {
-            while iterations < 1024 && shrink_started.elapsed() < Duration::from_secs(120) {
+        if config.max_shrink_runs > 0 && tree.simplify() {
+            while iterations < config.max_shrink_runs
+                && shrink_started.elapsed() < Duration::from_secs(120)
+            {
                 iterations += 1;
                 let candidate = tree.current();
                 match harness.run(&candidate).await {
