@@ -790,7 +790,7 @@ impl<B: Backend> Harness<B> {
         pair: &KvPair,
         expiry: Option<Expiry>,
     ) -> Checked {
-        if pair.key != key || &pair.value != value {
+        if pair.key != key || pair.value != value {
             return Err(violation(
                 RULE_NORMALISED,
                 format!("wrote {key:?} = {value:?}, the reply is {pair:?}"),
@@ -1960,7 +1960,9 @@ pub async fn check_against_memory<B: Backend>(
         };
         handles.push(handle);
     }
-    let ttl = caps.effective_ttl(Duration::from_millis(100).max(caps.min_ttl));
+    // Long enough that a step on a loaded machine rarely runs into the uncertain
+    // window (the harness sleeps past it first), short enough to be cheap.
+    let ttl = caps.effective_ttl(Duration::from_millis(500).max(caps.min_ttl));
     let ttl_bound = ttl * caps.ttl_expiry_factor.max(1) + caps.ttl_granularity;
     // A TTL write from this runtime first, so a store's lazily started background work
     // (memory's expiry task) lives here and not in an abandoned lock's runtime.
