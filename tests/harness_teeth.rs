@@ -92,6 +92,15 @@ async fn a_failed_conformance_check_is_an_error_naming_it() {
     assert_eq!(failure.rule(), Some("list_rules"));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_backend_panicking_in_the_model_is_an_error() {
+    let failure = model::check_backend(&broken(Bug::ListPanics), model::ModelConfig::default())
+        .await
+        .expect_err("the backend panics");
+    assert!(failure.0.contains("the backend panicked"), "{failure}");
+    assert!(failure.0.contains("list of"), "{failure}");
+}
+
 macro_rules! teeth {
     ($($name:ident => $bug:expr),* $(,)?) => {$(
         #[tokio::test(start_paused = true)]

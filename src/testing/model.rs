@@ -322,7 +322,7 @@ const SEGMENTS: [&str; 12] = [
 // than running it.
 
 /// A raw key from the small space, with random leading/trailing/repeated slashes.
-fn raw_key() -> impl Strategy<Value = String> {
+fn raw_key() -> impl Strategy<Value = String, Tree: Send> {
     let slashes = || proptest::sample::select(vec!["", "", "", "", "/", "//"]);
     (
         // Depth 1 half of the time, 2 a third, 3 a sixth.
@@ -345,7 +345,7 @@ fn raw_key() -> impl Strategy<Value = String> {
         })
 }
 
-fn value() -> impl Strategy<Value = Bytes> {
+fn value() -> impl Strategy<Value = Bytes, Tree: Send> {
     (0..4u8, proptest::collection::vec(any::<u8>(), 0..16)).prop_map(|(pick, bytes)| match pick {
         0 => Bytes::new(),
         1 => Bytes::from_static(b"x"),
@@ -398,7 +398,7 @@ const KINDS: [(Kind, usize); 18] = [
     (Kind::Abandon, 1),
 ];
 
-fn op() -> impl Strategy<Value = Op> {
+fn op() -> impl Strategy<Value = Op, Tree: Send> {
     let kinds: Vec<Kind> = KINDS
         .iter()
         .flat_map(|&(kind, weight)| std::iter::repeat_n(kind, weight))
@@ -489,7 +489,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// The strategy for whole sequences.
-pub fn sequence(max_ops: usize) -> impl Strategy<Value = Vec<Op>> {
+pub fn sequence(max_ops: usize) -> impl Strategy<Value = Vec<Op>, Tree: Send> {
     proptest::collection::vec(op(), 1..=max_ops.max(1))
 }
 
@@ -2080,7 +2080,19 @@ pub async fn check_backend<B: Backend>(
             )));
         }
     }
-    check_against_memory(kv, config).await
+    // The model runs in a task too, so a backend that panics is reported, not raised.
+    let kv = kv.clone();
+    match tokio::spawn(async move { check_against_memory(&kv, config).await }).await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(ModelFailure(format!(
+            "the model harness stopped: the backend panicked\nrule broken: operations succeed on a healthy store\n{}",
+            if e.is_panic() {
+                panic_message(e.into_panic())
+            } else {
+                e.to_string()
+            }
+        ))),
+    }
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

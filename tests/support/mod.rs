@@ -52,6 +52,8 @@ pub enum Fault {
     VersionRestartsOnCreate,
     /// `get` of an implicit parent (a key with keys below it) returns an empty value.
     ImplicitParentVisible,
+    /// `list` of a dir ending in `a~` panics (a bug only the model's key space meets).
+    ListPanics,
 }
 
 /// A [`Memory`] store with one [`Fault`].
@@ -258,6 +260,9 @@ impl Backend for Faulty {
     }
 
     async fn list(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+        if self.fault == Fault::ListPanics && dir.as_str().ends_with("a~") {
+            panic!("list of {:?} panicked", dir.as_str());
+        }
         if self.fault == Fault::ListMatchesSiblings {
             let all = self.inner.list(&Dir::root()).await?;
             return Ok(all
