@@ -2024,6 +2024,7 @@ async fn run_cases<B: Backend>(
         };
         // Shrink: simplify while it still fails, complicate back when it passes.
         harness.sleep_left = config.max_sleep;
+        let original = (tree.current().len(), first.clone());
         let mut best = (tree.current(), first);
         let mut iterations = 0;
         let shrink_started = std::time::Instant::now();
@@ -2049,8 +2050,19 @@ async fn run_cases<B: Backend>(
             }
         }
         let (ops, why) = best;
+        // What the case saw before shrinking, when shrinking changed it (a store that
+        // keeps state across cases, such as a stuck lock, can make them differ).
+        let before = if original.1 == why {
+            String::new()
+        } else {
+            format!(
+                "\nbefore shrinking ({} steps):\n{}",
+                original.0,
+                original.1.replace("rule broken: ", "rule: ")
+            )
+        };
         return Err(ModelFailure(format!(
-            "the backend broke a rule of the model\n{why}\nseed: {} (case {case}, shrunk in {iterations} runs)\nhandles: {}\nminimal sequence:\n{}",
+            "the backend broke a rule of the model\n{why}\nseed: {} (case {case}, shrunk in {iterations} runs)\nhandles: {}\nminimal sequence:\n{}{before}",
             hex(seed),
             harness.handles.len(),
             show_sequence(&ops)
