@@ -1,5 +1,9 @@
 //! The conformance suite and the model harness must catch broken backends: each
-//! wrapper here breaks one rule of a correct store (memory), and both checks must fail.
+//! wrapper in `support` breaks one rule of a correct store (memory), one class of bug
+//! each, and `check_backend` must fail on it; the model harness alone (its sequential
+//! part) must fail on it in 100 of 100 seeded runs with the default config. The
+//! unmodified wrapper passes. Everything runs on a paused tokio clock, so TTL steps
+//! cost no real time.
 
 mod support;
 
@@ -12,49 +16,112 @@ fn broken(bug: Bug) -> Kv<Faulty> {
     Kv::new(Faulty::new(Memory::new(), bug))
 }
 
-async fn conformance_catches(bug: Bug) {
-    let kv = broken(bug);
-    let outcome = tokio::spawn(async move { conformance::run_all(&kv).await }).await;
-    let err = outcome.expect_err(&format!("the conformance suite must fail on {bug:?}"));
+fn seed(i: u8) -> [u8; 32] {
+    let mut seed = [0x5e; 32];
+    seed[0] = i;
+    seed
+}
+
+/// `check_backend` fails with a readable report, and the model harness alone fails in
+/// every one of 100 seeded runs.
+async fn caught(bug: Bug) {
+    let failure = model::check_backend(&broken(bug), model::ModelConfig::default())
+        .await
+        .expect_err(&format!("check_backend must fail on {bug:?}"));
     assert!(
-        err.is_panic(),
-        "{bug:?}: expected a failed check, got {err:?}"
+        failure.rule().is_some(),
+        "{bug:?}: no rule named in {failure}"
+    );
+    let mut rules = std::collections::BTreeMap::new();
+    let started = std::time::Instant::now();
+    for i in 0..100 {
+        // Shrinking only shortens the report (the run has failed by then), so it runs
+        // for the first seed only: the loop stays fast.
+        let config = model::ModelConfig {
+            seed: Some(seed(i)),
+            max_shrink_runs: if i == 0 { 1024 } else { 0 },
+            ..model::ModelConfig::default()
+        };
+        let failure = model::check_against_memory(&broken(bug), config)
+            .await
+            .expect_err(&format!(
+                "the model harness must fail on {bug:?} with seed {i}"
+            ));
+        assert!(failure.0.contains("minimal sequence"), "{failure}");
+        assert!(failure.0.contains("seed: "), "{failure}");
+        *rules
+            .entry(failure.rule().unwrap_or("?").to_owned())
+            .or_insert(0) += 1;
+    }
+    eprintln!(
+        "{bug:?}: caught 100/100 in {:?} by {rules:?}",
+        started.elapsed()
     );
 }
 
-async fn model_catches(bug: Bug) {
-    let config = model::ModelConfig {
-        cases: 256,
-        ..model::ModelConfig::default()
-    };
-    let outcome = model::check_against_memory(&broken(bug), config).await;
-    let failure = outcome.expect_err(&format!("the model harness must fail on {bug:?}"));
-    assert!(failure.0.contains("minimal sequence"), "{failure}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_wrapper_without_a_bug_passes_both() {
+#[tokio::test(start_paused = true)]
+async fn the_wrapper_without_a_bug_passes() {
     let faithful = broken(Bug::None);
     conformance::run_all(&faithful).await;
-    model::check_against_memory(&faithful, model::ModelConfig::default())
+    model::check_backend(&faithful, model::ModelConfig::default())
         .await
         .unwrap();
+    for i in 0..10 {
+        let config = model::ModelConfig {
+            seed: Some(seed(i)),
+            ..model::ModelConfig::default()
+        };
+        model::check_against_memory(&faithful, config)
+            .await
+            .unwrap();
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_matching_siblings_is_caught() {
-    conformance_catches(Bug::ListMatchesSiblings).await;
-    model_catches(Bug::ListMatchesSiblings).await;
+#[tokio::test(start_paused = true)]
+async fn a_failed_conformance_check_is_an_error_naming_it() {
+    let failure = model::check_backend(
+        &broken(Bug::ListMatchesSiblings),
+        model::ModelConfig::default(),
+    )
+    .await
+    .expect_err("list leaks siblings");
+    assert!(
+        failure.0.contains("conformance check `list_rules`"),
+        "{failure}"
+    );
+    assert_eq!(failure.rule(), Some("list_rules"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cas_ignoring_the_version_is_caught() {
-    conformance_catches(Bug::CasIgnoresVersion).await;
-    model_catches(Bug::CasIgnoresVersion).await;
+#[tokio::test(start_paused = true)]
+async fn a_backend_panicking_in_the_model_is_an_error() {
+    let failure = model::check_backend(&broken(Bug::ListPanics), model::ModelConfig::default())
+        .await
+        .expect_err("the backend panics");
+    assert!(failure.0.contains("the backend panicked"), "{failure}");
+    assert!(failure.0.contains("list of"), "{failure}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_taking_children_is_caught() {
-    conformance_catches(Bug::DeleteTakesChildren).await;
-    model_catches(Bug::DeleteTakesChildren).await;
+macro_rules! teeth {
+    ($($name:ident => $bug:expr),* $(,)?) => {$(
+        #[tokio::test(start_paused = true)]
+        async fn $name() {
+            caught($bug).await;
+        }
+    )*};
+}
+
+teeth! {
+    list_matching_siblings_is_caught => Bug::ListMatchesSiblings,
+    cas_ignoring_the_version_is_caught => Bug::CasIgnoresVersion,
+    delete_taking_children_is_caught => Bug::DeleteTakesChildren,
+    list_sorted_by_segments_is_caught => Bug::ListSortsBySegments,
+    delete_tree_taking_siblings_is_caught => Bug::DeleteTreeTakesSiblings,
+    atomic_put_dropping_the_ttl_is_caught => Bug::AtomicPutDropsTtl,
+    watch_skipping_its_first_item_is_caught => Bug::WatchSkipsFirstItem,
+    lock_shared_by_identical_options_is_caught => Bug::LockSameOptionsShared,
+    stale_reads_from_a_per_handle_cache_are_caught => Bug::PerHandleCache,
+    watch_repeating_items_is_caught => Bug::WatchRepeats,
+    abandoned_lock_never_freed_is_caught => Bug::LockDropsTtl,
+    version_restarting_on_create_is_caught => Bug::VersionRestartsOnCreate,
+    implicit_parent_visible_is_caught => Bug::ImplicitParentVisible,
 }

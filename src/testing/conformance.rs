@@ -12,7 +12,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
 
 use crate::backend::{Backend, KvPair, LockGuard, LockOptions, PutOptions};
 use crate::error::{Error, ErrorKind, Result};
@@ -25,27 +26,63 @@ pub const ROOT: &str = "kvkit-conformance";
 /// a woken lock waiter).
 pub const PROMPTLY: Duration = Duration::from_secs(10);
 
+/// One conformance check, as [`checks`] lists it: takes a handle, panics on a broken
+/// rule.
+pub type Check<B> = fn(Kv<B>) -> BoxFuture<'static, ()>;
+
+macro_rules! named_checks {
+    ($($name:ident),* $(,)?) => {
+        vec![$((
+            stringify!($name),
+            (|kv: Kv<B>| async move { $name(&kv).await }.boxed()) as Check<B>,
+        )),*]
+    };
+}
+
+/// Every check with its name, in the order [`run_all`] runs them.
+pub fn checks<B: Backend>() -> Vec<(&'static str, Check<B>)> {
+    named_checks![
+        put_get_delete,
+        normalised_keys,
+        missing_keys_and_implicit_parents,
+        key_with_children,
+        last_index_rules,
+        list_rules,
+        delete_tree_rules,
+        atomic_put_rules,
+        atomic_delete_rules,
+        invalid_input,
+        put_ttl,
+        watch_key,
+        watch_missing_key,
+        watch_tree,
+        lock_unlock_relock,
+        lock_wakes_waiter,
+        lock_lost_when_key_taken,
+        lock_ttl_renewal,
+        lock_bookkeeping_hidden,
+    ]
+}
+
 /// Runs every check in turn.
 pub async fn run_all<B: Backend>(kv: &Kv<B>) {
-    put_get_delete(kv).await;
-    normalised_keys(kv).await;
-    missing_keys_and_implicit_parents(kv).await;
-    key_with_children(kv).await;
-    last_index_rules(kv).await;
-    list_rules(kv).await;
-    delete_tree_rules(kv).await;
-    atomic_put_rules(kv).await;
-    atomic_delete_rules(kv).await;
-    invalid_input(kv).await;
-    put_ttl(kv).await;
-    watch_key(kv).await;
-    watch_missing_key(kv).await;
-    watch_tree(kv).await;
-    lock_unlock_relock(kv).await;
-    lock_wakes_waiter(kv).await;
-    lock_lost_when_key_taken(kv).await;
-    lock_ttl_renewal(kv).await;
-    lock_bookkeeping_hidden(kv).await;
+    for (_, check) in checks::<B>() {
+        check(kv.clone()).await;
+    }
+}
+
+/// Prefix-siblings of `dir` (sorting before and after `/`) and a multi-byte child:
+/// `dir-x`, `dir.x`, `dir x`, `dir~` are outside `dir`, `dir/é` is inside.
+pub fn siblings(dir: &str) -> ([String; 4], String) {
+    (
+        [
+            format!("{dir}-x"),
+            format!("{dir}.x"),
+            format!("{dir} x"),
+            format!("{dir}~"),
+        ],
+        format!("{dir}/é"),
+    )
 }
 
 /// A fresh directory for one check: `ROOT/name`, emptied.
@@ -289,13 +326,15 @@ pub async fn list_rules<B: Backend>(kv: &Kv<B>) {
         ok("list missing dir", kv.list(&base).await).is_empty(),
         "missing dir lists empty"
     );
+    let (outside, inside) = siblings(&base);
     let written = [
         format!("{base}/b"),
         format!("{base}/a/deep/er"),
         format!("{base}/a"),
         format!("{base}/c/x"),
+        inside,
     ];
-    for key in &written {
+    for key in outside.iter().chain(&written) {
         ok("put", kv.put(key, key.clone(), PutOptions::default()).await);
     }
     ok(
@@ -356,14 +395,19 @@ pub async fn delete_tree_rules<B: Backend>(kv: &Kv<B>) {
     let dir = fresh_dir(kv, "delete_tree").await;
     let base = format!("{dir}/t");
     ok("delete_tree of nothing", kv.delete_tree(&base).await);
+    let (outside, inside) = siblings(&base);
     for key in [
         base.clone(),
         format!("{base}/a"),
         format!("{base}/a/b"),
         format!("{base}2/x"),
         format!("{dir}/tt"),
-    ] {
-        ok("put", kv.put(&key, "v", PutOptions::default()).await);
+        inside.clone(),
+    ]
+    .iter()
+    .chain(&outside)
+    {
+        ok("put", kv.put(key, "v", PutOptions::default()).await);
     }
     ok("delete_tree", kv.delete_tree(format!("{base}/")).await);
     expect_kind(
@@ -382,6 +426,17 @@ pub async fn delete_tree_rules<B: Backend>(kv: &Kv<B>) {
         kv.exists(format!("{base}2/x")).await
     ));
     assert!(ok("sibling key kept", kv.exists(format!("{dir}/tt")).await));
+    expect_kind(
+        "multi-byte child deleted",
+        kv.get(&inside).await,
+        ErrorKind::NotFound,
+    );
+    for sibling in &outside {
+        assert!(
+            ok("prefix-sibling kept", kv.exists(sibling).await),
+            "delete_tree({base:?}) keeps {sibling:?}"
+        );
+    }
 }
 
 /// Create-only and compare-and-swap puts.
@@ -673,6 +728,14 @@ pub async fn watch_missing_key<B: Backend>(kv: &Kv<B>) {
 pub async fn watch_tree<B: Backend>(kv: &Kv<B>) {
     let dir = fresh_dir(kv, "watch_tree").await;
     let tree = format!("{dir}/tree");
+    let (outside, inside) = siblings(&tree);
+    // Prefix-siblings written before the watch starts are not in its first item.
+    for sibling in &outside {
+        ok(
+            "put sibling",
+            kv.put(sibling, "s0", PutOptions::default()).await,
+        );
+    }
     let mut watch = ok("watch_tree of missing dir", kv.watch_tree(&tree).await);
     let initial = ok("initial", next_item("initial subtree", &mut watch).await);
     assert!(initial.is_empty(), "empty subtree first: {initial:?}");
@@ -697,6 +760,35 @@ pub async fn watch_tree<B: Backend>(kv: &Kv<B>) {
     ok("delete b", kv.delete(&b).await);
     let want = vec![(a.clone(), Bytes::from("2"))];
     until("see a deletion", &mut watch, |t: &Vec<KvPair>| {
+        keys_values(t) == want
+    })
+    .await;
+
+    // Prefix-siblings written after the watch started never show; a multi-byte child
+    // does.
+    for sibling in &outside {
+        ok(
+            "put sibling",
+            kv.put(sibling, "s1", PutOptions::default()).await,
+        );
+    }
+    ok("put é", kv.put(&inside, "1", PutOptions::default()).await);
+    let want_with = vec![
+        (a.clone(), Bytes::from("2")),
+        (inside.clone(), Bytes::from("1")),
+    ];
+    let seen = until("see the multi-byte child", &mut watch, |t: &Vec<KvPair>| {
+        keys_values(t) == want_with
+    })
+    .await;
+    for item in &seen {
+        assert!(
+            item.iter().all(|p| !outside.contains(&p.key)),
+            "watch_tree({tree:?}) yields no prefix-sibling: {item:?}"
+        );
+    }
+    ok("delete é", kv.delete(&inside).await);
+    until("see é deleted", &mut watch, |t: &Vec<KvPair>| {
         keys_values(t) == want
     })
     .await;
