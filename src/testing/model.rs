@@ -33,6 +33,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use tokio::time::Instant;
 
+use super::concurrent::{ConcurrentConfig, check_concurrent};
 use super::fault::SharedFault;
 use crate::backend::{Backend, Capabilities, KvPair, LockGuard, LockOptions, PutOptions};
 use crate::error::{Error, ErrorKind, Result};
@@ -72,8 +73,13 @@ pub struct ModelConfig<B: Backend> {
     /// Opens extra handles. `None`: extra handles are clones of the given `kv` (a
     /// backend whose clones are independent clients is then checked as such).
     pub open_handle: Option<OpenHandle<B>>,
-    /// Concurrent clients of the concurrent phase (see `docs/testing.md`).
-    pub clients: usize,
+    /// The concurrent phase of [`check_backend`]: `clients` (default 4) handles issue
+    /// random operations at once, with watchers and lock contenders, and the history is
+    /// checked for linearizability (see [`crate::testing::concurrent`]). Its handles
+    /// come from `open_handle` like the sequential ones. When [`ModelConfig::seed`] is
+    /// set, the phase's seed is derived from it (otherwise a random one, reported on
+    /// failure), so `concurrent.seed` is not used here. `None`: no concurrent phase.
+    pub concurrent: Option<ConcurrentConfig>,
     /// A fault injected while the concurrent phase runs.
     pub fault: Option<SharedFault>,
     /// Steps with TTLs: puts and atomic puts with a TTL, waiting for them to expire,
@@ -100,7 +106,7 @@ impl<B: Backend> Default for ModelConfig<B> {
             seed: None,
             handles: 2,
             open_handle: None,
-            clients: 4,
+            concurrent: Some(ConcurrentConfig::default()),
             fault: None,
             ttl: true,
             watches: true,
@@ -119,7 +125,7 @@ impl<B: Backend> Clone for ModelConfig<B> {
             seed: self.seed,
             handles: self.handles,
             open_handle: self.open_handle.clone(),
-            clients: self.clients,
+            concurrent: self.concurrent.clone(),
             fault: self.fault.clone(),
             ttl: self.ttl,
             watches: self.watches,
@@ -138,7 +144,7 @@ impl<B: Backend> fmt::Debug for ModelConfig<B> {
             .field("seed", &self.seed.map(hex))
             .field("handles", &self.handles)
             .field("open_handle", &self.open_handle.is_some())
-            .field("clients", &self.clients)
+            .field("concurrent", &self.concurrent)
             .field("fault", &self.fault)
             .field("ttl", &self.ttl)
             .field("watches", &self.watches)
@@ -2093,11 +2099,60 @@ pub async fn check_backend<B: Backend>(
         }
     }
     // The model runs in a task too, so a backend that panics is reported, not raised.
-    let kv = kv.clone();
-    match tokio::spawn(async move { check_against_memory(&kv, config).await }).await {
+    let concurrent = config.concurrent.clone().map(|mut concurrent| {
+        concurrent.seed = concurrent_seed(config.seed);
+        if !config.watches {
+            concurrent.watchers = 0;
+        }
+        if !config.locks {
+            concurrent.lock_contenders = 0;
+        }
+        concurrent
+    });
+    let open_handle = config.open_handle.clone();
+    let fault = config.fault.clone();
+    let sequential = kv.clone();
+    spawned("the model harness", async move {
+        check_against_memory(&sequential, config).await
+    })
+    .await?;
+    let Some(concurrent) = concurrent else {
+        return Ok(());
+    };
+    let mut handles = vec![kv.clone()];
+    for _ in 1..concurrent.clients.max(1) {
+        handles.push(match &open_handle {
+            Some(open) => open().await.map_err(|e| {
+                ModelFailure(format!(
+                    "opening a handle for the concurrent phase failed: {e}"
+                ))
+            })?,
+            None => kv.clone(),
+        });
+    }
+    let opened = handles[1..].to_vec();
+    let outcome = spawned("the concurrent phase", async move {
+        check_concurrent(handles, concurrent, fault).await.map(drop)
+    })
+    .await;
+    if open_handle.is_some() {
+        for handle in opened {
+            // Best effort: the handles this phase opened are its own to close.
+            let _ = handle.close().await;
+        }
+    }
+    outcome
+}
+
+/// Runs `check` in a task, so a backend that panics is reported as a failure.
+async fn spawned(
+    what: &str,
+    check: impl Future<Output = std::result::Result<(), ModelFailure>> + Send + 'static,
+) -> std::result::Result<(), ModelFailure> {
+    match tokio::spawn(check).await {
         Ok(outcome) => outcome,
         Err(e) => Err(ModelFailure(format!(
-            "the model harness stopped: the backend panicked\nrule broken: operations succeed on a healthy store\n{}",
+            "{what} stopped: the backend panicked\nrule broken: operations succeed on a healthy store\n{}",
             if e.is_panic() {
                 panic_message(e.into_panic())
             } else {
@@ -2105,6 +2160,15 @@ pub async fn check_backend<B: Backend>(
             }
         ))),
     }
+}
+
+/// The concurrent phase's seed: derived from the model's seed when it is fixed, so one
+/// seed replays the whole check; random otherwise (a failure reports it).
+fn concurrent_seed(seed: Option<[u8; 32]>) -> u64 {
+    let seed = seed.unwrap_or_else(random_seed);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&seed[..8]);
+    u64::from_le_bytes(first)
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
