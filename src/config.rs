@@ -1277,6 +1277,7 @@ mod tests {
     /// A backend whose feature is off is refused by URL and by config file, naming
     /// the feature (run with `--no-default-features` to cover all four).
     #[test]
+    #[allow(clippy::vec_init_then_push)] // the pushes depend on the features
     fn missing_features_are_named() {
         #[allow(unused_mut)]
         let mut cases: Vec<(&str, &str, &str)> = Vec::new();
