@@ -105,6 +105,13 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A configuration or store URL is invalid (found before any I/O): fix it and
+    /// try again. Never contains a secret.
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// Any other backend failure, with the backend's own error.
     #[error("{backend} error: {source}")]
     Backend {
@@ -147,6 +154,8 @@ pub enum ErrorKind {
     Backend,
     /// [`Error::Encode`]
     Encode,
+    /// [`Error::Config`]
+    Config,
 }
 
 impl Error {
@@ -166,6 +175,7 @@ impl Error {
             Error::Decode { .. } => ErrorKind::Decode,
             Error::Backend { .. } => ErrorKind::Backend,
             Error::Encode { .. } => ErrorKind::Encode,
+            Error::Config { .. } => ErrorKind::Config,
         }
     }
 

@@ -32,7 +32,9 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod any;
 pub mod backend;
+pub mod config;
 #[cfg(feature = "consul")]
 pub mod consul;
 pub mod discovery;
@@ -45,6 +47,7 @@ mod kv;
 pub mod memory;
 mod notify;
 pub mod poll;
+pub mod prelude;
 pub mod recipe;
 #[cfg(feature = "redb")]
 pub mod redb;
@@ -64,3 +67,6 @@ pub use backend::{
 pub use error::{Error, ErrorKind, Result};
 pub use key::{Dir, Key};
 pub use kv::Kv;
+
+pub use any::{AnyBackend, AnyLock, AnyWatch, AnyWatchTree};
+pub use config::{StoreConfig, TlsConfig, connect};
