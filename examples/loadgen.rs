@@ -377,7 +377,7 @@ async fn main() -> kvkit::Result<()> {
         #[cfg(feature = "consul")]
         "consul" => {
             let mut config = kvkit::consul::ConsulConfig::default().prefix("kvkit-loadgen");
-            config.addresses = required_endpoints(&args);
+            config.endpoints = required_endpoints(&args);
             run(
                 Kv::new(kvkit::consul::Consul::connect(config).await?),
                 &args,

@@ -96,6 +96,13 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A configuration or store URL is invalid (found before any I/O): fix it and
+    /// try again. Never contains a secret.
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// Any other backend failure, with the backend's own error.
     #[error("{backend} error: {source}")]
     Backend {
@@ -136,6 +143,8 @@ pub enum ErrorKind {
     Decode,
     /// [`Error::Backend`]
     Backend,
+    /// [`Error::Config`]
+    Config,
 }
 
 impl Error {
@@ -154,6 +163,7 @@ impl Error {
             Error::Closed => ErrorKind::Closed,
             Error::Decode { .. } => ErrorKind::Decode,
             Error::Backend { .. } => ErrorKind::Backend,
+            Error::Config { .. } => ErrorKind::Config,
         }
     }
 

@@ -32,7 +32,9 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod any;
 pub mod backend;
+pub mod config;
 #[cfg(feature = "consul")]
 pub mod consul;
 pub mod discovery;
@@ -44,6 +46,7 @@ pub mod key;
 mod kv;
 pub mod memory;
 mod notify;
+pub mod prelude;
 pub mod recipe;
 #[cfg(feature = "redb")]
 pub mod redb;
@@ -61,3 +64,6 @@ pub use backend::{
 pub use error::{Error, ErrorKind, Result};
 pub use key::{Dir, Key};
 pub use kv::Kv;
+
+pub use any::{AnyBackend, AnyLock, AnyWatch, AnyWatchTree};
+pub use config::{StoreConfig, TlsConfig, connect};

@@ -162,8 +162,9 @@ async fn client_certificates_are_presented() {
         .unwrap();
 
     let mut config = client_config(&emu).ca_pem(ca_pem.clone());
-    config.tls.client_cert_pem = Some(client_cert.pem());
-    config.tls.client_key_pem = Some(client_key.serialize_pem());
+    let tls = config.tls.get_or_insert_with(Default::default);
+    tls.cert_pem = Some(client_cert.pem());
+    tls.key_pem = Some(client_key.serialize_pem());
     let kv = Kv::new(Consul::connect(config).await.unwrap());
     kv.put("mtls", "ok", PutOptions::default()).await.unwrap();
     assert_eq!(kv.get("mtls").await.unwrap().value, "ok");
@@ -259,7 +260,7 @@ async fn errors_are_typed() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     // A second address is used after the first fails.
     let mut config = client_config(&emu);
-    config.addresses = vec![format!("127.0.0.1:{port}"), emu.url()];
+    config.endpoints = vec![format!("127.0.0.1:{port}"), emu.url()];
     let failover = Kv::new(
         Consul::connect(config)
             .await

@@ -100,28 +100,13 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn read_pem(
-    text: &Option<String>,
-    file: &Option<std::path::PathBuf>,
-    what: &str,
-) -> Result<Option<Vec<u8>>> {
-    if let Some(text) = text {
-        return Ok(Some(text.clone().into_bytes()));
-    }
-    if let Some(path) = file {
-        return std::fs::read(path).map(Some).map_err(|e| {
-            Error::backend(NAME, format!("cannot read {what} {}: {e}", path.display()))
-        });
-    }
-    Ok(None)
-}
-
 fn tls_config(config: &ConsulConfig) -> Result<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |what: &str, e: &dyn std::fmt::Display| Error::backend(NAME, format!("{what}: {e}"));
+    let material = config.tls_or_default().load()?;
     let mut roots = rustls::RootCertStore::empty();
-    match read_pem(&config.tls.ca_pem, &config.tls.ca_file, "CA file")? {
+    match material.ca {
         Some(pem) => {
             for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| bad("invalid CA PEM", &e))?;
@@ -145,18 +130,8 @@ fn tls_config(config: &ConsulConfig) -> Result<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("TLS setup", &e))?
         .with_root_certificates(roots);
-    let cert = read_pem(
-        &config.tls.client_cert_pem,
-        &config.tls.client_cert_file,
-        "client certificate",
-    )?;
-    let key = read_pem(
-        &config.tls.client_key_pem,
-        &config.tls.client_key_file,
-        "client key",
-    )?;
-    match (cert, key) {
-        (Some(cert), Some(key)) => {
+    match material.identity {
+        Some((cert, key)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| bad("invalid client certificate", &e))?;
@@ -166,30 +141,26 @@ fn tls_config(config: &ConsulConfig) -> Result<rustls::ClientConfig> {
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| bad("client certificate", &e))
         }
-        (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err(Error::backend(
-            NAME,
-            "a client certificate needs both a certificate and a key",
-        )),
+        None => Ok(builder.with_no_client_auth()),
     }
 }
 
 impl Client {
     pub fn new(config: &ConsulConfig) -> Result<Self> {
-        if config.addresses.is_empty() {
-            return Err(Error::backend(NAME, "no Consul address configured"));
-        }
+        config.validate()?;
+        let https = config.scheme == Scheme::Https || config.tls.is_some();
         let bases: Vec<String> = config
-            .addresses
+            .endpoints
             .iter()
             .map(|a| {
                 let a = a.trim_end_matches('/');
                 if a.starts_with("http://") || a.starts_with("https://") {
                     a.to_owned()
                 } else {
-                    match config.scheme {
-                        Scheme::Http => format!("http://{a}"),
-                        Scheme::Https => format!("https://{a}"),
+                    if https {
+                        format!("https://{a}")
+                    } else {
+                        format!("http://{a}")
                     }
                 }
             })
@@ -198,7 +169,7 @@ impl Client {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.request_timeout));
+        http.set_connect_timeout(Some(config.connect_timeout));
         let tls = if any_https {
             tls_config(config)?
         } else {
@@ -219,13 +190,17 @@ impl Client {
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        let token =
-            match &config.token {
-                Some(t) => Some(HeaderValue::from_str(t).map_err(|_| {
+        let token = match &config.token {
+            Some(t) => {
+                let mut value = HeaderValue::from_str(t).map_err(|_| {
                     Error::backend(NAME, "the ACL token is not a valid header value")
-                })?),
-                None => None,
-            };
+                })?;
+                // Keeps the token out of hyper's and tracing's output.
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         Ok(Client {
             http,
             bases,

@@ -1,60 +1,93 @@
 //! [`ConsulConfig`]: where the Consul agent is and how to talk to it.
 
-use std::path::PathBuf;
+use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// How to reach Consul. Deserializable (durations as `"10s"`, `"500ms"` or a number
-/// of seconds); every field has a default, so `{}` is a local agent on
-/// `127.0.0.1:8500`.
-#[derive(Clone, Debug, Deserialize)]
+pub use crate::config::TlsConfig;
+use crate::config::{REDACTED, check_duration, config_error};
+
+/// How to reach Consul, with kvkit's configuration convention (see [`crate::config`]):
+/// durations as `"10s"`, `"500ms"`, `"1m30s"` (or a number of seconds), unknown fields
+/// rejected, every field defaulted, so `{}` is a local agent on `127.0.0.1:8500`.
+/// `Debug` never shows the token.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsulConfig {
     /// Agent addresses (`host:port`, or a full `http://` / `https://` URL). Requests
     /// go to the first; after a connection failure the next request goes to the next.
-    pub addresses: Vec<String>,
-    /// The scheme for addresses written without one.
-    pub scheme: Scheme,
-    /// The ACL token, sent as `X-Consul-Token`.
-    pub token: Option<String>,
-    /// The datacenter (`?dc=`); `None`: the agent's own.
-    pub datacenter: Option<String>,
+    #[serde(alias = "addresses")]
+    pub endpoints: Vec<String>,
     /// Every key lives below this prefix in Consul (`""`: none). Normalised like a key.
     pub prefix: String,
+    /// How long establishing a connection may take. Default: 3 s.
+    #[serde(with = "crate::config::duration")]
+    pub connect_timeout: Duration,
     /// Timeout of one request (blocking queries get their wait on top).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(with = "crate::config::duration")]
     pub request_timeout: Duration,
-    /// TLS settings for `https`.
-    pub tls: TlsConfig,
+    /// The scheme for addresses written without one; `https` also when `tls` is set.
+    pub scheme: Scheme,
+    /// TLS settings for `https` (`None`: the system's roots, no client certificate).
+    /// Setting it makes addresses without a scheme use `https`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// The ACL token, sent as `X-Consul-Token` (a secret: never shown by `Debug` or
+    /// `Display`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The datacenter (`?dc=`); `None`: the agent's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datacenter: Option<String>,
     /// The server's smallest session TTL (`session_ttl_min`, 10 s by default in
     /// Consul). TTLs of puts and locks are raised to it.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(with = "crate::config::duration")]
     pub min_session_ttl: Duration,
     /// The TTL of lock sessions when [`crate::LockOptions::ttl`] is `None`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(with = "crate::config::duration")]
     pub lock_ttl: Duration,
     /// The lock-delay of lock sessions: after a holder's session is invalidated (not
     /// after a clean unlock), nobody can take its lock for this long. Consul's own
     /// default is 15 s; kvkit's is 1 s so a lost lock is taken over quickly.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(with = "crate::config::duration")]
     pub lock_delay: Duration,
     /// How long one blocking query of a watch or lock waiter may wait (Consul caps it
     /// at 10 min).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(with = "crate::config::duration")]
     pub wait: Duration,
+}
+
+impl fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("scheme", &self.scheme)
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("datacenter", &self.datacenter)
+            .field("min_session_ttl", &self.min_session_ttl)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("lock_delay", &self.lock_delay)
+            .field("wait", &self.wait)
+            .finish()
+    }
 }
 
 impl Default for ConsulConfig {
     fn default() -> Self {
         ConsulConfig {
-            addresses: vec!["127.0.0.1:8500".to_owned()],
+            endpoints: vec!["127.0.0.1:8500".to_owned()],
+            prefix: String::new(),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
             scheme: Scheme::Http,
+            tls: None,
             token: None,
             datacenter: None,
-            prefix: String::new(),
-            request_timeout: Duration::from_secs(10),
-            tls: TlsConfig::default(),
             min_session_ttl: Duration::from_secs(10),
             lock_ttl: Duration::from_secs(15),
             lock_delay: Duration::from_secs(1),
@@ -67,7 +100,7 @@ impl ConsulConfig {
     /// The defaults with one agent address (`host:port` or a URL).
     pub fn new(address: impl Into<String>) -> Self {
         ConsulConfig {
-            addresses: vec![address.into()],
+            endpoints: vec![address.into()],
             ..ConsulConfig::default()
         }
     }
@@ -114,21 +147,72 @@ impl ConsulConfig {
         self
     }
 
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// Sets the request timeout.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
     }
 
+    /// Sets the TLS settings.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Trusts this CA (PEM) instead of the system roots.
     pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
-        self.tls.ca_pem = Some(pem.into());
+        self.tls.get_or_insert_with(TlsConfig::default).ca_pem = Some(pem.into());
         self
+    }
+
+    /// The TLS settings in effect (the defaults when `tls` is `None`).
+    pub(crate) fn tls_or_default(&self) -> TlsConfig {
+        self.tls.clone().unwrap_or_default()
+    }
+
+    /// Checks every setting without connecting (`Error::Config` on the first
+    /// problem). [`super::Consul::connect`] calls it first.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.endpoints.is_empty() {
+            return Err(config_error("consul: no endpoints configured"));
+        }
+        if let Some(empty) = self.endpoints.iter().find(|e| e.trim().is_empty()) {
+            return Err(config_error(format!("consul: empty endpoint {empty:?}")));
+        }
+        for (what, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("min_session_ttl", self.min_session_ttl),
+            ("lock_ttl", self.lock_ttl),
+            ("lock_delay", self.lock_delay),
+            ("wait", self.wait),
+        ] {
+            check_duration(&format!("consul {what}"), value)?;
+        }
+        if self.request_timeout.is_zero() {
+            return Err(config_error("consul: request_timeout must be more than 0"));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+            if tls.server_name.is_some() {
+                return Err(config_error(
+                    "consul: tls.server_name is not supported (address the agent by the name \
+                     in its certificate)",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
 /// The URL scheme.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// Plain HTTP.
@@ -138,86 +222,9 @@ pub enum Scheme {
     Https,
 }
 
-/// TLS settings. Without a CA the system's roots are trusted.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// A CA certificate (PEM text) to trust instead of the system roots.
-    pub ca_pem: Option<String>,
-    /// A CA certificate file (PEM) to trust instead of the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// A client certificate chain (PEM text), for servers that verify clients.
-    pub client_cert_pem: Option<String>,
-    /// A client certificate chain file (PEM).
-    pub client_cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM text).
-    pub client_key_pem: Option<String>,
-    /// The client certificate's private key file (PEM).
-    pub client_key_file: Option<PathBuf>,
-}
-
-/// Parses `"10s"`, `"1.5s"`, `"500ms"`, `"1m30s"`, `"2h"` or `"0"`.
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number: f64 = rest[..end].parse().ok()?;
-        rest = &rest[end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        total += Duration::try_from_secs_f64(number * seconds).ok()?;
-    }
-    Some(total)
-}
-
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Seconds(f64),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Text(s) => parse_duration(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?}"))),
-        Raw::Seconds(n) => Duration::try_from_secs_f64(n).map_err(serde::de::Error::custom),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_duration("ten"), None);
-        assert_eq!(parse_duration(""), None);
-    }
 
     #[test]
     fn config_deserializes_with_defaults() {
@@ -226,14 +233,17 @@ mod tests {
                 "request_timeout": "2s", "lock_delay": 0.5, "tls": {"ca_file": "/ca.pem"}}"#,
         )
         .unwrap();
-        assert_eq!(config.addresses, ["https://consul:8501"]);
+        assert_eq!(config.endpoints, ["https://consul:8501"]);
         assert_eq!(config.token.as_deref(), Some("t"));
         assert_eq!(config.request_timeout, Duration::from_secs(2));
         assert_eq!(config.lock_delay, Duration::from_millis(500));
         assert_eq!(config.min_session_ttl, Duration::from_secs(10));
-        assert_eq!(config.tls.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(
+            config.tls.and_then(|t| t.ca_file),
+            Some(std::path::PathBuf::from("/ca.pem"))
+        );
         let empty: ConsulConfig = serde_json::from_str("{}").unwrap();
-        assert_eq!(empty.addresses, ["127.0.0.1:8500"]);
+        assert_eq!(empty.endpoints, ["127.0.0.1:8500"]);
         assert!(serde_json::from_str::<ConsulConfig>(r#"{"wait": "soon"}"#).is_err());
         assert!(serde_json::from_str::<ConsulConfig>(r#"{"unknown": 1}"#).is_err());
     }

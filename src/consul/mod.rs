@@ -128,7 +128,7 @@ impl Consul {
             }),
         };
         // Try each address once: the client moves on after a connection failure.
-        let mut attempts = consul.inner.config.addresses.len();
+        let mut attempts = consul.inner.config.endpoints.len();
         loop {
             attempts -= 1;
             let ping = consul

@@ -1,78 +1,88 @@
 //! The configuration of the etcd backend.
 
-use std::path::PathBuf;
+use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{REDACTED, check_duration, config_error};
+use crate::error::Result;
+
+/// TLS settings of the etcd backend: the crate-wide [`crate::config::TlsConfig`].
+pub type EtcdTls = crate::config::TlsConfig;
 
 /// How to reach and authenticate to an etcd cluster.
 ///
-/// Deserialises from any serde format; durations are written as seconds (`1.5`) or as
-/// strings with a unit (`"500ms"`, `"2s"`, `"1m"`). Every field has a default:
+/// Deserialises from any serde format with kvkit's configuration convention (see
+/// [`crate::config`]): durations as `"500ms"`, `"2s"`, `"1m30s"` (or a number of
+/// seconds), unknown fields rejected. Every field has a default:
 ///
 /// ```
 /// # use kvkit::etcd::EtcdConfig;
 /// let config = EtcdConfig::new(["127.0.0.1:2379"]).prefix("myapp");
 /// assert_eq!(config.endpoints.len(), 1);
 /// ```
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+///
+/// `Debug` never shows the password.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EtcdConfig {
     /// Client URLs of the cluster's members: `host:port`, `http://host:port` or
     /// `https://host:port`. Requests are balanced over them and fail over between them.
     /// Default: `["127.0.0.1:2379"]`.
     pub endpoints: Vec<String>,
-    /// How long establishing a connection may take. Default: 3 s.
-    #[serde(deserialize_with = "duration")]
-    pub connect_timeout: Duration,
-    /// How long one request may take before it fails with `Error::Unavailable`.
-    /// Default: 5 s.
-    #[serde(deserialize_with = "duration")]
-    pub request_timeout: Duration,
-    /// TLS settings; `None` for plain HTTP/2. With TLS, endpoints without a scheme
-    /// use `https`.
-    pub tls: Option<EtcdTls>,
-    /// User name for etcd's authentication (with `password`).
-    pub username: Option<String>,
-    /// Password of `username`.
-    pub password: Option<String>,
     /// A prefix under which every kvkit key lives, so several applications can share
     /// a cluster. Normalised to end with `/` when not empty. Default: none.
     pub prefix: String,
+    /// How long establishing a connection may take. Default: 3 s.
+    #[serde(with = "crate::config::duration")]
+    pub connect_timeout: Duration,
+    /// How long one request may take before it fails with `Error::Unavailable`.
+    /// Default: 5 s.
+    #[serde(with = "crate::config::duration")]
+    pub request_timeout: Duration,
+    /// The TTL of a lock's lease when [`crate::LockOptions::ttl`] is `None`.
+    /// Default: 15 s.
+    #[serde(with = "crate::config::duration")]
+    pub lock_ttl: Duration,
+    /// TLS settings; `None` for plain HTTP/2. With TLS, endpoints without a scheme
+    /// use `https`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTls>,
+    /// User name for etcd's authentication (with `password`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password of `username` (a secret: never shown by `Debug` or `Display`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
-/// TLS settings: a CA to verify the servers, and optionally a client certificate.
-/// Each PEM may be given inline (`*_pem`) or as a file path (`*_file`); inline wins.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct EtcdTls {
-    /// PEM of the CA certificate(s) that signed the servers' certificates.
-    pub ca_pem: Option<String>,
-    /// Path of a PEM file with the CA certificate(s).
-    pub ca_file: Option<PathBuf>,
-    /// PEM of the client certificate, for servers started with `--client-cert-auth`.
-    pub cert_pem: Option<String>,
-    /// Path of a PEM file with the client certificate.
-    pub cert_file: Option<PathBuf>,
-    /// PEM of the client certificate's private key.
-    pub key_pem: Option<String>,
-    /// Path of a PEM file with the client's private key.
-    pub key_file: Option<PathBuf>,
-    /// The name to verify in the servers' certificates, when it is not the host of
-    /// the endpoint URL.
-    pub domain_name: Option<String>,
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
+            .finish()
+    }
 }
 
 impl Default for EtcdConfig {
     fn default() -> Self {
         EtcdConfig {
             endpoints: vec!["127.0.0.1:2379".to_owned()],
+            prefix: String::new(),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
+            lock_ttl: super::DEFAULT_LOCK_TTL,
             tls: None,
             username: None,
             password: None,
-            prefix: String::new(),
         }
     }
 }
@@ -98,6 +108,12 @@ impl EtcdConfig {
         self
     }
 
+    /// Sets the default lock TTL.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
     /// Sets the TLS settings.
     pub fn tls(mut self, tls: EtcdTls) -> Self {
         self.tls = Some(tls);
@@ -116,51 +132,31 @@ impl EtcdConfig {
         self.prefix = prefix.into();
         self
     }
-}
 
-impl EtcdTls {
-    /// TLS verifying the servers with this CA (PEM).
-    pub fn with_ca_pem(ca_pem: impl Into<String>) -> Self {
-        EtcdTls {
-            ca_pem: Some(ca_pem.into()),
-            ..EtcdTls::default()
+    /// Checks every setting without connecting (`Error::Config` on the first
+    /// problem). [`super::Etcd::connect`] calls it first.
+    pub fn validate(&self) -> Result<()> {
+        if self.endpoints.is_empty() {
+            return Err(config_error("etcd: no endpoints configured"));
         }
-    }
-
-    /// Adds a client certificate and key (PEM).
-    pub fn identity_pem(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
-        self.cert_pem = Some(cert_pem.into());
-        self.key_pem = Some(key_pem.into());
-        self
-    }
-}
-
-/// Deserialises a duration from seconds (a number) or a string with a unit.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(f64),
-        Text(String),
-    }
-    let invalid = |what: &str| serde::de::Error::custom(format!("invalid duration: {what}"));
-    let seconds = match Raw::deserialize(deserializer)? {
-        Raw::Seconds(s) => s,
-        Raw::Text(text) => {
-            let text = text.trim();
-            let split = text
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(text.len());
-            let (number, unit) = text.split_at(split);
-            let number: f64 = number.parse().map_err(|_| invalid(text))?;
-            let scale = match unit.trim() {
-                "ms" => 0.001,
-                "" | "s" => 1.0,
-                "m" => 60.0,
-                _ => return Err(invalid(text)),
-            };
-            number * scale
+        if let Some(empty) = self.endpoints.iter().find(|e| e.trim().is_empty()) {
+            return Err(config_error(format!("etcd: empty endpoint {empty:?}")));
         }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| invalid(&seconds.to_string()))
+        check_duration("etcd connect_timeout", self.connect_timeout)?;
+        check_duration("etcd request_timeout", self.request_timeout)?;
+        check_duration("etcd lock_ttl", self.lock_ttl)?;
+        if self.request_timeout.is_zero() {
+            return Err(config_error("etcd: request_timeout must be more than 0"));
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err(config_error(
+                "etcd: username and password must be given together (the password may come \
+                 from KVKIT_ETCD_PASSWORD)",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
+        Ok(())
+    }
 }

@@ -17,7 +17,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, Tx
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{DEFAULT_LOCK_TTL, Etcd, header_revision, is_lease_not_found, request, ttl_secs};
+use super::{Etcd, header_revision, is_lease_not_found, request, ttl_secs};
 use crate::backend::{LockGuard, LockLost, LockOptions, LostSignal};
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -117,7 +117,7 @@ pub(crate) async fn acquire(
     options: &LockOptions,
     wait: bool,
 ) -> Result<Option<EtcdLock>> {
-    let secs = ttl_secs(options.ttl.unwrap_or(DEFAULT_LOCK_TTL)).max(2);
+    let secs = ttl_secs(options.ttl.unwrap_or(etcd.inner.lock_ttl)).max(2);
     let granted_at = Instant::now();
     let ttl_secs = i64::try_from(secs).unwrap_or(i64::MAX);
     let grant = request!(etcd, lease => lease.grant(ttl_secs, None)).await?;

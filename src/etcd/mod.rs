@@ -99,6 +99,8 @@ pub(crate) struct Inner {
     /// Raw key prefix, empty or ending with `/`.
     prefix: Vec<u8>,
     request_timeout: Duration,
+    /// The lease TTL of locks taken without [`LockOptions::ttl`].
+    lock_ttl: Duration,
     leases: LeaseCache,
     /// Point reads in flight and queued for a batch (see `batch`).
     reads: Reads,
@@ -123,6 +125,7 @@ impl Etcd {
     /// `connect_timeout + request_timeout`, `Error::PermissionDenied` for refused
     /// credentials, `Error::Backend` for an invalid configuration.
     pub async fn connect(config: EtcdConfig) -> Result<Etcd> {
+        config.validate()?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout)
@@ -134,19 +137,10 @@ impl Etcd {
                     .with_user(user.clone(), password.clone())
                     .with_auto_token_refresh(true);
             }
-            (None, None) => {}
-            _ => {
-                return Err(Error::backend(
-                    NAME,
-                    "username and password must be given together",
-                ));
-            }
+            _ => {}
         }
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls_options(tls)?);
-        }
-        if config.endpoints.is_empty() {
-            return Err(Error::backend(NAME, "no endpoints configured"));
         }
         let budget = config.connect_timeout + config.request_timeout;
         let deadline = tokio::time::Instant::now() + budget;
@@ -183,6 +177,7 @@ impl Etcd {
                 client,
                 prefix,
                 request_timeout: config.request_timeout,
+                lock_ttl: config.lock_ttl,
                 leases: LeaseCache::default(),
                 reads: Reads::default(),
                 closed: CancellationToken::new(),
@@ -335,7 +330,7 @@ impl Backend for Etcd {
             ttl_granularity: Duration::from_secs(1),
             min_ttl: Duration::from_secs(2),
             ttl_expiry_factor: 2,
-            default_lock_ttl: Some(DEFAULT_LOCK_TTL),
+            default_lock_ttl: Some(self.inner.lock_ttl),
             cross_process_locks: true,
             watch_sees_every_write: true,
             max_value_size: MAX_VALUE_SIZE,
@@ -514,42 +509,16 @@ impl Backend for Etcd {
 
 /// Client TLS settings from the configuration.
 fn tls_options(tls: &EtcdTls) -> Result<TlsOptions> {
-    fn pem(
-        inline: &Option<String>,
-        file: &Option<std::path::PathBuf>,
-        what: &str,
-    ) -> Result<Option<Vec<u8>>> {
-        if let Some(inline) = inline {
-            return Ok(Some(inline.as_bytes().to_vec()));
-        }
-        match file {
-            Some(path) => std::fs::read(path).map(Some).map_err(|err| {
-                Error::backend(
-                    NAME,
-                    format!("cannot read the {what} {}: {err}", path.display()),
-                )
-            }),
-            None => Ok(None),
-        }
-    }
+    let material = tls.load()?;
     let mut options = TlsOptions::new();
-    if let Some(ca) = pem(&tls.ca_pem, &tls.ca_file, "CA certificate")? {
+    if let Some(ca) = material.ca {
         options = options.ca_certificate(Certificate::from_pem(ca));
     }
-    let cert = pem(&tls.cert_pem, &tls.cert_file, "client certificate")?;
-    let key = pem(&tls.key_pem, &tls.key_file, "client key")?;
-    match (cert, key) {
-        (Some(cert), Some(key)) => options = options.identity(Identity::from_pem(cert, key)),
-        (None, None) => {}
-        _ => {
-            return Err(Error::backend(
-                NAME,
-                "a TLS client certificate needs both the certificate and the key",
-            ));
-        }
+    if let Some((cert, key)) = material.identity {
+        options = options.identity(Identity::from_pem(cert, key));
     }
-    if let Some(domain) = &tls.domain_name {
-        options = options.domain_name(domain.clone());
+    if let Some(domain) = material.server_name {
+        options = options.domain_name(domain);
     }
     Ok(options)
 }

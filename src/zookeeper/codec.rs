@@ -12,8 +12,15 @@
 //!
 //! A value with TTL expires at the znode's `mtime` (the ZooKeeper leader's clock at the
 //! write) plus the TTL.
+//!
+//! With [`ZookeeperEncoding::Raw`] a znode's data is the value itself, as other clients
+//! (zkCli, Curator, docker/libkv) write it: empty data is an implicit parent, so an
+//! empty value cannot be stored, and there is no room for a TTL.
 
 use bytes::Bytes;
+
+use super::{NAME, ZookeeperEncoding};
+use crate::error::{Error, Result};
 
 /// Header byte of a znode without a value.
 pub(crate) const NO_VALUE: u8 = 0x00;
@@ -83,6 +90,37 @@ pub(crate) fn decode(data: Vec<u8>) -> Decoded {
     }
 }
 
+impl ZookeeperEncoding {
+    /// Encodes a value with an optional TTL in milliseconds; in raw encoding a TTL or
+    /// an empty value is `Error::NotSupported`.
+    pub(crate) fn encode(self, value: &[u8], ttl_ms: Option<u64>) -> Result<Vec<u8>> {
+        match self {
+            ZookeeperEncoding::Kvkit => Ok(encode(value, ttl_ms)),
+            ZookeeperEncoding::Raw if ttl_ms.is_some() => Err(Error::NotSupported {
+                backend: NAME,
+                operation: "TTLs with encoding = \"raw\"",
+            }),
+            ZookeeperEncoding::Raw if value.is_empty() => Err(Error::NotSupported {
+                backend: NAME,
+                operation: "empty values with encoding = \"raw\" (empty data is an implicit parent)",
+            }),
+            ZookeeperEncoding::Raw => Ok(value.to_vec()),
+        }
+    }
+
+    /// Decodes a znode's data; never fails.
+    pub(crate) fn decode(self, data: Vec<u8>) -> Decoded {
+        match self {
+            ZookeeperEncoding::Kvkit => decode(data),
+            ZookeeperEncoding::Raw if data.is_empty() => Decoded::NoValue,
+            ZookeeperEncoding::Raw => Decoded::Value {
+                value: Bytes::from(data),
+                ttl_ms: None,
+            },
+        }
+    }
+}
+
 /// Escapes a key into one znode name (for the lock directory): `%` and `/` are
 /// percent-encoded.
 pub(crate) fn escape_segment(key: &str) -> String {
@@ -121,6 +159,28 @@ mod tests {
         assert_eq!(decode(vec![NO_VALUE, 1, 2]), Decoded::NoValue);
         assert_eq!(decode(vec![b'x', b'y']), Decoded::NoValue);
         assert_eq!(decode(vec![VALUE_TTL, 0, 0]), Decoded::NoValue);
+    }
+
+    #[test]
+    fn raw_encoding_is_the_value_itself() {
+        let raw = ZookeeperEncoding::Raw;
+        assert_eq!(raw.encode(b"abc", None).unwrap(), b"abc");
+        assert_eq!(
+            raw.decode(b"\x01abc".to_vec()),
+            Decoded::Value {
+                value: Bytes::from_static(b"\x01abc"),
+                ttl_ms: None
+            }
+        );
+        assert_eq!(raw.decode(Vec::new()), Decoded::NoValue);
+        let ttl = raw.encode(b"abc", Some(1000)).unwrap_err();
+        assert_eq!(ttl.kind(), crate::ErrorKind::NotSupported);
+        let empty = raw.encode(b"", None).unwrap_err();
+        assert_eq!(empty.kind(), crate::ErrorKind::NotSupported);
+        // The kvkit encoding is unchanged.
+        let kvkit = ZookeeperEncoding::Kvkit;
+        assert_eq!(kvkit.encode(b"abc", None).unwrap(), encode(b"abc", None));
+        assert_eq!(kvkit.decode(b"abc".to_vec()), Decoded::NoValue);
     }
 
     #[test]

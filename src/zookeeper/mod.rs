@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{StreamExt, stream};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch as tokio_watch};
 use zookeeper_async::{Acl, CreateMode, Stat, ZkError, ZkState, ZooKeeper};
 
@@ -65,8 +65,10 @@ const MAX_ATTEMPTS: usize = 16;
 /// Requests in flight at once for one `list`/`delete_tree` (all pipelined on the session).
 const PIPELINE_WINDOW: usize = 512;
 
-/// Digest credentials (`user:password`), sent after every (re)connect.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+/// Digest credentials (`user:password`), sent after every (re)connect. `Debug` never
+/// shows the password.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct DigestAuth {
     /// The user name.
     pub user: String,
@@ -83,59 +85,101 @@ impl fmt::Debug for DigestAuth {
     }
 }
 
-/// How to reach a ZooKeeper ensemble.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// How values are stored in znode data (see `docs/zookeeper.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZookeeperEncoding {
+    /// kvkit's one-byte header before the value: TTLs, and an empty value tells from
+    /// an implicit parent. Data other tools wrote reads as no value.
+    #[default]
+    Kvkit,
+    /// The znode's data is the value, as zkCli, Curator and docker/libkv see it. No
+    /// TTLs (a put with a TTL is `Error::NotSupported`), and empty data is an implicit
+    /// parent, so an empty value cannot be stored (`Error::NotSupported`).
+    Raw,
+}
+
+/// How to reach a ZooKeeper ensemble, with kvkit's configuration convention (see
+/// [`crate::config`]): durations as `"10s"`, `"1500ms"`, unknown fields rejected,
+/// every field defaulted. `Debug` never shows the digest password.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
 pub struct ZookeeperConfig {
-    /// Comma-separated `host:port` list of the ensemble's servers.
-    pub connect: String,
-    /// Session timeout in milliseconds (the server clamps it to its min/max; at least
-    /// 2000 is used). Locks are lost this long after a holder vanished.
-    #[serde(default = "default_session_timeout_ms")]
-    pub session_timeout_ms: u64,
+    /// The ensemble's servers, `host:port` each (a comma-separated string is read
+    /// too, and `connect` is an alias of this field). Default: `["127.0.0.1:2181"]`.
+    #[serde(alias = "connect", deserialize_with = "endpoints_de")]
+    pub endpoints: Vec<String>,
+    /// The znode below which kvkit keeps everything (a chroot of sorts), e.g. `/kvkit`
+    /// (`root` is an alias of this field). Default: `/kvkit`.
+    #[serde(alias = "root")]
+    pub prefix: String,
+    /// How long the first connection may take. Default: 10 s.
+    #[serde(with = "crate::config::duration")]
+    pub connect_timeout: Duration,
     /// How long one request may take before it fails with `Error::Unavailable`.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// The znode below which kvkit keeps everything (a chroot of sorts), e.g. `/kvkit`.
-    #[serde(default = "default_root")]
-    pub root: String,
+    /// Default: 10 s (at least 100 ms is used).
+    #[serde(with = "crate::config::duration")]
+    pub request_timeout: Duration,
+    /// Session timeout (the server clamps it to its min/max; at least 2 s is used).
+    /// Locks are lost this long after a holder vanished. Default: 10 s.
+    #[serde(with = "crate::config::duration")]
+    pub session_timeout: Duration,
     /// Digest credentials. When set, every znode kvkit creates gets the ACL
     /// `auth::` (all rights to these credentials only).
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<DigestAuth>,
     /// Read `list` and `delete_tree` scans with `multiRead` (ZooKeeper 3.6+) on a second
     /// session, one request per level instead of one per znode (default true). Off, or
     /// against a server without `multiRead`, they use pipelined single requests on the
     /// main session. See `docs/zookeeper.md`.
-    #[serde(default = "default_multi_read")]
     pub multi_read: bool,
+    /// How values are stored in znodes. Default: [`ZookeeperEncoding::Kvkit`].
+    pub encoding: ZookeeperEncoding,
 }
 
-fn default_multi_read() -> bool {
-    true
+/// Reads `endpoints` from a list or from a comma-separated string.
+fn endpoints_de<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Joined(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(list) => list,
+        Raw::Joined(joined) => split_endpoints(&joined),
+    })
 }
 
-fn default_session_timeout_ms() -> u64 {
-    10_000
+fn split_endpoints(joined: &str) -> Vec<String> {
+    joined
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
-fn default_request_timeout_ms() -> u64 {
-    10_000
-}
-
-fn default_root() -> String {
-    "/kvkit".to_owned()
+impl Default for ZookeeperConfig {
+    fn default() -> Self {
+        ZookeeperConfig::new("127.0.0.1:2181")
+    }
 }
 
 impl ZookeeperConfig {
     /// A configuration for `connect` (`host:port[,host:port...]`) with the defaults.
     pub fn new(connect: impl Into<String>) -> Self {
         ZookeeperConfig {
-            connect: connect.into(),
-            session_timeout_ms: default_session_timeout_ms(),
-            request_timeout_ms: default_request_timeout_ms(),
-            root: default_root(),
+            endpoints: split_endpoints(&connect.into()),
+            prefix: "/kvkit".to_owned(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(10),
             digest: None,
-            multi_read: default_multi_read(),
+            multi_read: true,
+            encoding: ZookeeperEncoding::Kvkit,
         }
     }
 
@@ -145,21 +189,33 @@ impl ZookeeperConfig {
         self
     }
 
-    /// Sets the root znode below which kvkit keeps its data.
+    /// Sets the root znode below which kvkit keeps its data (the `prefix`).
     pub fn root(mut self, root: impl Into<String>) -> Self {
-        self.root = root.into();
+        self.prefix = root.into();
         self
     }
 
     /// Sets the session timeout.
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
-        self.session_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.session_timeout = timeout;
         self
     }
 
     /// Sets the per-request timeout.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the timeout of the first connection.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets how values are stored in znodes.
+    pub fn encoding(mut self, encoding: ZookeeperEncoding) -> Self {
+        self.encoding = encoding;
         self
     }
 
@@ -170,6 +226,34 @@ impl ZookeeperConfig {
             password: password.into(),
         });
         self
+    }
+
+    /// The `host:port,host:port` connect string.
+    pub fn connect_string(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// Checks every setting without connecting (`Error::Config` on the first
+    /// problem). [`Zookeeper::connect`] calls it first.
+    pub fn validate(&self) -> Result<()> {
+        use crate::config::{check_duration, config_error};
+        if self.endpoints.is_empty() {
+            return Err(config_error("zookeeper: no endpoints configured"));
+        }
+        if let Some(bad) = self
+            .endpoints
+            .iter()
+            .find(|e| e.trim().is_empty() || e.contains('/') || e.contains(','))
+        {
+            return Err(config_error(format!(
+                "zookeeper: endpoint {bad:?} is not host:port (use `prefix` for a chroot)"
+            )));
+        }
+        check_duration("zookeeper connect_timeout", self.connect_timeout)?;
+        check_duration("zookeeper request_timeout", self.request_timeout)?;
+        check_duration("zookeeper session_timeout", self.session_timeout)?;
+        validate_root(&self.prefix)?;
+        Ok(())
     }
 }
 
@@ -230,6 +314,8 @@ pub(crate) struct Inner {
     waves: AtomicU64,
     /// The bulk reader (`None` when `multi_read` is off).
     reader: Option<MultiReader>,
+    /// How values are stored in znode data.
+    encoding: ZookeeperEncoding,
 }
 
 /// The state of one znode of the key space.
@@ -287,15 +373,12 @@ impl Zookeeper {
     /// Connects to the ensemble, waits for a session (up to the request timeout) and
     /// creates the root znodes when missing.
     pub async fn connect(config: ZookeeperConfig) -> Result<Self> {
-        let root = validate_root(&config.root)?;
-        if config.connect.trim().is_empty() || config.connect.contains('/') {
-            return Err(Error::backend(
-                NAME,
-                "the connect string is host:port[,host:port...] (use `root` for a chroot)",
-            ));
-        }
-        let session_timeout = Duration::from_millis(config.session_timeout_ms.max(2_000));
-        let request_timeout = Duration::from_millis(config.request_timeout_ms.max(100));
+        config.validate()?;
+        let root = validate_root(&config.prefix)?;
+        let connect = config.connect_string();
+        let session_timeout = config.session_timeout.max(Duration::from_secs(2));
+        let request_timeout = config.request_timeout.max(Duration::from_millis(100));
+        let connect_timeout = config.connect_timeout.max(Duration::from_millis(100));
         let (epoch, _) = tokio_watch::channel(0u64);
         let (session, _) = tokio_watch::channel(0u64);
         let (ready, _) = tokio_watch::channel(false);
@@ -306,16 +389,16 @@ impl Zookeeper {
         });
         // The crate retries the first TCP connect forever: bound it.
         let zk = tokio::time::timeout(
-            request_timeout,
+            connect_timeout,
             ZooKeeper::connect_with_retry_time(
-                &config.connect,
+                &connect,
                 session_timeout,
                 |_event: zookeeper_async::WatchedEvent| {},
                 Duration::from_millis(200),
             ),
         )
         .await
-        .map_err(|_| Error::unavailable(NAME, format!("cannot reach {}", config.connect)))?
+        .map_err(|_| Error::unavailable(NAME, format!("cannot reach {connect}")))?
         .map_err(|e| Error::backend(NAME, format!("bad connect string: {e}")))?;
         let digest = config
             .digest
@@ -323,13 +406,7 @@ impl Zookeeper {
             .map(|d| format!("{}:{}", d.user, d.password).into_bytes());
         let reader = config.multi_read.then(|| {
             MultiReader::new(ReaderConfig {
-                addrs: config
-                    .connect
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
+                addrs: config.endpoints.clone(),
                 session_timeout,
                 request_timeout,
                 digest: digest.clone(),
@@ -340,10 +417,16 @@ impl Zookeeper {
         } else {
             Acl::open_unsafe().clone()
         };
+        // Raw encoding: keys are the znodes below the root itself, as other tools see
+        // them; kvkit's own znodes (locks, clock) live in the sibling `{root}.kvkit`.
+        let (kv_root, root) = match config.encoding {
+            ZookeeperEncoding::Kvkit => (format!("{root}/kv"), root),
+            ZookeeperEncoding::Raw => (root.clone(), format!("{root}.kvkit")),
+        };
         let inner = Arc::new(Inner {
             zk: Arc::new(zk),
             shared: shared.clone(),
-            kv_root: format!("{root}/kv"),
+            kv_root,
             lock_root: format!("{root}/locks"),
             root,
             acl,
@@ -357,6 +440,7 @@ impl Zookeeper {
             requests: AtomicU64::new(0),
             waves: AtomicU64::new(0),
             reader,
+            encoding: config.encoding,
         });
         let weak = Arc::downgrade(&inner);
         inner.zk.add_listener(move |state| on_state(&weak, state));
@@ -455,7 +539,8 @@ impl Zookeeper {
         }
     }
 
-    /// The root znode of this store.
+    /// The root znode of kvkit's own znodes (with the raw encoding: the `.kvkit`
+    /// sibling of the configured root, which holds the keys).
     pub fn root(&self) -> &str {
         &self.inner.root
     }
@@ -510,12 +595,12 @@ impl Zookeeper {
                 .call(|| inner.zk.set_data(&path, data.clone(), None))
                 .await
             {
-                Ok(stat) => return Ok(pair(key.as_str(), &data, &stat)),
+                Ok(stat) => return Ok(pair(inner.encoding, key.as_str(), &data, &stat)),
                 Err(ZkError::NoNode) => {}
                 Err(e) => return Err(self.map_err(e)),
             }
             match inner.create_with_parents(&path, data.clone(), mode).await {
-                Ok(stat) => return Ok(pair(key.as_str(), &data, &stat)),
+                Ok(stat) => return Ok(pair(inner.encoding, key.as_str(), &data, &stat)),
                 Err(ZkError::NodeExists) => continue,
                 Err(e) => return Err(self.map_err(e)),
             }
@@ -526,8 +611,12 @@ impl Zookeeper {
     /// Writes a lock's value at `key` (an ephemeral znode when the key is new, so the
     /// value vanishes with the holder's session).
     pub(crate) async fn write_lock_value(&self, key: &Key<'_>, value: &[u8]) -> Result<KvPair> {
-        self.write_new_or_update(key, codec::encode(value, None), CreateMode::Ephemeral)
-            .await
+        self.write_new_or_update(
+            key,
+            self.inner.encoding.encode(value, None)?,
+            CreateMode::Ephemeral,
+        )
+        .await
     }
 
     async fn delete_node(&self, key: &Key<'_>, expect: Option<u64>) -> Result<Cas<()>> {
@@ -657,8 +746,8 @@ fn contention(key: &str) -> Error {
     )
 }
 
-fn pair(key: &str, data: &[u8], stat: &Stat) -> KvPair {
-    let value = match codec::decode(data.to_vec()) {
+fn pair(encoding: ZookeeperEncoding, key: &str, data: &[u8], stat: &Stat) -> KvPair {
+    let value = match encoding.decode(data.to_vec()) {
         Decoded::Value { value, .. } => value,
         Decoded::NoValue => Bytes::new(),
     };
@@ -927,7 +1016,7 @@ impl Inner {
     }
 
     pub(crate) fn decode_node(&self, key: &str, data: Vec<u8>, stat: Stat) -> Node {
-        match codec::decode(data) {
+        match self.encoding.decode(data) {
             Decoded::NoValue => Node::Empty {
                 stat,
                 expired_version: None,
@@ -997,7 +1086,7 @@ impl Inner {
             let Ok((data, stat)) = self.call(|| self.zk.get_data(current, false)).await else {
                 return;
             };
-            if stat.num_children != 0 || codec::decode(data) != Decoded::NoValue {
+            if stat.num_children != 0 || self.encoding.decode(data) != Decoded::NoValue {
                 return;
             }
             if self
@@ -1154,7 +1243,7 @@ impl Backend for Zookeeper {
     }
 
     async fn put(&self, key: &Key<'_>, value: Bytes, options: &PutOptions) -> Result<KvPair> {
-        let data = codec::encode(&value, Self::ttl_ms(options));
+        let data = self.inner.encoding.encode(&value, Self::ttl_ms(options))?;
         self.write_new_or_update(key, data, CreateMode::Persistent)
             .await
     }
@@ -1175,14 +1264,21 @@ impl Backend for Zookeeper {
     ) -> Result<Cas<KvPair>> {
         let inner = &self.inner;
         let path = inner.key_path(key.as_str());
-        let data = codec::encode(&value, Self::ttl_ms(options));
+        let data = self.inner.encoding.encode(&value, Self::ttl_ms(options))?;
         for _ in 0..MAX_ATTEMPTS {
             if expect == Expect::Absent {
                 match inner
                     .create_with_parents(&path, data.clone(), CreateMode::Persistent)
                     .await
                 {
-                    Ok(stat) => return Ok(Cas::Applied(pair(key.as_str(), &data, &stat))),
+                    Ok(stat) => {
+                        return Ok(Cas::Applied(pair(
+                            inner.encoding,
+                            key.as_str(),
+                            &data,
+                            &stat,
+                        )));
+                    }
                     Err(ZkError::NodeExists) => {}
                     Err(e) => return Err(self.map_err(e)),
                 }
@@ -1212,7 +1308,14 @@ impl Backend for Zookeeper {
                 .call(|| inner.zk.set_data(&path, data.clone(), Some(version)))
                 .await
             {
-                Ok(stat) => return Ok(Cas::Applied(pair(key.as_str(), &data, &stat))),
+                Ok(stat) => {
+                    return Ok(Cas::Applied(pair(
+                        inner.encoding,
+                        key.as_str(),
+                        &data,
+                        &stat,
+                    )));
+                }
                 // Changed since the read: read again and decide on the new state.
                 Err(ZkError::BadVersion | ZkError::NoNode) => continue,
                 Err(e) => return Err(self.map_err(e)),
@@ -1404,7 +1507,7 @@ mod tests {
             MapDeserializer::new(entries.into_iter().map(|(k, v)| (k, v.into_deserializer())));
         let config = ZookeeperConfig::deserialize(de).unwrap();
         assert_eq!(config, ZookeeperConfig::new("127.0.0.1:2181").root("/app"));
-        assert_eq!(config.session_timeout_ms, 10_000);
+        assert_eq!(config.session_timeout, Duration::from_secs(10));
         assert!(config.digest.is_none());
         assert!(config.multi_read, "bulk reads are on by default");
     }
