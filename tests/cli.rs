@@ -99,6 +99,7 @@ fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
+    errors: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Running {
@@ -122,7 +123,24 @@ impl Running {
                 }
             }
         });
-        Running { child, lines }
+        // stderr is collected by a thread too: a grandchild left running by a killed
+        // command may keep the pipe open long after kvkit exits.
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err = child.stderr.take().expect("stderr");
+        let collected = errors.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut text = collected.lock().expect("stderr buffer");
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Running {
+            child,
+            lines,
+            errors,
+        }
     }
 
     /// The next stdout line.
@@ -165,10 +183,9 @@ impl Running {
             }
             tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(50)));
         };
-        let mut err = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
-        }
+        // kvkit wrote its last words before exiting; give the reader a moment.
+        tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(300)));
+        let err = self.errors.lock().expect("stderr buffer").clone();
         (status.code().unwrap_or(-1), err)
     }
 }
@@ -321,7 +338,7 @@ fn coordination_commands(url: &str) {
     expect(u, &["lock", "locks/job", "--", "sh", "-c", "exit 7"], 7);
     let holder = Running::start(
         url,
-        &["lock", "locks/held", "--", "sh", "-c", "echo running; sleep 30"],
+        &["lock", "locks/held", "--", "sh", "-c", "echo running; exec sleep 30"],
     );
     assert_eq!(holder.line("the command to start"), "running");
     let busy = expect(u, &["lock", "locks/held", "--try", "--", "true"], 1);
@@ -337,7 +354,7 @@ fn coordination_commands(url: &str) {
     expect(u, &["leader", "elections/web"], 1);
     let elected = Running::start(
         url,
-        &["elect", "elections/web", "node-1", "--", "sh", "-c", "echo leading; sleep 30"],
+        &["elect", "elections/web", "node-1", "--", "sh", "-c", "echo leading; exec sleep 30"],
     );
     assert_eq!(elected.line("the command to run once elected"), "leading");
     assert_eq!(stdout(&expect(u, &["leader", "elections/web"], 0)).trim(), "node-1");
@@ -366,7 +383,7 @@ fn lock_lost(url: &str, scratch: &Path) {
     let u = Some(url);
     let marker = scratch.join("terminated");
     let script = format!(
-        "trap 'echo term > {}; exit 0' TERM; echo running; sleep 60 & wait",
+        "trap 'echo term > {}; kill $!; exit 0' TERM; echo running; sleep 60 & wait",
         marker.display()
     );
     let held = Running::start(url, &["lock", "locks/lost", "--", "sh", "-c", &script]);
