@@ -319,6 +319,14 @@ fn coordination_commands(url: &str) {
     watch.line_until("the delete", |line| line.contains("\"delete\""));
     watch.signal(libc::SIGINT);
     let (status, err) = watch.wait();
+    // A key missing at the start is shown as absent, then its creation.
+    let fresh = Running::start(url, &["watch", "w/fresh"]);
+    assert_eq!(fresh.line("the current state"), "absent w/fresh");
+    expect(u, &["put", "w/fresh", "hello"], 0);
+    let created = fresh.line("the creation");
+    assert!(created.starts_with("put w/fresh index=") && created.ends_with(" hello"), "{created}");
+    fresh.signal(libc::SIGINT);
+    assert_eq!(fresh.wait().0, 0);
     assert_eq!(status, 0, "Ctrl-C ends watch cleanly: {err}");
     assert!(!err.contains("panicked"), "{err}");
 
@@ -409,6 +417,17 @@ fn lock_lost(url: &str, scratch: &Path) {
     assert_eq!(status, 6, "lock lost: {err}");
     assert!(err.contains("SIGKILL"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(50), "killed, not waited out");
+
+    // Leadership lost while the command runs: the command is stopped, exit 6.
+    let leading = Running::start(
+        url,
+        &["elect", "elections/lost", "node-9", "--", "sh", "-c", "echo leading; exec sleep 60"],
+    );
+    assert_eq!(leading.line("the command to start"), "leading");
+    expect(u, &["rm", "elections/lost"], 0);
+    let (status, err) = leading.wait();
+    assert_eq!(status, 6, "leadership lost: {err}");
+    assert!(err.contains("lost the leadership"), "{err}");
 }
 
 /// `copy` from `src` into a fresh redb file; the copy's content equals the source's.

@@ -122,13 +122,18 @@ pub enum Command {
         json: bool,
     },
     /// Print the current state of KEY, then one line per change, until interrupted.
+    ///
+    /// Lines: `put KEY index=N VALUE-PREVIEW`, `delete KEY`, and `absent KEY` when the key
+    /// does not exist at the start. With -r, the keys below the directory at the start
+    /// (one line each), then one line per changed key. Ctrl-C ends it with status 0.
     Watch {
         /// The key (or, with -r, the directory).
         key: String,
         /// Watch every key below the directory KEY (one line per changed key).
         #[arg(short = 'r', long)]
         recursive: bool,
-        /// One JSON object per line: {"event":"put"|"delete","key","value","encoding","index"}.
+        /// One JSON object per line: {"event":"put"|"delete"|"absent","key","value",
+        /// "encoding","index"}.
         #[arg(long)]
         json: bool,
     },

@@ -165,22 +165,24 @@ pub async fn exists<B: Backend>(kv: &Kv<B>, key: &str, as_json: bool) -> CliResu
     }
 }
 
-/// One line of `watch`: a key's new state.
-fn watch_line(key: &str, state: Option<&KvPair>, as_json: bool) -> String {
+/// One line of `watch`: a key's new state. `initial` marks the state shown first, where
+/// a missing key is "absent" rather than "delete".
+fn watch_line(key: &str, state: Option<&KvPair>, as_json: bool, initial: bool) -> String {
+    let gone = if initial { "absent" } else { "delete" };
     match (state, as_json) {
         (Some(pair), true) => {
             let mut item = pair_json(pair);
             item["event"] = json!("put");
             item.to_string()
         }
-        (None, true) => json!({ "event": "delete", "key": key }).to_string(),
+        (None, true) => json!({ "event": gone, "key": key }).to_string(),
         (Some(pair), false) => format!(
             "put {} index={} {}",
             pair.key,
             pair.last_index,
             preview(&pair.value, 200)
         ),
-        (None, false) => format!("delete {key}"),
+        (None, false) => format!("{gone} {key}"),
     }
 }
 
@@ -205,12 +207,12 @@ pub async fn watch<B: Backend>(kv: &Kv<B>, key: &str, recursive: bool, as_json: 
                     .get(&pair.key)
                     .is_none_or(|old| old.last_index != pair.last_index || old.value != pair.value);
                 if changed {
-                    line(&mut out, &watch_line(&pair.key, Some(&pair), as_json))?;
+                    line(&mut out, &watch_line(&pair.key, Some(&pair), as_json, false))?;
                 }
                 next.insert(pair.key.clone(), pair);
             }
             for gone in known.keys().filter(|key| !next.contains_key(*key)) {
-                line(&mut out, &watch_line(gone, None, as_json))?;
+                line(&mut out, &watch_line(gone, None, as_json, false))?;
             }
             known = next;
         }
@@ -228,7 +230,7 @@ pub async fn watch<B: Backend>(kv: &Kv<B>, key: &str, recursive: bool, as_json: 
             let index = state.as_ref().map(|pair| pair.last_index);
             // The current state is shown once; after it, only changes.
             if first || index != last {
-                line(&mut out, &watch_line(&normal, state.as_ref(), as_json))?;
+                line(&mut out, &watch_line(&normal, state.as_ref(), as_json, first))?;
             }
             first = false;
             last = index;
