@@ -209,7 +209,10 @@ fn key_value_commands(url: &str) {
     let first = expect(u, &["put", "app/config", "v1"], 0);
     let first_index: u64 = stdout(&first).trim().parse().expect("put prints the index");
     let got = expect(u, &["get", "app/config"], 0);
-    assert_eq!(got.stdout, b"v1", "get prints the raw value without a newline");
+    assert_eq!(
+        got.stdout, b"v1",
+        "get prints the raw value without a newline"
+    );
     let got = json(&expect(u, &["get", "/app//config/", "--json"], 0));
     assert_eq!(got["key"], "app/config");
     assert_eq!(got["value"], "v1");
@@ -219,25 +222,55 @@ fn key_value_commands(url: &str) {
     let put = run_with_input(u, &["put", "app/blob"], &binary);
     check(&put, &["put", "app/blob"], 0);
     assert_eq!(expect(u, &["get", "app/blob"], 0).stdout, binary);
-    assert_eq!(json(&expect(u, &["get", "app/blob", "--json"], 0))["encoding"], "base64");
+    assert_eq!(
+        json(&expect(u, &["get", "app/blob", "--json"], 0))["encoding"],
+        "base64"
+    );
     let missing = expect(u, &["get", "app/missing"], 1);
-    assert!(stderr(&missing).contains("not found"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("not found"),
+        "{}",
+        stderr(&missing)
+    );
 
     // Create-only and compare-and-swap.
     expect(u, &["put", "app/config", "v0", "--create"], 1);
     expect(u, &["put", "app/new", "n", "--create"], 0);
     let stale = (first_index + 1000).to_string();
     let conflict = expect(u, &["put", "app/config", "v2", "--if-index", &stale], 1);
-    assert!(stderr(&conflict).contains("modified"), "{}", stderr(&conflict));
-    let second = expect(u, &["put", "app/config", "v2", "--if-index", &first_index.to_string()], 0);
+    assert!(
+        stderr(&conflict).contains("modified"),
+        "{}",
+        stderr(&conflict)
+    );
+    let second = expect(
+        u,
+        &[
+            "put",
+            "app/config",
+            "v2",
+            "--if-index",
+            &first_index.to_string(),
+        ],
+        0,
+    );
     let second_index: u64 = stdout(&second).trim().parse().expect("index");
     assert!(second_index > first_index);
     assert_eq!(expect(u, &["get", "app/config"], 0).stdout, b"v2");
 
     // exists.
-    assert_eq!(stdout(&expect(u, &["exists", "app/config"], 0)).trim(), "true");
-    assert_eq!(stdout(&expect(u, &["exists", "app/nope"], 1)).trim(), "false");
-    assert_eq!(json(&expect(u, &["exists", "app/nope", "--json"], 1))["exists"], false);
+    assert_eq!(
+        stdout(&expect(u, &["exists", "app/config"], 0)).trim(),
+        "true"
+    );
+    assert_eq!(
+        stdout(&expect(u, &["exists", "app/nope"], 1)).trim(),
+        "false"
+    );
+    assert_eq!(
+        json(&expect(u, &["exists", "app/nope", "--json"], 1))["exists"],
+        false
+    );
 
     // ls, plain, long and JSON; a sibling prefix is not listed.
     expect(u, &["put", "apple", "not below app"], 0);
@@ -248,7 +281,10 @@ fn key_value_commands(url: &str) {
         .lines()
         .find(|line| line.starts_with("app/config"))
         .expect("app/config in ls -l");
-    assert!(config_line.contains(&second_index.to_string()), "{config_line}");
+    assert!(
+        config_line.contains(&second_index.to_string()),
+        "{config_line}"
+    );
     assert!(config_line.ends_with(" v2"), "{config_line}");
     assert!(long.contains("<256 bytes, binary>"), "{long}");
     let items = json(&expect(u, &["ls", "app", "--json"], 0));
@@ -271,7 +307,11 @@ fn key_value_commands(url: &str) {
     let dry = run_with_input(u, &["import", "--dry-run"], &exported.stdout);
     check(&dry, &["import", "--dry-run"], 0);
     assert_eq!(stdout(&dry).lines().count(), 3, "{}", stdout(&dry));
-    assert_eq!(stdout(&expect(u, &["ls", "app"], 0)), "", "a dry run writes nothing");
+    assert_eq!(
+        stdout(&expect(u, &["ls", "app"], 0)),
+        "",
+        "a dry run writes nothing"
+    );
     let imported = run_with_input(u, &["import"], &exported.stdout);
     check(&imported, &["import"], 0);
     assert_eq!(expect(u, &["get", "app/blob"], 0).stdout, binary);
@@ -287,7 +327,11 @@ fn key_value_commands(url: &str) {
     let index = json(&expect(u, &["get", "app/new", "--json"], 0))["index"]
         .as_u64()
         .expect("index");
-    expect(u, &["rm", "app/new", "--if-index", &(index + 1000).to_string()], 1);
+    expect(
+        u,
+        &["rm", "app/new", "--if-index", &(index + 1000).to_string()],
+        1,
+    );
     expect(u, &["rm", "app/new", "--if-index", &index.to_string()], 0);
     expect(u, &["rm", "app/new"], 1);
     expect(u, &["rm", "app/config"], 0);
@@ -300,7 +344,10 @@ fn key_value_commands(url: &str) {
     eventually("the TTL key to expire", WAIT, || {
         code(&run(u, &["exists", "ttl/short"])) == 1
     });
-    assert!(started.elapsed() >= Duration::from_millis(900), "expired before its TTL");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "expired before its TTL"
+    );
 }
 
 /// `watch`, `watch -r`, `lock` and `elect`/`leader` against a server store.
@@ -324,7 +371,10 @@ fn coordination_commands(url: &str) {
     assert_eq!(fresh.line("the current state"), "absent w/fresh");
     expect(u, &["put", "w/fresh", "hello"], 0);
     let created = fresh.line("the creation");
-    assert!(created.starts_with("put w/fresh index=") && created.ends_with(" hello"), "{created}");
+    assert!(
+        created.starts_with("put w/fresh index=") && created.ends_with(" hello"),
+        "{created}"
+    );
     fresh.signal(libc::SIGINT);
     assert_eq!(fresh.wait().0, 0);
     assert_eq!(status, 0, "Ctrl-C ends watch cleanly: {err}");
@@ -338,7 +388,10 @@ fn coordination_commands(url: &str) {
     let added = tree.line_until("wt/b", |line| line.contains("wt/b"));
     assert!(added.starts_with("put wt/b"), "{added}");
     expect(u, &["rm", "wt/a"], 0);
-    assert_eq!(tree.line_until("wt/a deleted", |line| line.contains("wt/a")), "delete wt/a");
+    assert_eq!(
+        tree.line_until("wt/a deleted", |line| line.contains("wt/a")),
+        "delete wt/a"
+    );
     tree.signal(libc::SIGINT);
     assert_eq!(tree.wait().0, 0);
 
@@ -346,35 +399,72 @@ fn coordination_commands(url: &str) {
     expect(u, &["lock", "locks/job", "--", "sh", "-c", "exit 7"], 7);
     let holder = Running::start(
         url,
-        &["lock", "locks/held", "--", "sh", "-c", "echo running; exec sleep 30"],
+        &[
+            "lock",
+            "locks/held",
+            "--",
+            "sh",
+            "-c",
+            "echo running; exec sleep 30",
+        ],
     );
     assert_eq!(holder.line("the command to start"), "running");
     let busy = expect(u, &["lock", "locks/held", "--try", "--", "true"], 1);
-    assert!(stderr(&busy).contains("held by someone else"), "{}", stderr(&busy));
+    assert!(
+        stderr(&busy).contains("held by someone else"),
+        "{}",
+        stderr(&busy)
+    );
     assert!(stdout(&expect(u, &["get", "locks/held"], 0)).starts_with("kvkit pid"));
     // Interrupting kvkit stops the command (SIGTERM) and releases the lock.
     holder.signal(libc::SIGTERM);
     let (status, _) = holder.wait();
-    assert_eq!(status, 128 + libc::SIGTERM, "the command's status: killed by SIGTERM");
+    assert_eq!(
+        status,
+        128 + libc::SIGTERM,
+        "the command's status: killed by SIGTERM"
+    );
     expect(u, &["lock", "locks/held", "--try", "--", "true"], 0);
 
     // elect / leader.
     expect(u, &["leader", "elections/web"], 1);
     let elected = Running::start(
         url,
-        &["elect", "elections/web", "node-1", "--", "sh", "-c", "echo leading; exec sleep 30"],
+        &[
+            "elect",
+            "elections/web",
+            "node-1",
+            "--",
+            "sh",
+            "-c",
+            "echo leading; exec sleep 30",
+        ],
     );
     assert_eq!(elected.line("the command to run once elected"), "leading");
-    assert_eq!(stdout(&expect(u, &["leader", "elections/web"], 0)).trim(), "node-1");
+    assert_eq!(
+        stdout(&expect(u, &["leader", "elections/web"], 0)).trim(),
+        "node-1"
+    );
     let leader = json(&expect(u, &["leader", "elections/web", "--json"], 0));
     assert_eq!(leader["leader"], "node-1");
     // A second candidate does not run its command while node-1 leads.
     let waiting = Running::start(
         url,
-        &["elect", "elections/web", "node-2", "--", "sh", "-c", "echo second; exit 4"],
+        &[
+            "elect",
+            "elections/web",
+            "node-2",
+            "--",
+            "sh",
+            "-c",
+            "echo second; exit 4",
+        ],
     );
     tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(1)));
-    assert!(waiting.lines.try_recv().is_err(), "node-2 ran while node-1 led");
+    assert!(
+        waiting.lines.try_recv().is_err(),
+        "node-2 ran while node-1 led"
+    );
     elected.signal(libc::SIGTERM);
     assert_eq!(elected.wait().0, 128 + libc::SIGTERM);
     // node-1 resigned: node-2 is elected and runs its command, whose status it returns.
@@ -406,7 +496,13 @@ fn lock_lost(url: &str, scratch: &Path) {
     let stubborn = Running::start(
         url,
         &[
-            "lock", "locks/lost", "--grace", "1s", "--", "sh", "-c",
+            "lock",
+            "locks/lost",
+            "--grace",
+            "1s",
+            "--",
+            "sh",
+            "-c",
             "trap '' TERM; echo running; exec sleep 60",
         ],
     );
@@ -416,12 +512,23 @@ fn lock_lost(url: &str, scratch: &Path) {
     let (status, err) = stubborn.wait();
     assert_eq!(status, 6, "lock lost: {err}");
     assert!(err.contains("SIGKILL"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(50), "killed, not waited out");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "killed, not waited out"
+    );
 
     // Leadership lost while the command runs: the command is stopped, exit 6.
     let leading = Running::start(
         url,
-        &["elect", "elections/lost", "node-9", "--", "sh", "-c", "echo leading; exec sleep 60"],
+        &[
+            "elect",
+            "elections/lost",
+            "node-9",
+            "--",
+            "sh",
+            "-c",
+            "echo leading; exec sleep 60",
+        ],
     );
     assert_eq!(leading.line("the command to start"), "leading");
     expect(u, &["rm", "elections/lost"], 0);
@@ -440,7 +547,10 @@ fn copy_to_redb(src: &str, scratch: &Path) {
     assert_eq!(report["failed"], 0);
     assert_eq!(expect(Some(&dst), &["get", "cp/b/c"], 0).stdout, b"2");
     let again = json(&expect(None, &["copy", src, &dst, "cp", "--json"], 0));
-    assert_eq!((again["copied"].as_u64(), again["unchanged"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        (again["copied"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(2))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -456,14 +566,21 @@ async fn redb_file() {
         &["leader", "e"],
     ] {
         let refused = expect(Some(&url), args, 2);
-        assert!(stderr(&refused).contains("one process at a time"), "{}", stderr(&refused));
+        assert!(
+            stderr(&refused).contains("one process at a time"),
+            "{}",
+            stderr(&refused)
+        );
     }
     // --config with a TOML file, at the top level and under [store]; JSON too.
     let toml_path = dir.path().join("store.toml");
     let other = dir.path().join("other.redb");
     std::fs::write(
         &toml_path,
-        format!("[store]\nbackend = \"redb\"\npath = {:?}\n", other.display().to_string()),
+        format!(
+            "[store]\nbackend = \"redb\"\npath = {:?}\n",
+            other.display().to_string()
+        ),
     )
     .expect("write config");
     let config = toml_path.to_str().expect("utf8 path");
@@ -471,10 +588,17 @@ async fn redb_file() {
     let json_path = dir.path().join("store.json");
     std::fs::write(
         &json_path,
-        format!("{{\"backend\":\"redb\",\"path\":{:?}}}", other.display().to_string()),
+        format!(
+            "{{\"backend\":\"redb\",\"path\":{:?}}}",
+            other.display().to_string()
+        ),
     )
     .expect("write config");
-    let got = expect(None, &["--config", json_path.to_str().expect("utf8"), "get", "c"], 0);
+    let got = expect(
+        None,
+        &["--config", json_path.to_str().expect("utf8"), "get", "c"],
+        0,
+    );
     assert_eq!(got.stdout, b"from config");
     // KVKIT_STORE.
     let mut cmd = command(None, &["get", "c"]);
@@ -482,8 +606,16 @@ async fn redb_file() {
     cmd.assert().code(0).stdout("from config");
     // memory:// is refused where pointless, allowed for import.
     let refused = expect(Some("memory://"), &["get", "k"], 2);
-    assert!(stderr(&refused).contains("memory://"), "{}", stderr(&refused));
-    let check = run_with_input(Some("memory://"), &["import"], b"{\"key\":\"a\",\"value\":\"1\"}\n");
+    assert!(
+        stderr(&refused).contains("memory://"),
+        "{}",
+        stderr(&refused)
+    );
+    let check = run_with_input(
+        Some("memory://"),
+        &["import"],
+        b"{\"key\":\"a\",\"value\":\"1\"}\n",
+    );
     check_ok(&check);
 }
 
@@ -505,7 +637,10 @@ async fn etcd_server() {
     lock_lost(&url, scratch.path());
     copy_to_redb(&url, scratch.path());
     // The prefix isolates: another prefix on the same server sees nothing.
-    assert_eq!(stdout(&expect(Some(&format!("etcd://{host}/other")), &["ls"], 0)), "");
+    assert_eq!(
+        stdout(&expect(Some(&format!("etcd://{host}/other")), &["ls"], 0)),
+        ""
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -540,17 +675,36 @@ async fn zookeeper_server_and_copy_to_etcd() {
     let mut input = Vec::new();
     for i in 0..1000 {
         if i % 10 == 0 {
-            writeln!(input, "{{\"key\":\"data/bin/{i:04}\",\"value\":\"AAEC/w==\",\"encoding\":\"base64\"}}")
+            writeln!(
+                input,
+                "{{\"key\":\"data/bin/{i:04}\",\"value\":\"AAEC/w==\",\"encoding\":\"base64\"}}"
+            )
         } else {
-            writeln!(input, "{{\"key\":\"data/k{:02}/{i:04}\",\"value\":\"value {i}\"}}", i % 7)
+            writeln!(
+                input,
+                "{{\"key\":\"data/k{:02}/{i:04}\",\"value\":\"value {i}\"}}",
+                i % 7
+            )
         }
         .expect("write");
     }
-    check(&run_with_input(Some(&zk_url), &["import"], &input), &["import"], 0);
+    check(
+        &run_with_input(Some(&zk_url), &["import"], &input),
+        &["import"],
+        0,
+    );
 
-    let first = json(&expect(None, &["copy", &zk_url, &etcd_url, "data", "--json"], 0));
+    let first = json(&expect(
+        None,
+        &["copy", &zk_url, &etcd_url, "data", "--json"],
+        0,
+    ));
     assert_eq!(
-        (first["copied"].as_u64(), first["unchanged"].as_u64(), first["failed"].as_u64()),
+        (
+            first["copied"].as_u64(),
+            first["unchanged"].as_u64(),
+            first["failed"].as_u64()
+        ),
         (Some(1000), Some(0), Some(0)),
         "{first}"
     );
@@ -560,21 +714,59 @@ async fn zookeeper_server_and_copy_to_etcd() {
     assert_eq!(keys_and_values(&copied).len(), 1000);
 
     // Repeating the copy changes nothing; after one change it copies just that key.
-    let second = json(&expect(None, &["copy", &zk_url, &etcd_url, "data", "--json"], 0));
+    let second = json(&expect(
+        None,
+        &["copy", &zk_url, &etcd_url, "data", "--json"],
+        0,
+    ));
     assert_eq!(
-        (second["copied"].as_u64(), second["unchanged"].as_u64(), second["failed"].as_u64()),
+        (
+            second["copied"].as_u64(),
+            second["unchanged"].as_u64(),
+            second["failed"].as_u64()
+        ),
         (Some(0), Some(1000), Some(0)),
         "{second}"
     );
-    let untouched = json(&expect(Some(&etcd_url), &["get", "data/k01/0001", "--json"], 0));
+    let untouched = json(&expect(
+        Some(&etcd_url),
+        &["get", "data/k01/0001", "--json"],
+        0,
+    ));
     expect(Some(&zk_url), &["put", "data/k01/0008", "changed"], 0);
-    let third = json(&expect(None, &["copy", &zk_url, &etcd_url, "data", "--json"], 0));
-    assert_eq!((third["copied"].as_u64(), third["unchanged"].as_u64()), (Some(1), Some(999)));
-    assert_eq!(expect(Some(&etcd_url), &["get", "data/k01/0008"], 0).stdout, b"changed");
-    let after = json(&expect(Some(&etcd_url), &["get", "data/k01/0001", "--json"], 0));
-    assert_eq!(after["index"], untouched["index"], "an unchanged key is not rewritten");
+    let third = json(&expect(
+        None,
+        &["copy", &zk_url, &etcd_url, "data", "--json"],
+        0,
+    ));
+    assert_eq!(
+        (third["copied"].as_u64(), third["unchanged"].as_u64()),
+        (Some(1), Some(999))
+    );
+    assert_eq!(
+        expect(Some(&etcd_url), &["get", "data/k01/0008"], 0).stdout,
+        b"changed"
+    );
+    let after = json(&expect(
+        Some(&etcd_url),
+        &["get", "data/k01/0001", "--json"],
+        0,
+    ));
+    assert_eq!(
+        after["index"], untouched["index"],
+        "an unchanged key is not rewritten"
+    );
     // The destination unreachable: exit 3 and a message saying what to do.
-    let down = expect(None, &["copy", &zk_url, "etcd://127.0.0.1:1/x?connect_timeout=1s", "data"], 3);
+    let down = expect(
+        None,
+        &[
+            "copy",
+            &zk_url,
+            "etcd://127.0.0.1:1/x?connect_timeout=1s",
+            "data",
+        ],
+        3,
+    );
     assert!(stderr(&down).contains("unavailable"), "{}", stderr(&down));
 }
 
@@ -607,18 +799,34 @@ async fn bad_input_is_one_line_and_exit_2() {
         (u, &["get"], "<KEY>"),
         (u, &["put"], "<KEY>"),
         (u, &["put", "k", "v", "--ttl"], "--ttl"),
-        (u, &["put", "k", "v", "--ttl", "3parsecs"], "invalid duration"),
+        (
+            u,
+            &["put", "k", "v", "--ttl", "3parsecs"],
+            "invalid duration",
+        ),
         (u, &["put", "k", "v", "--ttl", "-5s"], "-5"),
         (u, &["put", "k", "v", "--if-index", "abc"], "--if-index"),
-        (u, &["put", "k", "v", "--create", "--if-index", "1"], "cannot be used with"),
-        (u, &["rm", "-r", "k", "--if-index", "1"], "cannot be used with"),
+        (
+            u,
+            &["put", "k", "v", "--create", "--if-index", "1"],
+            "cannot be used with",
+        ),
+        (
+            u,
+            &["rm", "-r", "k", "--if-index", "1"],
+            "cannot be used with",
+        ),
         (u, &["get", "a/../b"], "invalid key"),
         (u, &["put", "a\u{1}b", "v"], "invalid key"),
         (u, &["get", ""], "invalid key"),
         (u, &["rm", "-r", ""], "invalid key"),
         (u, &["ls", "a/./b"], "invalid key"),
         (u, &["lock", "k"], "COMMAND"),
-        (u, &["lock", "k", "--grace", "soon", "--", "true"], "--grace"),
+        (
+            u,
+            &["lock", "k", "--grace", "soon", "--", "true"],
+            "--grace",
+        ),
         (u, &["elect", "e", "--", "true"], "<ID>"),
         (u, &["import", "--concurrency", "0"], "--concurrency"),
         (Some("foo://x"), &["get", "k"], "foo"),
@@ -626,20 +834,38 @@ async fn bad_input_is_one_line_and_exit_2() {
         (Some("not a url"), &["get", "k"], ""),
         (Some("memory://"), &["ls"], "memory://"),
         (None, &["get", "k"], "no store given"),
-        (None, &["--config", "/nonexistent/kvkit.toml", "get", "k"], "cannot read"),
+        (
+            None,
+            &["--config", "/nonexistent/kvkit.toml", "get", "k"],
+            "cannot read",
+        ),
         (None, &["--config", &bad_config, "get", "k"], "endpointz"),
         (None, &["copy", "bogus://", &url], "bogus"),
         (u, &["import"], "line 1"),
     ];
     for (store, args, needle) in table {
-        let input: &[u8] = if args == &["import"] { b"not json\n" } else { b"" };
+        let input: &[u8] = if args == &["import"] {
+            b"not json\n"
+        } else {
+            b""
+        };
         let output = run_with_input(*store, args, input);
         let err = stderr(&output);
         assert_eq!(code(&output), 2, "kvkit {store:?} {args:?}: {err}");
-        assert!(err.contains(needle), "kvkit {store:?} {args:?}: {err:?} lacks {needle:?}");
-        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+        assert!(
+            err.contains(needle),
+            "kvkit {store:?} {args:?}: {err:?} lacks {needle:?}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
         let lines: Vec<&str> = err.lines().collect();
-        assert_eq!(lines.len(), 1, "kvkit {store:?} {args:?}: not one line: {err:?}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "kvkit {store:?} {args:?}: not one line: {err:?}"
+        );
         assert!(lines[0].starts_with("kvkit: "), "{err:?}");
         assert!(output.stdout.is_empty(), "{:?}", stdout(&output));
     }
@@ -647,14 +873,41 @@ async fn bad_input_is_one_line_and_exit_2() {
 
 #[test]
 fn help_is_complete() {
-    let help = command(None, &["--help"]).assert().code(0).get_output().stdout.clone();
+    let help = command(None, &["--help"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
     let help = String::from_utf8(help).expect("utf8");
     for needle in [
-        "get", "put", "rm", "ls", "exists", "watch", "lock", "elect", "leader", "export",
-        "import", "copy", "--store", "--config", "KVKIT_STORE", "Exit status", "etcd://",
-        "zk://", "consul://", "redb://", "memory://", "6  `lock`",
+        "get",
+        "put",
+        "rm",
+        "ls",
+        "exists",
+        "watch",
+        "lock",
+        "elect",
+        "leader",
+        "export",
+        "import",
+        "copy",
+        "--store",
+        "--config",
+        "KVKIT_STORE",
+        "Exit status",
+        "etcd://",
+        "zk://",
+        "consul://",
+        "redb://",
+        "memory://",
+        "6  `lock`",
     ] {
-        assert!(help.contains(needle), "kvkit --help lacks {needle:?}:\n{help}");
+        assert!(
+            help.contains(needle),
+            "kvkit --help lacks {needle:?}:\n{help}"
+        );
     }
     for (sub, needles) in [
         ("get", &["--json", "raw" as &str][..]),
@@ -663,17 +916,30 @@ fn help_is_complete() {
         ("ls", &["-l", "--json"]),
         ("exists", &["--json"]),
         ("watch", &["-r", "--json"]),
-        ("lock", &["--grace", "--ttl", "--try", "SIGTERM", "SIGKILL", "status 6"]),
+        (
+            "lock",
+            &[
+                "--grace", "--ttl", "--try", "SIGTERM", "SIGKILL", "status 6",
+            ],
+        ),
         ("elect", &["--grace", "<ID>", "status 6"]),
         ("leader", &["--json"]),
         ("export", &["JSON lines", "base64", "ttl"]),
         ("import", &["--dry-run", "stdin"]),
         ("copy", &["SRC_URL", "DST_URL", "--concurrency", "report"]),
     ] {
-        let output = command(None, &[sub, "--help"]).assert().code(0).get_output().stdout.clone();
+        let output = command(None, &[sub, "--help"])
+            .assert()
+            .code(0)
+            .get_output()
+            .stdout
+            .clone();
         let text = String::from_utf8(output).expect("utf8");
         for needle in needles {
-            assert!(text.contains(needle), "kvkit {sub} --help lacks {needle:?}:\n{text}");
+            assert!(
+                text.contains(needle),
+                "kvkit {sub} --help lacks {needle:?}:\n{text}"
+            );
         }
     }
     command(None, &["--version"]).assert().code(0);

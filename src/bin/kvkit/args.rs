@@ -64,13 +64,25 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// The store's URL (see `kvkit --help` for the forms).
-    #[arg(long, short = 's', global = true, env = "KVKIT_STORE", value_name = "URL")]
+    #[arg(
+        long,
+        short = 's',
+        global = true,
+        env = "KVKIT_STORE",
+        value_name = "URL"
+    )]
     pub store: Option<String>,
 
     /// A store configuration file (TOML, or JSON when it ends in .json), in kvkit's
     /// StoreConfig format: `backend = "etcd"`, `endpoints = [...]`, ... Either at the
     /// top level or under a `[store]` table.
-    #[arg(long, short = 'c', global = true, value_name = "FILE", conflicts_with = "store")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "store"
+    )]
     pub config: Option<PathBuf>,
 }
 

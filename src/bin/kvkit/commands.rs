@@ -207,7 +207,10 @@ pub async fn watch<B: Backend>(kv: &Kv<B>, key: &str, recursive: bool, as_json: 
                     .get(&pair.key)
                     .is_none_or(|old| old.last_index != pair.last_index || old.value != pair.value);
                 if changed {
-                    line(&mut out, &watch_line(&pair.key, Some(&pair), as_json, false))?;
+                    line(
+                        &mut out,
+                        &watch_line(&pair.key, Some(&pair), as_json, false),
+                    )?;
                 }
                 next.insert(pair.key.clone(), pair);
             }
@@ -230,7 +233,10 @@ pub async fn watch<B: Backend>(kv: &Kv<B>, key: &str, recursive: bool, as_json: 
             let index = state.as_ref().map(|pair| pair.last_index);
             // The current state is shown once; after it, only changes.
             if first || index != last {
-                line(&mut out, &watch_line(&normal, state.as_ref(), as_json, first))?;
+                line(
+                    &mut out,
+                    &watch_line(&normal, state.as_ref(), as_json, first),
+                )?;
             }
             first = false;
             last = index;
@@ -248,7 +254,10 @@ pub async fn leader<B: Backend>(kv: &Kv<B>, name: &str, as_json: bool) -> CliRes
     let leader = Follower::new(kv.clone(), name).leader().await?;
     let mut out = std::io::stdout().lock();
     if as_json {
-        line(&mut out, &json!({ "name": name, "leader": leader }).to_string())?;
+        line(
+            &mut out,
+            &json!({ "name": name, "leader": leader }).to_string(),
+        )?;
     } else if let Some(id) = &leader {
         line(&mut out, id)?;
     }
@@ -256,7 +265,9 @@ pub async fn leader<B: Backend>(kv: &Kv<B>, name: &str, as_json: bool) -> CliRes
         Some(_) => Ok(()),
         None => Err(CliError::new(
             Code::NotFound,
-            format!("no leader of {name} right now (start one with `kvkit elect {name} ID -- COMMAND`)"),
+            format!(
+                "no leader of {name} right now (start one with `kvkit elect {name} ID -- COMMAND`)"
+            ),
         )),
     }
 }

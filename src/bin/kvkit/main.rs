@@ -143,7 +143,9 @@ async fn dispatch(cli: Cli) -> CliResult<i32> {
             key,
             recursive,
             if_index,
-        } => commands::rm(&kv, &key, recursive, if_index).await.map(|()| 0),
+        } => commands::rm(&kv, &key, recursive, if_index)
+            .await
+            .map(|()| 0),
         Command::Ls { dir, long, json } => commands::ls(&kv, &dir, long, json).await.map(|()| 0),
         Command::Exists { key, json } => commands::exists(&kv, &key, json).await.map(|()| 0),
         Command::Watch {

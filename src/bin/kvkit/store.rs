@@ -70,7 +70,10 @@ pub fn parse_url(url: &str) -> CliResult<StoreConfig> {
 /// Reads a StoreConfig from a TOML or JSON file, at the top level or under `store`.
 fn read_config(path: &Path) -> CliResult<StoreConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        CliError::usage(format!("cannot read the config file {}: {e}", path.display()))
+        CliError::usage(format!(
+            "cannot read the config file {}: {e}",
+            path.display()
+        ))
     })?;
     let bad = |e: String| {
         CliError::usage(format!(
@@ -82,7 +85,8 @@ fn read_config(path: &Path) -> CliResult<StoreConfig> {
     };
     let is_json = path.extension().is_some_and(|ext| ext == "json");
     if is_json {
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let value = match value.get("store") {
             Some(inner) if value.get("backend").is_none() => inner.clone(),
             _ => value,
@@ -94,7 +98,9 @@ fn read_config(path: &Path) -> CliResult<StoreConfig> {
             Some(toml::Value::Table(inner)) if !value.contains_key("backend") => inner.clone(),
             _ => value,
         };
-        value.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))
+        value
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))
     }
 }
 

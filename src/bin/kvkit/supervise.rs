@@ -204,7 +204,12 @@ pub async fn elect<B: Backend>(
         match event {
             Some(true) => break,
             Some(false) => continue,
-            None => return Err(CliError::new(Code::Other, "the election ended unexpectedly")),
+            None => {
+                return Err(CliError::new(
+                    Code::Other,
+                    "the election ended unexpectedly",
+                ));
+            }
         }
     }
     let mut child = match spawn(command) {

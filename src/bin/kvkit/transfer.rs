@@ -48,7 +48,10 @@ fn parse_record(text: &str) -> Result<Record, String> {
         return Err("not a JSON object".into());
     };
     for name in fields.keys() {
-        if !matches!(name.as_str(), "key" | "value" | "encoding" | "ttl" | "index") {
+        if !matches!(
+            name.as_str(),
+            "key" | "value" | "encoding" | "ttl" | "index"
+        ) {
             return Err(format!(
                 "unknown field {name:?} (expected key, value, encoding, ttl, index)"
             ));
@@ -128,7 +131,12 @@ pub async fn import<B: Backend>(
                     record.key,
                     record.value.len()
                 )?,
-                None => writeln!(out, "would put {} ({} bytes)", record.key, record.value.len())?,
+                None => writeln!(
+                    out,
+                    "would put {} ({} bytes)",
+                    record.key,
+                    record.value.len()
+                )?,
             }
         }
         out.flush()?;
