@@ -604,6 +604,13 @@ async fn redb_file() {
     let mut cmd = command(None, &["get", "c"]);
     cmd.env("KVKIT_STORE", format!("redb://{}", other.display()));
     cmd.assert().code(0).stdout("from config");
+    // --config wins over KVKIT_STORE (which names an empty store here).
+    let mut cmd = command(None, &["--config", config, "get", "c"]);
+    cmd.env(
+        "KVKIT_STORE",
+        format!("redb://{}", dir.path().join("empty.redb").display()),
+    );
+    cmd.assert().code(0).stdout("from config");
     // memory:// is refused where pointless, allowed for import.
     let refused = expect(Some("memory://"), &["get", "k"], 2);
     assert!(

@@ -63,19 +63,14 @@ pub struct Cli {
 /// Where the store is.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
-    /// The store's URL (see `kvkit --help` for the forms).
-    #[arg(
-        long,
-        short = 's',
-        global = true,
-        env = "KVKIT_STORE",
-        value_name = "URL"
-    )]
+    /// The store's URL (see `kvkit --help` for the forms). Without --store and --config,
+    /// the URL in the environment variable KVKIT_STORE.
+    #[arg(long, short = 's', global = true, value_name = "URL")]
     pub store: Option<String>,
 
     /// A store configuration file (TOML, or JSON when it ends in .json), in kvkit's
     /// StoreConfig format: `backend = "etcd"`, `endpoints = [...]`, ... Either at the
-    /// top level or under a `[store]` table.
+    /// top level or under a `[store]` table. Takes precedence over KVKIT_STORE.
     #[arg(
         long,
         short = 'c',

@@ -48,13 +48,19 @@ fn redb_refusal(usage: Use, command: &str) -> Option<String> {
     ))
 }
 
-/// The store configuration the arguments name, before connecting.
+/// The environment variable naming the store when neither --store nor --config does.
+pub const STORE_VAR: &str = "KVKIT_STORE";
+
+/// The store configuration the arguments name, before connecting: --config FILE, else
+/// --store URL, else KVKIT_STORE.
 pub fn resolve(args: &StoreArgs) -> CliResult<StoreConfig> {
     if let Some(path) = &args.config {
         return read_config(path);
     }
-    match &args.store {
-        Some(url) if !url.trim().is_empty() => parse_url(url),
+    // KVKIT_STORE is read here rather than by clap, so that --config beats it.
+    let url = args.store.clone().or_else(|| std::env::var(STORE_VAR).ok());
+    match url {
+        Some(url) if !url.trim().is_empty() => parse_url(&url),
         _ => Err(CliError::usage(
             "no store given: pass --store URL, set KVKIT_STORE, or pass --config FILE \
              (e.g. --store etcd://127.0.0.1:2379)",
