@@ -81,13 +81,50 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
             .map_err(|_| config_error(format!("invalid duration {text:?}")))?;
         seconds_to_duration(seconds)?
     } else {
-        humantime::parse_duration(text).map_err(|e| {
-            config_error(format!(
-                "invalid duration {text:?}: {e} (write e.g. \"2s\", \"1500ms\", \"1m30s\")"
-            ))
-        })?
+        match humantime::parse_duration(text) {
+            Ok(parsed) => parsed,
+            // Go's fractional form (`"1.5s"`, `"0.5h"`), common in etcd and Consul configs.
+            Err(_)
+                if text.contains('.')
+                    && let Some(parsed) = parse_go_fraction(text) =>
+            {
+                parsed
+            }
+            Err(e) => {
+                return Err(config_error(format!(
+                    "invalid duration {text:?}: {e} (write e.g. \"2s\", \"1500ms\", \"1m30s\")"
+                )));
+            }
+        }
     };
     check_duration("duration", parsed)
+}
+
+/// Parses Go's `time.ParseDuration` form with fractions (`"1.5s"`, `"1m0.5s"`); `None`
+/// when it is not one or does not fit.
+fn parse_go_fraction(text: &str) -> Option<Duration> {
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let number: f64 = rest[..end].parse().ok()?;
+        rest = &rest[end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total = total.checked_add(Duration::try_from_secs_f64(number * scale).ok()?)?;
+    }
+    Some(total)
 }
 
 fn seconds_to_duration(seconds: f64) -> Result<Duration> {
@@ -1229,6 +1266,51 @@ mod url {
                     q.finish()
                 )
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend whose feature is off is refused by URL and by config file, naming
+    /// the feature (run with `--no-default-features` to cover all four).
+    #[test]
+    #[allow(clippy::vec_init_then_push)] // the pushes depend on the features
+    fn missing_features_are_named() {
+        #[allow(unused_mut)]
+        let mut cases: Vec<(&str, &str, &str)> = Vec::new();
+        #[cfg(not(feature = "redb"))]
+        cases.push((
+            "redb:///a.redb",
+            "backend = \"redb\"\npath = \"/a\"",
+            "redb",
+        ));
+        #[cfg(not(feature = "etcd"))]
+        cases.push(("etcd://h:2379", "backend = \"etcd\"", "etcd"));
+        #[cfg(not(feature = "zookeeper"))]
+        cases.push(("zk://h:2181/r", "backend = \"zookeeper\"", "zookeeper"));
+        #[cfg(not(feature = "consul"))]
+        cases.push(("consul://h:8500", "backend = \"consul\"", "consul"));
+        for (url, _, feature) in &cases {
+            let err = StoreConfig::from_url(url).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Config);
+            assert!(
+                err.to_string()
+                    .contains(&format!("cargo feature `{feature}`")),
+                "{err}"
+            );
+        }
+        for (_, json_backend, feature) in &cases {
+            let backend = json_backend.split('"').nth(1).unwrap();
+            let json = format!("{{\"backend\": \"{backend}\"}}");
+            let err = serde_json::from_str::<StoreConfig>(&json).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("cargo feature `{feature}`")),
+                "{err}"
+            );
         }
     }
 }

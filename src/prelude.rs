@@ -18,4 +18,5 @@ pub use crate::backend::{Backend, KvPair, LockGuard, LockOptions, PutOptions};
 pub use crate::config::{StoreConfig, connect};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::kv::Kv;
+/// `next()` on watch streams.
 pub use futures::StreamExt as _;

@@ -638,8 +638,10 @@ async fn bad_configs_are_clear_configuration_errors() {
     // Accepted by serde or builders, refused at connect with Error::Config.
     let mut no_endpoints = EtcdConfig::default();
     no_endpoints.endpoints.clear();
-    let mut user_only = EtcdConfig::default();
-    user_only.username = Some("root".into());
+    let user_only = EtcdConfig {
+        username: Some("root".into()),
+        ..EtcdConfig::default()
+    };
     let both_ca = TlsConfig {
         ca_pem: Some("x".into()),
         ca_file: Some("/x".into()),
@@ -730,6 +732,11 @@ fn durations_parse_in_one_format_and_never_overflow() {
     assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
     assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
     assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+    assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    assert_eq!(
+        parse_duration("1m0.5s").unwrap(),
+        Duration::from_millis(60_500)
+    );
     assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
     for d in [
         Duration::from_millis(1500),
@@ -751,6 +758,9 @@ fn durations_parse_in_one_format_and_never_overflow() {
         "-1s",
         "NaN",
         "inf",
+        "1.5x",
+        "1.5e400s",
+        "99999999999999999999.5h",
     ] {
         assert_eq!(
             parse_duration(bad).unwrap_err().kind(),

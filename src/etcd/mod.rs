@@ -131,13 +131,10 @@ impl Etcd {
             .with_timeout(config.request_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_require_leader(true);
-        match (&config.username, &config.password) {
-            (Some(user), Some(password)) => {
-                options = options
-                    .with_user(user.clone(), password.clone())
-                    .with_auto_token_refresh(true);
-            }
-            _ => {}
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls_options(tls)?);

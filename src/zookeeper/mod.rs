@@ -113,7 +113,8 @@ pub struct ZookeeperConfig {
     /// (`root` is an alias of this field). Default: `/kvkit`.
     #[serde(alias = "root")]
     pub prefix: String,
-    /// How long the first connection may take. Default: 10 s.
+    /// How long the first connection (TCP connect and session handshake) may take; the
+    /// handshake being a request, `request_timeout` bounds it too. Default: 10 s.
     #[serde(with = "crate::config::duration")]
     pub connect_timeout: Duration,
     /// How long one request may take before it fails with `Error::Unavailable`.
@@ -378,7 +379,11 @@ impl Zookeeper {
         let connect = config.connect_string();
         let session_timeout = config.session_timeout.max(Duration::from_secs(2));
         let request_timeout = config.request_timeout.max(Duration::from_millis(100));
-        let connect_timeout = config.connect_timeout.max(Duration::from_millis(100));
+        // The session handshake is a request too: the shorter timeout bounds it.
+        let connect_timeout = config
+            .connect_timeout
+            .min(request_timeout)
+            .max(Duration::from_millis(100));
         let (epoch, _) = tokio_watch::channel(0u64);
         let (session, _) = tokio_watch::channel(0u64);
         let (ready, _) = tokio_watch::channel(false);
