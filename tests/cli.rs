@@ -416,6 +416,15 @@ fn coordination_commands(url: &str) {
         stderr(&busy)
     );
     assert!(stdout(&expect(u, &["get", "locks/held"], 0)).starts_with("kvkit pid"));
+    // Interrupted while waiting for the held lock: exit 130, the command never ran.
+    let queued = Running::start(url, &["lock", "locks/held", "--", "echo", "ran"]);
+    tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(500)));
+    queued.signal(libc::SIGINT);
+    assert!(
+        queued.lines.try_recv().is_err(),
+        "the command ran without the lock"
+    );
+    assert_eq!(queued.wait().0, 130);
     // Interrupting kvkit stops the command (SIGTERM) and releases the lock.
     holder.signal(libc::SIGTERM);
     let (status, _) = holder.wait();

@@ -29,6 +29,7 @@ Exit status:
   4  permission denied (check credentials)
   5  any other error
   6  `lock` / `elect`: the lock or the leadership was lost and the command was stopped
+  130 `lock` / `elect`: interrupted (Ctrl-C, SIGTERM) while waiting, before COMMAND ran
   Otherwise `lock` and `elect` exit with the command's own status (128+N when the
   command was killed by signal N).
 

@@ -145,7 +145,10 @@ pub async fn lock<B: Backend>(
     } else {
         tokio::select! {
             guard = kv.lock(key, options) => guard?,
-            () = interrupted() => return Ok(INTERRUPTED),
+            () = interrupted() => {
+                settle().await;
+                return Ok(INTERRUPTED);
+            }
         }
     };
     let mut child = match spawn(command) {
@@ -159,6 +162,7 @@ pub async fn lock<B: Backend>(
     match outcome {
         Outcome::Lost => {
             drop(guard);
+            settle().await;
             Err(lost_error(format!(
                 "lost the lock {key} while the command ran; the command was stopped"
             )))
@@ -170,6 +174,13 @@ pub async fn lock<B: Backend>(
             Ok(status_code(status))
         }
     }
+}
+
+/// Gives the release a dropped lock (or pending lock) spawned in the background time to
+/// reach the store: the runtime drops unfinished tasks at exit, and a contender left
+/// behind would block the next holder until its TTL ran out.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 fn lost_error(message: String) -> CliError {
