@@ -32,7 +32,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod any;
+pub mod any;
 pub mod backend;
 pub mod config;
 #[cfg(feature = "consul")]
