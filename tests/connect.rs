@@ -1,6 +1,6 @@
 //! `kvkit::connect`, `StoreConfig` and `AnyBackend`: every URL form reaches the right
 //! store (real etcd and ZooKeeper servers, the Consul emulator, redb files, memory),
-//! `Kv<AnyBackend>` passes the conformance suite and the model check on all five,
+//! `Kv<AnyBackend>` passes `check_backend` on all five,
 //! configurations round-trip through TOML, JSON and URLs, bad input is a clear
 //! `Error::Config`, and no secret is ever formatted.
 
@@ -9,28 +9,25 @@ use std::time::Duration;
 
 use kvkit::consul::ConsulConfig;
 use kvkit::etcd::EtcdConfig;
-use kvkit::testing::conformance;
 use kvkit::testing::consul_emulator::{ConsulEmulator, EmulatorConfig, EmulatorTls};
 use kvkit::testing::etcd_server::{EtcdServer, ServerTls};
-use kvkit::testing::model::{ModelConfig, check_against_memory};
+use kvkit::testing::model::{ModelConfig, check_backend};
 use kvkit::testing::zookeeper_server::ZkServer;
 use kvkit::zookeeper::{ZookeeperConfig, ZookeeperEncoding};
 use kvkit::{
     AnyBackend, ErrorKind, Kv, LockGuard, LockOptions, PutOptions, StoreConfig, TlsConfig,
 };
 
-/// The conformance suite and a short model check on `kv`.
+/// `check_backend` on `kv`: the conformance suite, a short sequential model run and the
+/// concurrent phase.
 async fn check(kv: &Kv<AnyBackend>) {
-    conformance::run_all(kv).await;
-    check_against_memory(
-        kv,
-        ModelConfig {
-            cases: 12,
-            ..ModelConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let config = ModelConfig {
+        cases: 12,
+        ..ModelConfig::default()
+    };
+    if let Err(failure) = check_backend(kv, config).await {
+        panic!("Kv<{}>: {failure}", kv.capabilities().name);
+    }
 }
 
 fn config_error(result: kvkit::Result<impl std::fmt::Debug>) -> String {

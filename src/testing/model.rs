@@ -830,6 +830,26 @@ impl<B: Backend> Harness<B> {
         Ok(())
     }
 
+    /// `delete_tree` is not promised atomic (the derived one is two operations, and
+    /// ZooKeeper deletes znode by znode), so a watch may see the tree part-deleted: one
+    /// flexible state before the end state, in which any of `doomed` may be missing.
+    fn may_see_part_of(&mut self, doomed: &[String]) {
+        for i in 0..self.watches.len() {
+            let lacking: BTreeSet<String> = doomed
+                .iter()
+                .filter(|k| self.watches[i].filter.contains(k))
+                .cloned()
+                .collect();
+            if lacking.len() > 1 {
+                let pairs = self.snapshot(&self.watches[i].filter);
+                self.watches[i].history.push(Snapshot {
+                    pairs,
+                    may_lack: lacking,
+                });
+            }
+        }
+    }
+
     fn removed(&mut self, h: usize, keys: Vec<String>) {
         for key in &keys {
             if let Some(entry) = self.data.remove(key) {
@@ -1065,6 +1085,7 @@ impl<B: Backend> Harness<B> {
                     .filter(|k| dir.contains(k) || dir.as_str() == k.as_str())
                     .cloned()
                     .collect();
+                self.may_see_part_of(&doomed);
                 self.removed(h, doomed);
                 // Siblings of dir must survive: read one back when there is one.
                 let survivor = self
