@@ -7,6 +7,11 @@
 
 mod support;
 
+/// The bugs only concurrency exposes (non-atomic CAS, lost writes, locks ignoring
+/// contention, watches skipping writes), caught by `check_backend`'s concurrent phase.
+#[path = "teeth/concurrent.rs"]
+mod concurrent;
+
 use kvkit::Kv;
 use kvkit::memory::Memory;
 use kvkit::testing::{conformance, model};

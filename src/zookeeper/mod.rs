@@ -547,13 +547,19 @@ impl Zookeeper {
         Ok(())
     }
 
-    /// Estimates the server clock's offset from ours with one write of `{root}/clock`,
-    /// so TTL deadlines (taken from the server's `mtime`) are compared on the server's
-    /// clock. Best effort: without write access the offset stays 0.
+    /// Estimates the server clock's offset from ours with writes of `{root}/clock`, so
+    /// TTL deadlines (taken from the server's `mtime`) are compared on the server's
+    /// clock. The estimate (the midpoint of a write's round trip) is off by up to half
+    /// that round trip, so the sample with the shortest round trip is kept: one slow
+    /// answer (a loaded server at connect) would otherwise shift every TTL deadline of
+    /// the handle. Best effort: without write access the offset stays 0.
     async fn measure_clock(&self) {
+        const SAMPLES: usize = 4;
         let inner = &self.inner;
         let path = format!("{}/clock", inner.root);
-        for _ in 0..2 {
+        let mut best: Option<(i64, i64)> = None; // (round trip, offset)
+        // One round more than samples: the first write may only create the znode.
+        for _ in 0..=SAMPLES {
             let before = now_ms();
             let result = inner
                 .call(|| inner.zk.set_data(&path, Vec::new(), None))
@@ -561,17 +567,25 @@ impl Zookeeper {
             let after = now_ms();
             match result {
                 Ok(stat) => {
-                    let offset = stat.mtime - (before + after) / 2;
-                    inner.clock_offset_ms.store(offset, Ordering::Relaxed);
-                    return;
+                    let sample = (after - before, stat.mtime - (before + after) / 2);
+                    if best.is_none_or(|(round_trip, _)| sample.0 < round_trip) {
+                        best = Some(sample);
+                    }
+                    // Millisecond clocks: a round trip this short cannot be beaten.
+                    if sample.0 <= 2 {
+                        break;
+                    }
                 }
                 Err(ZkError::NoNode) => {
                     let _ = inner
                         .create_with_parents(&path, Vec::new(), CreateMode::Persistent)
                         .await;
                 }
-                Err(_) => return,
+                Err(_) => break,
             }
+        }
+        if let Some((_, offset)) = best {
+            inner.clock_offset_ms.store(offset, Ordering::Relaxed);
         }
     }
 

@@ -3,7 +3,7 @@
 //! `check_concurrent` must fail on it in every one of 100 seeded runs, while the
 //! faithful wrapper passes all 100.
 
-#[path = "support/racy.rs"]
+#[path = "../support/racy.rs"]
 mod racy;
 
 use kvkit::Kv;
