@@ -376,6 +376,50 @@ struct Shared {
     watchers_live: AtomicUsize,
     /// A fault will be injected: clients wait for it a third of the way through.
     fault_planned: bool,
+    /// Lines the lock contenders up at the start of each round.
+    lock_gate: RoundGate,
+}
+
+/// Starts each lock round only when every contender has reached it, so contenders
+/// ask for the lock together and a lock that ignores contention shows overlapping
+/// holds on every run, not only when the scheduler happens to interleave them.
+struct RoundGate {
+    arrived: AtomicUsize,
+    parties: usize,
+    notify: tokio::sync::Notify,
+}
+
+impl RoundGate {
+    /// Longest wait for the others: a contender that failed or is stuck in a
+    /// fault must not hold up the rest.
+    const PATIENCE: Duration = Duration::from_millis(250);
+
+    fn new(parties: usize) -> Self {
+        Self {
+            arrived: AtomicUsize::new(0),
+            parties,
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    async fn pass(&self, round: usize) {
+        let target = (round + 1) * self.parties;
+        if self.arrived.fetch_add(1, Ordering::SeqCst) + 1 >= target {
+            self.notify.notify_waiters();
+            return;
+        }
+        let deadline = Instant::now() + Self::PATIENCE;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.arrived.load(Ordering::SeqCst) >= target
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
+                return;
+            }
+        }
+    }
 }
 
 async fn client<B: Backend>(
@@ -702,6 +746,7 @@ async fn contender<B: Backend>(
     let mut holds = Vec::new();
     let wait = config.op_timeout * 3;
     for round in 0..config.lock_rounds {
+        shared.lock_gate.pass(round).await;
         let guard = match tokio::time::timeout(wait, kv.lock(&lock_key, options.clone())).await {
             Ok(Ok(g)) => g,
             Ok(Err(e)) if shared.faulted.load(Ordering::SeqCst) => {
@@ -740,9 +785,8 @@ async fn contender<B: Backend>(
         let fence = tokio::time::timeout(config.op_timeout, fence)
             .await
             .unwrap_or_else(|_| Err("fencing swap timed out".into()));
-        if rng.below(2) == 0 {
-            tokio::time::sleep(Duration::from_millis(rng.below(3) as u64)).await;
-        }
+        // Hold for a while: the others, released by the same gate, are asking now.
+        tokio::time::sleep(Duration::from_millis(1 + rng.below(4) as u64)).await;
         let released = shared.clock.now();
         let mut lost = guard.is_lost();
         if round % 2 == 0 {
@@ -988,6 +1032,7 @@ pub async fn check_concurrent<B: Backend>(
         injected: AtomicBool::new(false),
         watchers_live: AtomicUsize::new(0),
         fault_planned: fault.is_some(),
+        lock_gate: RoundGate::new(config.lock_contenders),
     });
     let total = config.clients * config.ops_per_client;
     let keys = &KEY_SPACE[..config.max_key_space.clamp(1, KEY_SPACE.len())];
