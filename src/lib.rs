@@ -51,7 +51,7 @@ pub mod prelude;
 pub mod recipe;
 #[cfg(feature = "redb")]
 pub mod redb;
-#[cfg(any(feature = "etcd", feature = "consul"))]
+#[cfg(any(feature = "etcd", feature = "consul", feature = "zookeeper"))]
 mod watch_task;
 
 #[cfg(feature = "zookeeper")]

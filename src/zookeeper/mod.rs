@@ -915,6 +915,11 @@ impl Inner {
         self.shutdown.cancelled()
     }
 
+    /// Cancelled when the store is closed (ends the watch streams).
+    pub(crate) fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.shutdown.clone()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }

@@ -16,13 +16,19 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use zookeeper_async::{WatchedEvent, WatchedEventType, ZkError};
 
 use super::{Node, Zookeeper};
 use crate::backend::KvPair;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::key::{Dir, Key};
+use crate::watch_task::{Backoff, TaskStream};
+
+/// Items buffered for a slow consumer.
+const CHANNEL_CAPACITY: usize = 16;
+/// Retry delays after a failed re-read (the connection is usually coming back).
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The kind of a one-shot watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,43 +170,27 @@ impl Drop for Arm {
     }
 }
 
-/// Aborts the stream's task when the stream is dropped.
-#[derive(Debug)]
-struct AbortOnDrop(AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The stream of [`crate::Kv::watch`] on ZooKeeper.
 #[derive(Debug)]
-pub struct ZookeeperWatch {
-    rx: mpsc::Receiver<Result<Option<KvPair>>>,
-    _task: AbortOnDrop,
-}
+pub struct ZookeeperWatch(TaskStream<Option<KvPair>>);
 
 impl Stream for ZookeeperWatch {
     type Item = Result<Option<KvPair>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        Pin::new(&mut self.0).poll_next(cx)
     }
 }
 
 /// The stream of [`crate::Kv::watch_tree`] on ZooKeeper.
 #[derive(Debug)]
-pub struct ZookeeperWatchTree {
-    rx: mpsc::Receiver<Result<Vec<KvPair>>>,
-    _task: AbortOnDrop,
-}
+pub struct ZookeeperWatchTree(TaskStream<Vec<KvPair>>);
 
 impl Stream for ZookeeperWatchTree {
     type Item = Result<Vec<KvPair>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        Pin::new(&mut self.0).poll_next(cx)
     }
 }
 
@@ -600,39 +590,33 @@ async fn scan_nodes(
 }
 
 pub(crate) async fn watch_key(backend: Zookeeper, key: Key<'static>) -> Result<ZookeeperWatch> {
-    let (rx, task) = start(backend, OneKey(key)).await?;
-    Ok(ZookeeperWatch {
-        rx,
-        _task: AbortOnDrop(task),
-    })
+    start(backend, OneKey(key)).await.map(ZookeeperWatch)
 }
 
 pub(crate) async fn watch_tree(backend: Zookeeper, dir: Dir) -> Result<ZookeeperWatchTree> {
     let tree = Tree::new(&backend, dir);
-    let (rx, task) = start(backend, tree).await?;
-    Ok(ZookeeperWatchTree {
-        rx,
-        _task: AbortOnDrop(task),
-    })
+    start(backend, tree).await.map(ZookeeperWatchTree)
 }
 
 /// Reads the first state (so errors such as a refused ACL surface from the call), then
-/// spawns the task that follows the changes.
-async fn start<W: Watched>(
-    backend: Zookeeper,
-    mut watched: W,
-) -> Result<(mpsc::Receiver<Result<W::State>>, AbortHandle)> {
+/// spawns the task that follows the changes. The shared [`TaskStream`] keeps the end
+/// rules: dropping the stream stops the task, a close yields one `Err(Closed)`.
+async fn start<W: Watched>(backend: Zookeeper, mut watched: W) -> Result<TaskStream<W::State>> {
     let (arm, fired) = Arm::new(&backend);
     let epoch = backend.inner().epoch();
-    let first = watched
+    let (first, deadline) = watched
         .read(&backend, &arm)
         .await
         .map_err(|e| backend.map_err(e))?;
-    let (tx, rx) = mpsc::channel(16);
-    let task = tokio::spawn(follow(backend, watched, arm, fired, epoch, tx, first));
-    Ok((rx, task.abort_handle()))
+    let closed = backend.inner().shutdown_token();
+    Ok(TaskStream::spawn(CHANNEL_CAPACITY, closed, |tx| {
+        let _ = tx.try_send(Ok(first.clone()));
+        follow(backend, watched, arm, fired, epoch, tx, (first, deadline))
+    }))
 }
 
+/// Re-reads after every fired watch, reconnect or TTL deadline, and sends each state
+/// that is newer than the last one sent.
 async fn follow<W: Watched>(
     backend: Zookeeper,
     mut watched: W,
@@ -643,25 +627,21 @@ async fn follow<W: Watched>(
     first: Snapshot<W::State>,
 ) {
     let (mut last, mut deadline) = first;
-    if tx.send(Ok(last.clone())).await.is_err() {
-        return;
-    }
-    let mut failing = false;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+    let mut retry: Option<Duration> = None;
     epoch.borrow_and_update();
     loop {
-        // Wait for a fired watch, a reconnect (watches gone), or a TTL deadline.
+        // Wait for a fired watch, a reconnect (watches gone), a TTL deadline or a retry.
         let sleep = deadline.map(|d| {
             let wait = d.saturating_sub(backend.inner().server_now_ms()).max(0) + 1;
             Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX))
         });
-        let retry = failing.then(|| Duration::from_millis(250));
         let wake = match (sleep, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         tokio::select! {
             _ = tx.closed() => return,
-            _ = backend.inner().shutdown() => return end_closed(&tx).await,
             event = fired.recv() => {
                 let Some((path, kind)) = event else { return };
                 arm.unmark(&path, kind);
@@ -682,11 +662,13 @@ async fn follow<W: Watched>(
             watched.fired(&path, kind);
         }
         if backend.inner().is_closed() {
-            return end_closed(&tx).await;
+            // TaskStream reports the close once the shutdown token is cancelled.
+            return backend.inner().shutdown().await;
         }
         match watched.read(&backend, &arm).await {
             Ok((state, next_deadline)) => {
-                failing = false;
+                retry = None;
+                backoff.reset();
                 deadline = next_deadline;
                 if W::newer(&last, &state) {
                     last = state;
@@ -695,23 +677,17 @@ async fn follow<W: Watched>(
                     }
                 }
             }
-            Err(_) if backend.inner().is_closed() => return end_closed(&tx).await,
+            Err(_) if backend.inner().is_closed() => return backend.inner().shutdown().await,
             Err(e) => {
                 // Watches of a failed read may not be armed: start again from scratch.
                 arm.clear();
                 watched.reset();
-                if !failing {
-                    failing = true;
-                    if tx.send(Err(backend.map_err(e))).await.is_err() {
-                        return;
-                    }
+                // One error item per outage; a permanent one also ends the stream.
+                if retry.is_none() && tx.send(Err(backend.map_err(e))).await.is_err() {
+                    return;
                 }
+                retry = Some(backoff.next_delay());
             }
         }
     }
-}
-
-/// The end of a stream whose store was closed: one `Err(Closed)` item, then the end.
-async fn end_closed<T>(tx: &mpsc::Sender<Result<T>>) {
-    let _ = tx.send(Err(Error::Closed)).await;
 }
