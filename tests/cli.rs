@@ -960,3 +960,32 @@ fn help_is_complete() {
     }
     command(None, &["--version"]).assert().code(0);
 }
+
+/// `kvkit export | head -1`: the closed pipe ends the command quietly, with status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("redb://{}", dir.path().join("data.redb").display());
+    // Far more output than a pipe buffers (64 KiB on Linux).
+    let value = "v".repeat(200);
+    let input: String = (0..2000)
+        .map(|i| format!("{{\"key\":\"k{i:05}\",\"value\":\"{value}\"}}\n"))
+        .collect();
+    check_ok(&run_with_input(Some(&url), &["import"], input.as_bytes()));
+    let mut child = std::process::Command::new(binary())
+        .env_remove("KVKIT_STORE")
+        .args(["--store", &url, "export"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvkit");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read a line");
+    assert!(first.contains("k00000"), "{first}");
+    // The reader is gone now: the next writes fail with EPIPE.
+    let output = tokio::task::block_in_place(|| child.wait_with_output()).expect("wait");
+    assert_eq!(code(&output), 0, "stderr: {}", stderr(&output));
+    assert_eq!(stderr(&output), "");
+}

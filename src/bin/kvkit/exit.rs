@@ -27,6 +27,8 @@ pub enum Code {
 pub struct CliError {
     pub code: Code,
     pub message: String,
+    /// The error is a closed stdout (`kvkit ls | head`): not a failure.
+    pub broken_pipe: bool,
 }
 
 impl CliError {
@@ -34,6 +36,7 @@ impl CliError {
         CliError {
             code,
             message: message.into(),
+            broken_pipe: false,
         }
     }
 
@@ -104,7 +107,10 @@ impl From<Error> for CliError {
 
 impl From<std::io::Error> for CliError {
     fn from(err: std::io::Error) -> Self {
-        CliError::new(Code::Other, format!("I/O error: {err}"))
+        CliError {
+            broken_pipe: err.kind() == std::io::ErrorKind::BrokenPipe,
+            ..CliError::new(Code::Other, format!("I/O error: {err}"))
+        }
     }
 }
 

@@ -71,7 +71,7 @@ async fn run(cli: Cli) -> CliResult<i32> {
     let result = dispatch(cli).await;
     match result {
         // A closed stdout (`kvkit ls | head`) ends the command quietly.
-        Err(err) if err.message.contains("Broken pipe") => Ok(0),
+        Err(err) if err.broken_pipe => Ok(0),
         other => other,
     }
 }
