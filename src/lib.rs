@@ -34,6 +34,8 @@
 
 pub mod any;
 pub mod backend;
+#[cfg(any(feature = "etcd", feature = "consul", feature = "zookeeper"))]
+mod background;
 pub mod config;
 #[cfg(feature = "consul")]
 pub mod consul;

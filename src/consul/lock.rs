@@ -96,13 +96,11 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.stop_tasks();
-        if self.armed
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
+        if self.armed {
             let inner = self.inner.clone();
             let id = self.id.clone();
-            handle.spawn(async move {
-                let _ = inner.destroy_session(&id).await;
+            crate::background::release_in_background("consul session", async move {
+                inner.destroy_session(&id).await
             });
         }
     }
@@ -359,18 +357,18 @@ impl Drop for ConsulLock {
         // session (destroying alone would start a lock-delay).
         self.session.stop_tasks();
         self.session.armed = false;
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let inner = self.session.inner.clone();
-            let id = self.session.id.clone();
-            let remote = self.remote.clone();
-            handle.spawn(async move {
-                let ops = vec![
-                    json!({"Verb": "check-session", "Key": remote, "Session": id}),
-                    json!({"Verb": "delete", "Key": remote}),
-                ];
-                let _ = inner.txn_even_if_closed(ops).await;
-                let _ = inner.destroy_session(&id).await;
-            });
-        }
+        let inner = self.session.inner.clone();
+        let id = self.session.id.clone();
+        let remote = self.remote.clone();
+        crate::background::release_in_background("consul lock", async move {
+            let ops = vec![
+                json!({"Verb": "check-session", "Key": remote, "Session": id}),
+                json!({"Verb": "delete", "Key": remote}),
+            ];
+            // The session goes even if the delete failed (its key is released then).
+            let deleted = inner.txn_even_if_closed(ops).await;
+            inner.destroy_session(&id).await?;
+            deleted.map(drop)
+        });
     }
 }

@@ -85,16 +85,11 @@ impl Drop for LeaseHold {
         if !self.armed || self.etcd.inner.closed.is_cancelled() {
             return;
         }
-        // Without a runtime the lease simply expires after its TTL.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let etcd = self.etcd.clone();
-            let id = self.id;
-            runtime.spawn(async move {
-                if let Err(err) = request!(etcd, lease => lease.revoke(id)).await {
-                    tracing::debug!(%err, lease = id, "releasing a dropped etcd lock failed; it expires with its lease");
-                }
-            });
-        }
+        let etcd = self.etcd.clone();
+        let id = self.id;
+        crate::background::release_in_background("etcd lock lease", async move {
+            request!(etcd, lease => lease.revoke(id)).await
+        });
     }
 }
 

@@ -29,6 +29,7 @@ use super::{Node, Zookeeper, codec};
 use crate::backend::{LockGuard, LockLost, LostSignal};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::watch_task::Backoff;
 
 const PREFIX: &str = "c-";
 
@@ -156,16 +157,13 @@ impl Drop for Contender {
 /// store is closed (closing ends the session and its contenders); at the latest after a
 /// few session timeouts, by which a session that cannot reach the server has expired.
 fn spawn_withdraw(backend: Zookeeper, path: String, czxid: i64) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    handle.spawn(async move {
+    crate::background::release_in_background("zookeeper lock contender", async move {
         let inner = backend.inner();
         let give_up = Instant::now() + inner.session_timeout() * 3 + inner.request_timeout();
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             if inner.is_closed() {
-                return;
+                return Ok(());
             }
             let attempt = async {
                 match inner.call(|| inner.zk().exists(&path, false)).await? {
@@ -182,14 +180,13 @@ fn spawn_withdraw(backend: Zookeeper, path: String, czxid: i64) {
                 }
             };
             if let Ok(true) = attempt.await {
-                return;
+                return Ok(());
             }
             if Instant::now() >= give_up {
                 tracing::warn!(contender = %path, "could not withdraw a lock contender");
-                return;
+                return Err(format!("gave up withdrawing {path}"));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     });
 }
@@ -639,10 +636,9 @@ impl Drop for ZookeeperLock {
             .held_locks()
             .remove(self.registered);
         let held = self.held.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = held.release().await;
-            });
-        }
+        crate::background::release_in_background(
+            "zookeeper lock",
+            async move { held.release().await },
+        );
     }
 }
