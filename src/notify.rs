@@ -1,12 +1,12 @@
 //! In-process change notification and the watch streams of the local stores
 //! (memory and redb).
 //!
-//! A watcher owns a [`Slot`]: a dirty flag and a waker. A write marks the slots whose
+//! A watcher owns a [`WatcherFlag`]: a dirty flag and a waker. A write marks the flags whose
 //! filter matches the written key and wakes them; the stream then re-reads the current
 //! state and yields it if it differs from what it yielded last. Intermediate writes
 //! made between two polls are coalesced, so a slow consumer costs no memory, and the
-//! last item always converges to the current state. Dropping a stream drops its slot;
-//! the registry forgets dead slots on the next notification.
+//! last item always converges to the current state. Dropping a stream drops its flag;
+//! the registry forgets dead flags on the next notification.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,13 +36,13 @@ impl Filter {
 }
 
 /// One watcher's flag and waker.
-pub(crate) struct Slot {
+pub(crate) struct WatcherFlag {
     filter: Filter,
     dirty: AtomicBool,
     waker: AtomicWaker,
 }
 
-impl Slot {
+impl WatcherFlag {
     fn mark(&self) {
         self.dirty.store(true, Ordering::Release);
         self.waker.wake();
@@ -64,29 +64,29 @@ impl Slot {
 /// The registry of live watchers of one store.
 #[derive(Default)]
 pub(crate) struct Watchers {
-    slots: Mutex<Vec<Weak<Slot>>>,
+    flags: Mutex<Vec<Weak<WatcherFlag>>>,
 }
 
 impl Watchers {
-    fn register(&self, filter: Filter) -> Arc<Slot> {
-        let slot = Arc::new(Slot {
+    fn register(&self, filter: Filter) -> Arc<WatcherFlag> {
+        let flag = Arc::new(WatcherFlag {
             filter,
             dirty: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|w| w.strong_count() > 0);
-        slots.push(Arc::downgrade(&slot));
-        slot
+        let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
+        flags.retain(|w| w.strong_count() > 0);
+        flags.push(Arc::downgrade(&flag));
+        flag
     }
 
     /// Wakes every watcher interested in one of `keys`.
     pub(crate) fn notify<'a>(&self, keys: impl IntoIterator<Item = &'a str> + Clone) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|weak| match weak.upgrade() {
-            Some(slot) => {
-                if keys.clone().into_iter().any(|k| slot.filter.matches(k)) {
-                    slot.mark();
+        let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
+        flags.retain(|weak| match weak.upgrade() {
+            Some(flag) => {
+                if keys.clone().into_iter().any(|k| flag.filter.matches(k)) {
+                    flag.mark();
                 }
                 true
             }
@@ -96,16 +96,16 @@ impl Watchers {
 
     /// Wakes every watcher (used on close).
     pub(crate) fn notify_all(&self) {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        for slot in slots.iter().filter_map(Weak::upgrade) {
+        let flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in flags.iter().filter_map(Weak::upgrade) {
             slot.mark();
         }
     }
 
     #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.iter().filter(|w| w.strong_count() > 0).count()
+        let flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
+        flags.iter().filter(|w| w.strong_count() > 0).count()
     }
 }
 
@@ -124,7 +124,7 @@ pub(crate) trait LocalStore: Send + Sync + 'static {
 /// Shared state machine of both local streams.
 struct Local<S, T> {
     store: Arc<S>,
-    slot: Arc<Slot>,
+    slot: Arc<WatcherFlag>,
     started: bool,
     done: bool,
     last: Option<T>,

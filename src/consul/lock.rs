@@ -144,7 +144,7 @@ async fn renew_loop(inner: Arc<Inner>, id: String, ttl: Duration, lost: LostSign
 }
 
 /// Watches the lock key; fires `lost` once this session no longer holds it.
-async fn monitor(
+async fn watch_for_loss(
     inner: Arc<Inner>,
     remote: String,
     session: String,
@@ -283,14 +283,14 @@ pub(crate) async fn lock(
             }
         }
     };
-    let monitor = tokio::spawn(monitor(
+    let loss_watch = tokio::spawn(watch_for_loss(
         inner.clone(),
         remote.clone(),
         session.id.clone(),
         session.lost.clone(),
         acquired_at,
     ));
-    session.tasks.push(monitor.abort_handle());
+    session.tasks.push(loss_watch.abort_handle());
     Ok(Some(ConsulLock {
         key: key.as_str().to_owned(),
         remote,

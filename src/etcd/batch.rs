@@ -19,10 +19,9 @@ use tokio::sync::oneshot;
 use super::{Etcd, NAME, request, timeout_error};
 use crate::error::{BoxError, Error, Result};
 
-/// Reads sent at once before further ones queue for a Txn. Measured on 2 cores
-/// (loopback, CPU-bound), 1 batches most and was fastest, 3 and 4 slower than 2; 2
-/// still gives 16 readers batches of about 8, and keeps a read that arrives while
-/// another is in flight (or behind one slow, large read) from always waiting for it.
+/// Reads sent at once before further ones queue for a Txn: 2 keeps a read that
+/// arrives while another is in flight (or behind one slow, large read) from always
+/// waiting for it, and still batches; docs/performance.md has the measurements.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
 
 /// Most reads in one Txn: etcd's default `--max-txn-ops`.
@@ -30,7 +29,7 @@ pub(crate) const MAX_TXN_OPS: usize = 128;
 
 /// The in-flight count and the queue of point reads of one `Etcd`.
 #[derive(Default)]
-pub(crate) struct Reads(Mutex<State>);
+pub(crate) struct ReadBatcher(Mutex<State>);
 
 #[derive(Default)]
 struct State {
@@ -47,7 +46,7 @@ struct Waiter {
     reply: oneshot::Sender<Result<GetResponse>>,
 }
 
-impl Reads {
+impl ReadBatcher {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across a panic: every change is one statement.
         self.0
@@ -58,9 +57,9 @@ impl Reads {
 
 /// One in-flight request slot; dropping it (done or cancelled) frees the slot and
 /// sends the queued reads, so a dropped caller never strands them.
-struct Slot(Etcd);
+struct InFlightPermit(Etcd);
 
-impl Drop for Slot {
+impl Drop for InFlightPermit {
     fn drop(&mut self) {
         let waiters = {
             let mut state = self.0.inner.reads.lock();
@@ -80,7 +79,7 @@ impl Drop for Slot {
         // The slot moves into the task before it runs: a task dropped unpolled (runtime
         // shutting down) still frees it. Without a runtime the waiters are dropped and
         // their callers see an error.
-        let slot = Slot(self.0.clone());
+        let slot = InFlightPermit(self.0.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 slot.0.send_batch(waiters).await;
@@ -124,7 +123,7 @@ impl Etcd {
         };
         match turn {
             Turn::Now(key, options) => {
-                let _slot = Slot(self.clone());
+                let _slot = InFlightPermit(self.clone());
                 self.range(key, options).await
             }
             Turn::Queued(answer) => match tokio::time::timeout_at(deadline, answer).await {

@@ -56,7 +56,7 @@ use crate::backend::{Backend, Capabilities, Cas, Expect, KvPair, LockOptions, Pu
 use crate::error::{Error, Result};
 use crate::key::{Dir, Key};
 
-use batch::Reads;
+use batch::ReadBatcher;
 use lease::LeaseCache;
 
 /// Sends one request through [`Etcd::call`]: `$client` names a client field of
@@ -105,7 +105,7 @@ pub(crate) struct Inner {
     lock_ttl: Duration,
     leases: LeaseCache,
     /// Point reads in flight and queued for a batch (see `batch`).
-    reads: Reads,
+    reads: ReadBatcher,
     /// Cancelled by `close`: stops watches and lock keep-alives.
     closed: CancellationToken,
     /// The leases of the locks held or awaited through this handle: `close` revokes
@@ -181,7 +181,7 @@ impl Etcd {
                 request_timeout: config.request_timeout,
                 lock_ttl: config.lock_ttl,
                 leases: LeaseCache::default(),
-                reads: Reads::default(),
+                reads: ReadBatcher::default(),
                 closed: CancellationToken::new(),
                 lock_leases: Default::default(),
             }),

@@ -72,7 +72,7 @@ async fn wait_for_leader<B: Backend>(
 }
 
 /// Samples every candidate's `is_leader` until stopped; counts moments with two.
-fn monitor<B: Backend>(
+fn count_overlapping_leaders<B: Backend>(
     candidates: Arc<Vec<Candidate<B>>>,
 ) -> (Arc<AtomicBool>, tokio::task::JoinHandle<usize>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -104,7 +104,7 @@ pub async fn exactly_one_leader<B: Backend>(kv: &Kv<B>) {
             .collect(),
     );
     let streams: Vec<_> = candidates.iter().map(|c| c.campaign()).collect();
-    let (stop_monitor, overlaps) = monitor(candidates.clone());
+    let (stop_monitor, overlaps) = count_overlapping_leaders(candidates.clone());
     let mut leaders = Vec::new();
     let mut previous = None;
     for _round in 0..6 {
@@ -125,7 +125,7 @@ pub async fn exactly_one_leader<B: Backend>(kv: &Kv<B>) {
     }
     stop_monitor.store(true, Ordering::Release);
     assert_eq!(
-        overlaps.await.expect("monitor"),
+        overlaps.await.expect("the overlap counter"),
         0,
         "two candidates were leader at once"
     );

@@ -76,7 +76,7 @@ impl HeldLocks {
 pub struct ZookeeperLock {
     held: Arc<Held>,
     lost: LostSignal,
-    monitor: AbortHandle,
+    loss_watch: AbortHandle,
     released: bool,
     registered: u64,
 }
@@ -436,7 +436,7 @@ pub(crate) async fn lock(
             ttl,
         });
         let registered = inner.held_locks().insert(held.clone(), lost.clone());
-        let monitor = tokio::spawn(monitor(
+        let loss_watch = tokio::spawn(watch_for_loss(
             held.clone(),
             lost.clone(),
             session_at_start,
@@ -446,7 +446,7 @@ pub(crate) async fn lock(
         return Ok(Some(ZookeeperLock {
             held,
             lost,
-            monitor: monitor.abort_handle(),
+            loss_watch: loss_watch.abort_handle(),
             released: false,
             registered,
         }));
@@ -459,7 +459,7 @@ pub(crate) async fn lock(
 
 /// Fires `lost` when the session expires, the contender znode goes, or the key is
 /// overwritten or deleted by someone else.
-async fn monitor(
+async fn watch_for_loss(
     held: Arc<Held>,
     lost: LostSignal,
     session_at_start: u64,
@@ -467,7 +467,7 @@ async fn monitor(
     registered: u64,
 ) {
     tokio::select! {
-        _ = follow(&held, session_at_start) => {}
+        _ = watch_lock_nodes(&held, session_at_start) => {}
         _ = lease(&held, proven) => {}
         // Closing the store ends its session, and with it every lock.
         _ = held.backend.inner().shutdown() => {}
@@ -525,7 +525,7 @@ async fn lease(held: &Held, mut proven: Instant) {
         .await;
         match beat {
             Ok(Ok(Some(_))) => proven = sent,
-            // The contender is gone: `follow` reports it; stop renewing.
+            // The contender is gone: `watch_lock_nodes` reports it; stop renewing.
             Ok(Ok(None)) => return,
             Ok(Err(_)) => {}
             Err(_) => return,
@@ -535,7 +535,7 @@ async fn lease(held: &Held, mut proven: Instant) {
     }
 }
 
-async fn follow(held: &Held, session_at_start: u64) {
+async fn watch_lock_nodes(held: &Held, session_at_start: u64) {
     let backend = &held.backend;
     let inner = backend.inner();
     let mut session = inner.session();
@@ -607,7 +607,7 @@ impl LockGuard for ZookeeperLock {
 
     async fn unlock(mut self) -> Result<()> {
         self.released = true;
-        self.monitor.abort();
+        self.loss_watch.abort();
         self.held
             .backend
             .inner()
@@ -629,7 +629,7 @@ impl Drop for ZookeeperLock {
         if self.released {
             return;
         }
-        self.monitor.abort();
+        self.loss_watch.abort();
         self.held
             .backend
             .inner()
