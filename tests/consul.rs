@@ -726,6 +726,32 @@ async fn ttl_keys_expire_within_the_bound_and_sessions_do_not_leak() {
     );
 }
 
+/// A guard dropped right before `close()` is released once `close` returns: its
+/// session stays registered until the background release is done, so `close`
+/// releases it too. (A current-thread runtime: the background task has not run when
+/// `close` starts.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_guard_dropped_just_before_close_is_released_when_close_returns() {
+    let (emu, kv) = setup().await;
+    let guard = kv
+        .lock("d/lock", LockOptions::default().value("held"))
+        .await
+        .unwrap();
+    assert_eq!(emu.session_ids().len(), 1);
+    drop(guard);
+    kv.close().await.unwrap();
+    assert!(
+        emu.session_ids().is_empty(),
+        "sessions left after close: {:?}",
+        emu.session_ids()
+    );
+    let other = Kv::new(Consul::connect(client_config(&emu)).await.unwrap());
+    assert!(
+        !other.exists("d/lock").await.unwrap(),
+        "the lock key is gone"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_ends_watches_releases_locks_and_tells_their_guards() {
     let (emu, kv) = setup().await;

@@ -1374,6 +1374,31 @@ async fn close_ends_recipes_on_etcd() {
 /// guards see `lost()`, another client takes the lock at once rather than after the
 /// lease's TTL, also when the guard is dropped only after the close; watches yield
 /// `Err(Closed)` and end.
+/// A guard dropped right before `close()` is free once `close` returns: its lease stays
+/// registered with the handle until the background revoke is done, so `close` revokes
+/// it too. (A current-thread runtime: the background task has not run when `close`
+/// starts, so this fails if the drop forgot the lease first.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_guard_dropped_just_before_close_is_free_when_close_returns() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let kv = connect(server.config()).await;
+    let other = connect(server.config()).await;
+    let long = LockOptions::default().ttl(Duration::from_secs(60));
+    let guard = kv.lock("d/lock", long.clone()).await.unwrap();
+    drop(guard);
+    kv.close().await.unwrap();
+    let taken = tokio::time::timeout(STEP, other.try_lock("d/lock", long))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        taken.is_some(),
+        "the dropped guard's lock is free after close"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_releases_locks_at_once_and_ends_watches() {
     let Some(server) = EtcdServer::start().await else {

@@ -49,6 +49,19 @@ struct Session {
     lost: LostSignal,
     tasks: Vec<AbortHandle>,
     armed: bool,
+    /// Still in the handle's `lock_sessions` (so `close` releases it); a release run
+    /// in the background unregisters it only when done, so a `close` meanwhile still
+    /// finds it.
+    registered: bool,
+}
+
+/// Forgets a lock session in the handle's registry (released, or released by `close`).
+fn unregister(inner: &Inner, id: &str) {
+    inner
+        .lock_sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(id);
 }
 
 impl Session {
@@ -71,6 +84,7 @@ impl Session {
             lost,
             tasks: vec![renew.abort_handle()],
             armed: true,
+            registered: true,
         })
     }
 
@@ -78,31 +92,38 @@ impl Session {
         for task in self.tasks.drain(..) {
             task.abort();
         }
-        self.inner
-            .lock_sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+    }
+
+    fn unregister(&mut self) {
+        if std::mem::take(&mut self.registered) {
+            unregister(&self.inner, &self.id);
+        }
     }
 
     /// Stops the keep-alive and destroys the session now.
     async fn destroy(mut self) -> Result<()> {
         self.stop_tasks();
         self.armed = false;
-        self.inner.destroy_session(&self.id).await
+        let destroyed = self.inner.destroy_session(&self.id).await;
+        self.unregister();
+        destroyed
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.stop_tasks();
-        if self.armed {
+        if self.armed && self.registered {
             let inner = self.inner.clone();
             let id = self.id.clone();
-            crate::background::release_in_background("consul session", async move {
-                inner.destroy_session(&id).await
+            let spawned = crate::background::release_in_background("consul session", async move {
+                let destroyed = inner.destroy_session(&id).await;
+                unregister(&inner, &id);
+                destroyed
             });
+            self.registered &= !spawned;
         }
+        self.unregister();
     }
 }
 
@@ -343,6 +364,7 @@ impl LockGuard for ConsulLock {
         };
         self.session.armed = false;
         let destroyed = inner.destroy_session(&self.session.id).await;
+        self.session.unregister();
         outcome?;
         destroyed
     }
@@ -360,15 +382,19 @@ impl Drop for ConsulLock {
         let inner = self.session.inner.clone();
         let id = self.session.id.clone();
         let remote = self.remote.clone();
-        crate::background::release_in_background("consul lock", async move {
+        let spawned = crate::background::release_in_background("consul lock", async move {
             let ops = vec![
                 json!({"Verb": "check-session", "Key": remote, "Session": id}),
                 json!({"Verb": "delete", "Key": remote}),
             ];
             // The session goes even if the delete failed (its key is released then).
             let deleted = inner.txn_even_if_closed(ops).await;
-            inner.destroy_session(&id).await?;
+            let destroyed = inner.destroy_session(&id).await;
+            unregister(&inner, &id);
+            destroyed?;
             deleted.map(drop)
         });
+        // Unregistered by the release when it is done (the session drops after this).
+        self.session.registered &= !spawned;
     }
 }

@@ -58,38 +58,46 @@ impl LeaseHold {
     }
 
     fn unregister(&self) {
-        self.etcd
-            .inner
+        Self::forget(&self.etcd, self.id);
+    }
+
+    fn forget(etcd: &Etcd, id: i64) {
+        etcd.inner
             .lock_leases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+            .remove(&id);
     }
 
     async fn revoke(&mut self) -> Result<()> {
         self.armed = false;
         self.stop.cancel();
-        self.unregister();
         let id = self.id;
-        request!(self.etcd, lease => lease.revoke(id))
-            .await
-            .map(drop)
+        let revoked = request!(self.etcd, lease => lease.revoke(id)).await;
+        self.unregister();
+        revoked.map(drop)
     }
 }
 
 impl Drop for LeaseHold {
     fn drop(&mut self) {
         self.stop.cancel();
-        self.unregister();
         // After `close` the lease was revoked by `close` itself.
         if !self.armed || self.etcd.inner.closed.is_cancelled() {
-            return;
+            return self.unregister();
         }
+        // Registered until revoked, so that a `close` meanwhile revokes it too (and
+        // a process that closes its store right after dropping a guard frees the lock).
         let etcd = self.etcd.clone();
         let id = self.id;
-        crate::background::release_in_background("etcd lock lease", async move {
-            request!(etcd, lease => lease.revoke(id)).await
+        let spawned = crate::background::release_in_background("etcd lock lease", async move {
+            let revoked = request!(etcd, lease => lease.revoke(id)).await;
+            LeaseHold::forget(&etcd, id);
+            revoked
         });
+        if !spawned {
+            self.unregister();
+        }
     }
 }
 
