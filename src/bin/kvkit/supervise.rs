@@ -145,10 +145,8 @@ pub async fn lock<B: Backend>(
     } else {
         tokio::select! {
             guard = kv.lock(key, options) => guard?,
-            () = interrupted() => {
-                settle().await;
-                return Ok(INTERRUPTED);
-            }
+            // The pending lock is withdrawn by dropping it and closing the store.
+            () = interrupted() => return Ok(INTERRUPTED),
         }
     };
     let mut child = match spawn(command) {
@@ -161,8 +159,9 @@ pub async fn lock<B: Backend>(
     let outcome = supervise(&mut child, guard.lost(), run.grace).await?;
     match outcome {
         Outcome::Lost => {
+            // Released by dropping the guard and closing the store (`close` waits for
+            // a release still running in the background).
             drop(guard);
-            settle().await;
             Err(lost_error(format!(
                 "lost the lock {key} while the command ran; the command was stopped"
             )))
@@ -174,13 +173,6 @@ pub async fn lock<B: Backend>(
             Ok(status_code(status))
         }
     }
-}
-
-/// Gives the release a dropped lock (or pending lock) spawned in the background time to
-/// reach the store: the runtime drops unfinished tasks at exit, and a contender left
-/// behind would block the next holder until its TTL ran out.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 fn lost_error(message: String) -> CliError {
