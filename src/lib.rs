@@ -51,7 +51,9 @@ pub mod prelude;
 pub mod recipe;
 #[cfg(feature = "redb")]
 pub mod redb;
-#[cfg(any(feature = "etcd", feature = "consul"))]
+#[cfg(any(feature = "etcd", feature = "consul", feature = "zookeeper"))]
+// ZooKeeper alone uses only `Backoff` until its watches move to `TaskStream`.
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 mod watch_task;
 
 #[cfg(feature = "zookeeper")]

@@ -26,6 +26,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zookeeper_async::{Stat, ZkError};
 
+use crate::watch_task::Backoff;
+
 use self::connection::{Session, wait};
 use self::wire::{
     Children, Data, ERR_UNIMPLEMENTED, OP_CLOSE_SESSION, OP_MULTI_READ, OP_SYNC, ReadKind,
@@ -42,6 +44,7 @@ const MAX_REQUEST_BYTES: usize = 512 * 1024;
 /// Connection-level failures of a multiRead, before any ever succeeded, after which the
 /// server is taken not to know it (one that closes the connection instead of answering).
 const MAX_STRIKES: u32 = 3;
+/// Bounds of the reconnect backoff (the crate's shared [`Backoff`]).
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -91,7 +94,7 @@ struct State {
     session: Option<Arc<Session>>,
     /// No reconnect before this (after a failed one).
     retry_at: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     /// The server tried first on the next connect.
     next_addr: usize,
 }
@@ -124,7 +127,7 @@ impl MultiReader {
             state: tokio::sync::Mutex::new(State {
                 session: None,
                 retry_at: None,
-                backoff: MIN_BACKOFF,
+                backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
                 next_addr,
             }),
             requests: AtomicU64::new(0),
@@ -279,15 +282,14 @@ impl MultiReader {
                 let session = Arc::new(session);
                 state.next_addr = at;
                 state.retry_at = None;
-                state.backoff = MIN_BACKOFF;
+                state.backoff.reset();
                 state.session = Some(session.clone());
                 self.generation.fetch_add(1, Ordering::Relaxed);
                 Ok(session)
             }
             Err(e) => {
                 state.next_addr = (state.next_addr + 1) % addrs.len().max(1);
-                state.retry_at = Some(Instant::now() + state.backoff);
-                state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+                state.retry_at = Some(Instant::now() + state.backoff.next_delay());
                 Err(ReadError::Unavailable(format!(
                     "cannot open a reader session: {e}"
                 )))
@@ -465,5 +467,35 @@ mod tests {
             ReadError::Unsupported
         );
         assert_eq!(accepted.load(Ordering::SeqCst), MAX_STRIKES as usize);
+    }
+
+    /// A failed connect holds reconnects off for the shared backoff's delay, doubled on
+    /// each further failure (jitter adds at most a quarter).
+    #[tokio::test]
+    async fn failed_connects_back_off_exponentially() {
+        // A peer that hangs up before the handshake answer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let reader = reader(addr);
+        let paths = ["/a".to_owned()];
+        for base in [MIN_BACKOFF, MIN_BACKOFF * 2, MIN_BACKOFF * 4] {
+            reader.state.lock().await.retry_at = None;
+            let before = Instant::now();
+            let err = reader.data(None, &paths).await.unwrap_err();
+            let after = Instant::now();
+            assert!(
+                matches!(&err, ReadError::Unavailable(e) if e.contains("cannot open")),
+                "{err:?}"
+            );
+            let retry_at = reader.state.lock().await.retry_at.unwrap();
+            assert!(retry_at >= before + base, "{base:?}");
+            assert!(retry_at <= after + base + base / 4, "{base:?}");
+        }
+        assert!(reader.usable(), "a failed connect is not a strike");
     }
 }
