@@ -121,13 +121,13 @@ impl Link {
 }
 
 /// One open reader session; dropping it closes the session.
-pub(super) struct Session {
+pub(super) struct ReaderSession {
     pub(super) link: Arc<Link>,
 }
 
-impl Session {
+impl ReaderSession {
     /// Connects to `addr`, opens a new session and replays the credentials.
-    pub(super) async fn open(addr: &str, config: &ReaderConfig) -> Result<Session, String> {
+    pub(super) async fn open(addr: &str, config: &ReaderConfig) -> Result<ReaderSession, String> {
         let (mut stream, negotiated) = handshake(addr, config.session_timeout).await?;
         if let Some(digest) = &config.digest {
             // AuthPacket {type, scheme, auth}; the server answers it at once with xid -4.
@@ -166,11 +166,11 @@ impl Session {
         });
         tokio::spawn(read_loop(link.clone(), read_half, timeout * 2 / 3));
         tokio::spawn(write_loop(link.clone(), queue, write_half, timeout / 3));
-        Ok(Session { link })
+        Ok(ReaderSession { link })
     }
 }
 
-impl Drop for Session {
+impl Drop for ReaderSession {
     fn drop(&mut self) {
         // Best effort: without it the server keeps the session until it times out.
         let _ = self
@@ -361,7 +361,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// Waits for a reply until `deadline`; a timeout ends the connection (it may be stuck).
-pub(super) async fn wait(
+pub(super) async fn await_reply(
     link: &Link,
     reply: oneshot::Receiver<Result<Reply, ReadError>>,
     deadline: Instant,

@@ -28,7 +28,7 @@ use zookeeper_async::{Stat, ZkError};
 
 use crate::watch_task::Backoff;
 
-use self::connection::{Session, wait};
+use self::connection::{ReaderSession, await_reply};
 use self::wire::{
     Children, Data, ERR_UNIMPLEMENTED, OP_CLOSE_SESSION, OP_MULTI_READ, OP_SYNC, ReadKind,
     ZkResult, decode_multi_read, encode_multi_read, op_bytes, put_buffer,
@@ -91,7 +91,7 @@ pub(crate) struct ReaderConfig {
 
 /// The reader's connection state, under one lock so that one task at a time connects.
 struct State {
-    session: Option<Arc<Session>>,
+    session: Option<Arc<ReaderSession>>,
     /// No reconnect before this (after a failed one).
     retry_at: Option<Instant>,
     backoff: Backoff,
@@ -188,7 +188,7 @@ impl MultiReader {
         if !self.usable() {
             return Err(ReadError::Unsupported);
         }
-        let session = self.session().await?;
+        let session = self.current_session().await?;
         let link = &session.link;
         let deadline = Instant::now() + self.config.request_timeout;
         self.waves.fetch_add(1, Ordering::Relaxed);
@@ -209,7 +209,7 @@ impl MultiReader {
             sent.push((batch.len(), reply));
         }
         if let Some(reply) = synced {
-            let reply = wait(link, reply, deadline).await?;
+            let reply = await_reply(link, reply, deadline).await?;
             if reply.err != 0 {
                 return Err(ReadError::Unavailable(format!(
                     "sync failed: {}",
@@ -219,9 +219,9 @@ impl MultiReader {
         }
         let mut out = Vec::with_capacity(paths.len());
         for (count, reply) in sent {
-            let reply = match wait(link, reply, deadline).await {
+            let reply = match await_reply(link, reply, deadline).await {
                 Ok(reply) => reply,
-                Err(e) => return Err(self.lost(e)),
+                Err(e) => return Err(self.connection_lost(e)),
             };
             match reply.err {
                 0 => {}
@@ -247,7 +247,7 @@ impl MultiReader {
     }
 
     /// The open session, or a new one (at most one connect pass per backoff period).
-    async fn session(&self) -> Result<Arc<Session>, ReadError> {
+    async fn current_session(&self) -> Result<Arc<ReaderSession>, ReadError> {
         let mut state = self.state.lock().await;
         if self.closed.load(Ordering::Relaxed) {
             return Err(ReadError::Unavailable("closed".into()));
@@ -268,7 +268,7 @@ impl MultiReader {
             let mut last = String::from("no servers");
             for i in 0..addrs.len() {
                 let at = (state.next_addr + i) % addrs.len();
-                match Session::open(&addrs[at], &self.config).await {
+                match ReaderSession::open(&addrs[at], &self.config).await {
                     Ok(session) => return Ok((at, session)),
                     Err(e) => last = e,
                 }
@@ -310,7 +310,7 @@ impl MultiReader {
 
     /// A multiRead lost with its connection: a server that never answered one and
     /// closes the connection on it repeatedly is taken not to know it.
-    fn lost(&self, e: ReadError) -> ReadError {
+    fn connection_lost(&self, e: ReadError) -> ReadError {
         if !self.answered.load(Ordering::Relaxed)
             && self.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_STRIKES
         {
