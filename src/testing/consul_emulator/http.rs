@@ -1,17 +1,17 @@
-//! The emulator's HTTP layer: connections, faults, routing and the endpoint handlers.
+//! The emulator's HTTP layer: connections (plain or TLS), fault switches, request
+//! parsing, the ACL check, routing to the endpoint handlers ([`super::kv`],
+//! [`super::txn`], [`super::session`]), and what they share: response builders,
+//! blocking queries (api-docs/features/blocking) and Go-duration parsing.
 
 // Handlers return the finished error response as their `Err`; it is built once per
 // failed request, so its size does not matter here.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -25,20 +25,16 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Behavior, Entry, Session, State};
+use super::kv::{kv_delete, kv_get, kv_put};
+use super::session::{session_create, session_destroy, session_info, session_list, session_renew};
+use super::state::State;
+use super::txn::txn;
 use super::{EmulatorTls, Shared};
 
-/// Consul's KV value limit.
-const MAX_VALUE: usize = 512 * 1024;
-/// Consul's limit of operations in one transaction.
-const MAX_TXN_OPS: usize = 64;
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
-const MAX_TTL: Duration = Duration::from_secs(86_400);
-const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
-const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 /// The error a handler returns to make hyper close the connection without answering.
 #[derive(Debug)]
@@ -155,54 +151,31 @@ async fn serve<I>(
     }
 }
 
-/// Invalidates sessions whose TTL ran out and forgets finished lock-delays.
-pub(crate) async fn reaper(shared: Arc<Shared>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-        let now = Instant::now();
-        let changed = {
-            let mut state = shared.lock();
-            state.prune_lock_delays(now);
-            let expired = state.expired_sessions(now);
-            for id in &expired {
-                let idx = state.next_index();
-                state.destroy_session(idx, id, now);
-            }
-            !expired.is_empty()
-        };
-        if changed {
-            shared.notify();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------
 // Requests
 
-struct Req {
+/// A request, read whole and decoded.
+pub(super) struct Req {
     method: Method,
     path: String,
     query: Vec<(String, Option<String>)>,
     token: Option<String>,
-    body: Bytes,
+    pub(super) body: Bytes,
 }
 
 impl Req {
-    fn has(&self, name: &str) -> bool {
+    pub(super) fn has(&self, name: &str) -> bool {
         self.query.iter().any(|(k, _)| k == name)
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_deref().unwrap_or(""))
     }
 
-    fn u64_param(&self, name: &str) -> Result<Option<u64>, Resp> {
+    pub(super) fn u64_param(&self, name: &str) -> Result<Option<u64>, Resp> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => v
@@ -327,7 +300,7 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Resp {
 // ---------------------------------------------------------------------------------
 // Responses
 
-fn text(status: StatusCode, body: &str) -> Resp {
+pub(super) fn text(status: StatusCode, body: &str) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -337,7 +310,7 @@ fn text(status: StatusCode, body: &str) -> Resp {
     resp
 }
 
-fn json_resp(status: StatusCode, value: &Value, index: Option<u64>) -> Resp {
+pub(super) fn json_resp(status: StatusCode, value: &Value, index: Option<u64>) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -350,31 +323,11 @@ fn json_resp(status: StatusCode, value: &Value, index: Option<u64>) -> Resp {
 
 /// The headers of a read: `X-Consul-Index` (never 0), `X-Consul-KnownLeader`,
 /// `X-Consul-LastContact`.
-fn add_query_meta(resp: &mut Resp, index: u64) {
+pub(super) fn add_query_meta(resp: &mut Resp, index: u64) {
     let headers = resp.headers_mut();
     headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
     headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
-}
-
-fn entry_json(key: &str, entry: &Entry, with_value: bool) -> Value {
-    let value = if with_value && !entry.value.is_empty() {
-        Value::String(B64.encode(&entry.value))
-    } else {
-        Value::Null
-    };
-    let mut obj = json!({
-        "LockIndex": entry.lock_index,
-        "Key": key,
-        "Flags": entry.flags,
-        "Value": value,
-        "CreateIndex": entry.create_index,
-        "ModifyIndex": entry.modify_index,
-    });
-    if let Some(session) = &entry.session {
-        obj["Session"] = Value::String(session.clone());
-    }
-    obj
 }
 
 // ---------------------------------------------------------------------------------
@@ -396,7 +349,7 @@ fn parse_wait(req: &Req) -> Result<Duration, Resp> {
 
 /// Runs `query` until its index exceeds `?index=` or the wait (plus up to wait/16 of
 /// jitter) is over; `index=0` (or none) does not block.
-async fn blocking<R>(
+pub(super) async fn blocking<R>(
     shared: &Shared,
     req: &Req,
     mut query: impl FnMut(&State) -> (u64, R),
@@ -434,573 +387,13 @@ async fn blocking<R>(
 }
 
 // ---------------------------------------------------------------------------------
-// KV
-
-enum KvRead {
-    Missing,
-    Entries(Vec<Value>),
-    Keys(Vec<String>),
-    Raw(Vec<u8>),
-}
-
-async fn kv_get(shared: &Shared, req: &Req, key: &str) -> Resp {
-    shared.kv_gets.fetch_add(1, Ordering::SeqCst);
-    let recurse = req.has("recurse");
-    let keys = req.has("keys");
-    let raw = req.has("raw");
-    let separator = req
-        .get("separator")
-        .map(str::to_owned)
-        .filter(|s| !s.is_empty());
-    let result = blocking(shared, req, |state| {
-        if keys {
-            let mut names = BTreeSet::new();
-            for (k, _) in state.list(key) {
-                let name = match &separator {
-                    Some(sep) => match k[key.len()..].find(sep.as_str()) {
-                        Some(pos) => k[..key.len() + pos + sep.len()].to_owned(),
-                        None => k.clone(),
-                    },
-                    None => k.clone(),
-                };
-                names.insert(name);
-            }
-            let index = state.prefix_index(key);
-            if names.is_empty() {
-                (index, KvRead::Missing)
-            } else {
-                (index, KvRead::Keys(names.into_iter().collect()))
-            }
-        } else if recurse {
-            let entries: Vec<Value> = state
-                .list(key)
-                .into_iter()
-                .map(|(k, e)| entry_json(k, e, true))
-                .collect();
-            let index = state.prefix_index(key);
-            if entries.is_empty() {
-                (index, KvRead::Missing)
-            } else {
-                (index, KvRead::Entries(entries))
-            }
-        } else {
-            let index = state.key_index(key);
-            match state.kv.get(key) {
-                None => (index, KvRead::Missing),
-                Some(e) if raw => (index, KvRead::Raw(e.value.clone())),
-                Some(e) => (index, KvRead::Entries(vec![entry_json(key, e, true)])),
-            }
-        }
-    })
-    .await;
-    let (index, read) = match result {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    match read {
-        KvRead::Missing => {
-            let mut resp = Response::new(Full::new(Bytes::new()));
-            *resp.status_mut() = StatusCode::NOT_FOUND;
-            add_query_meta(&mut resp, index);
-            resp
-        }
-        KvRead::Entries(entries) => json_resp(StatusCode::OK, &Value::Array(entries), Some(index)),
-        KvRead::Keys(names) => json_resp(StatusCode::OK, &json!(names), Some(index)),
-        KvRead::Raw(value) => {
-            let mut resp = Response::new(Full::new(Bytes::from(value)));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            add_query_meta(&mut resp, index);
-            resp
-        }
-    }
-}
-
-fn kv_put(shared: &Shared, req: &Req, key: &str) -> Resp {
-    if key.is_empty() {
-        return text(StatusCode::BAD_REQUEST, "Missing key name");
-    }
-    if req.body.len() > MAX_VALUE {
-        return text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "Request body(Content-Length) too large, max size: {MAX_VALUE} bytes. See https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."
-            ),
-        );
-    }
-    let flags = match req.u64_param("flags") {
-        Ok(f) => f.unwrap_or(0),
-        Err(resp) => return resp,
-    };
-    let cas = match req.u64_param("cas") {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    let acquire = req.get("acquire").map(str::to_owned);
-    let release = req.get("release").map(str::to_owned);
-    let conflicting = [cas.is_some(), acquire.is_some(), release.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
-    if conflicting > 1 {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "Conflicting flags: cas, acquire, release",
-        );
-    }
-    let value = req.body.to_vec();
-    let now = Instant::now();
-    let outcome = {
-        let mut state = shared.lock();
-        let idx = state.next_index();
-        if let Some(cas) = cas {
-            Ok(state.cas(idx, key, value, flags, cas))
-        } else if let Some(session) = acquire {
-            state.acquire(idx, key, value, flags, &session, now)
-        } else if let Some(session) = release {
-            Ok(state.release(idx, key, value, flags, &session))
-        } else {
-            state.set(idx, key, value, flags);
-            Ok(true)
-        }
-    };
-    shared.notify();
-    match outcome {
-        Ok(ok) => json_resp(StatusCode::OK, &json!(ok), None),
-        Err(msg) => text(StatusCode::INTERNAL_SERVER_ERROR, &msg),
-    }
-}
-
-fn kv_delete(shared: &Shared, req: &Req, key: &str) -> Resp {
-    let recurse = req.has("recurse");
-    let cas = match req.u64_param("cas") {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    if recurse && cas.is_some() {
-        return text(StatusCode::BAD_REQUEST, "Conflicting flags: cas, recurse");
-    }
-    if key.is_empty() && !recurse {
-        return text(StatusCode::BAD_REQUEST, "Missing key name");
-    }
-    let ok = {
-        let mut state = shared.lock();
-        let idx = state.next_index();
-        if recurse {
-            state.delete_tree(idx, key);
-            true
-        } else if let Some(cas) = cas {
-            match state.kv.get(key) {
-                // A CAS delete of a missing key succeeds (server code).
-                None => true,
-                Some(e) if e.modify_index == cas => state.delete(idx, key),
-                Some(_) => false,
-            }
-        } else {
-            state.delete(idx, key);
-            true
-        }
-    };
-    shared.notify();
-    json_resp(StatusCode::OK, &json!(ok), None)
-}
-
-// ---------------------------------------------------------------------------------
-// Transactions
-
-struct TxnOp {
-    verb: String,
-    key: String,
-    value: Vec<u8>,
-    flags: u64,
-    index: u64,
-    session: String,
-}
-
-fn parse_txn(body: &[u8]) -> Result<Vec<TxnOp>, Resp> {
-    let bad = |msg: String| text(StatusCode::BAD_REQUEST, &msg);
-    let ops: Vec<Value> =
-        serde_json::from_slice(body).map_err(|e| bad(format!("Failed to parse body: {e}")))?;
-    if ops.len() > MAX_TXN_OPS {
-        return Err(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "Transaction contains too many operations ({} > {MAX_TXN_OPS})",
-                ops.len()
-            ),
-        ));
-    }
-    let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
-        let Some(kv) = op.get("KV") else {
-            return Err(bad("only KV operations are emulated".into()));
-        };
-        let field = |name: &str| kv.get(name).filter(|v| !v.is_null());
-        let verb = field("Verb")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let key = field("Key")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let value = match field("Value") {
-            None => Vec::new(),
-            Some(Value::String(s)) => B64
-                .decode(s)
-                .map_err(|e| bad(format!("Failed to decode value for key {key:?}: {e}")))?,
-            Some(_) => return Err(bad("Value must be a base64 string".into())),
-        };
-        if value.len() > MAX_VALUE {
-            return Err(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
-                    "Value for key {key:?} is too large ({} > {MAX_VALUE} bytes)",
-                    value.len()
-                ),
-            ));
-        }
-        let num = |name: &str| -> Result<u64, Resp> {
-            match field(name) {
-                None => Ok(0),
-                Some(v) => v
-                    .as_u64()
-                    .ok_or_else(|| bad(format!("{name} must be an unsigned integer"))),
-            }
-        };
-        let flags = num("Flags")?;
-        let index = num("Index")?;
-        let session = field("Session")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        out.push(TxnOp {
-            verb,
-            key,
-            value,
-            flags,
-            index,
-            session,
-        });
-    }
-    Ok(out)
-}
-
-fn txn(shared: &Shared, req: &Req) -> Resp {
-    let ops = match parse_txn(&req.body) {
-        Ok(ops) => ops,
-        Err(resp) => return resp,
-    };
-    let now = Instant::now();
-    let mut guard = shared.lock();
-    let mut state = guard.clone();
-    let idx = state.next_index();
-    let mut results = Vec::new();
-    let mut errors = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        match apply_op(&mut state, idx, op, now) {
-            Ok(entries) => results.extend(entries.into_iter().map(|kv| json!({ "KV": kv }))),
-            Err(what) => errors.push(json!({ "OpIndex": i, "What": what })),
-        }
-    }
-    if errors.is_empty() {
-        *guard = state;
-        drop(guard);
-        shared.notify();
-        let mut resp = json_resp(
-            StatusCode::OK,
-            &json!({ "Results": results, "Errors": null }),
-            None,
-        );
-        add_query_meta(&mut resp, idx);
-        resp
-    } else {
-        // Rolled back; the request still took a Raft index.
-        guard.index = idx;
-        drop(guard);
-        json_resp(
-            StatusCode::CONFLICT,
-            &json!({ "Results": null, "Errors": errors }),
-            None,
-        )
-    }
-}
-
-/// Applies one KV operation; the entries it returns as results.
-fn apply_op(state: &mut State, idx: u64, op: &TxnOp, now: Instant) -> Result<Vec<Value>, String> {
-    let key = op.key.as_str();
-    let one =
-        |state: &State, with_value: bool| state.kv.get(key).map(|e| entry_json(key, e, with_value));
-    let result =
-        |state: &State, with_value: bool| one(state, with_value).into_iter().collect::<Vec<_>>();
-    let missing = || format!("key {key:?} doesn't exist");
-    match op.verb.as_str() {
-        "set" => {
-            state.set(idx, key, op.value.clone(), op.flags);
-            Ok(result(state, false))
-        }
-        "cas" => {
-            if state.cas(idx, key, op.value.clone(), op.flags, op.index) {
-                Ok(result(state, false))
-            } else {
-                Err(format!("failed to set key {key:?}, index is stale"))
-            }
-        }
-        "lock" => match state.acquire(idx, key, op.value.clone(), op.flags, &op.session, now) {
-            Ok(true) => Ok(result(state, false)),
-            Ok(false) => Err(format!("failed to lock key {key:?}, lock is already held")),
-            Err(e) => Err(e),
-        },
-        "unlock" => {
-            if state.release(idx, key, op.value.clone(), op.flags, &op.session) {
-                Ok(result(state, false))
-            } else {
-                Err(format!("failed to unlock key {key:?}, lock isn't held, or is held by another session"))
-            }
-        }
-        "get" => match one(state, true) {
-            Some(r) => Ok(vec![r]),
-            None => Err(missing()),
-        },
-        "get-or-empty" => Ok(vec![one(state, true).unwrap_or_else(|| {
-            json!({"LockIndex": 0, "Key": key, "Flags": 0, "Value": null, "CreateIndex": 0, "ModifyIndex": 0})
-        })]),
-        "get-tree" => Ok(state.list(key).into_iter().map(|(k, e)| entry_json(k, e, true)).collect()),
-        "check-index" => match state.kv.get(key) {
-            None => Err(missing()),
-            Some(e) if e.modify_index == op.index => Ok(Vec::new()),
-            Some(e) => Err(format!("current modify index {} != {}", e.modify_index, op.index)),
-        },
-        "check-session" => match state.kv.get(key) {
-            None => Err(missing()),
-            Some(e) if e.session.as_deref() == Some(op.session.as_str()) => Ok(Vec::new()),
-            Some(e) => Err(format!(
-                "current session {:?} != {:?}",
-                e.session.as_deref().unwrap_or(""),
-                op.session
-            )),
-        },
-        "check-not-exists" => match state.kv.get(key) {
-            None => Ok(Vec::new()),
-            Some(_) => Err(format!("key {key:?} exists")),
-        },
-        "delete" => {
-            state.delete(idx, key);
-            Ok(Vec::new())
-        }
-        "delete-tree" => {
-            state.delete_tree(idx, key);
-            Ok(Vec::new())
-        }
-        "delete-cas" => match state.kv.get(key) {
-            Some(e) if e.modify_index == op.index => {
-                state.delete(idx, key);
-                Ok(Vec::new())
-            }
-            _ => Err(format!("failed to delete key {key:?}, index is stale")),
-        },
-        other => Err(format!("unknown KV verb {other:?}")),
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// Sessions
-
-fn session_json(s: &Session) -> Value {
-    json!({
-        "ID": s.id,
-        "Name": s.name,
-        "Node": "emulator",
-        "NodeChecks": [],
-        "ServiceChecks": null,
-        "LockDelay": u64::try_from(s.lock_delay.as_nanos()).unwrap_or(u64::MAX),
-        "Behavior": s.behavior.as_str(),
-        "TTL": s.ttl_text,
-        "CreateIndex": s.create_index,
-        "ModifyIndex": s.modify_index,
-    })
-}
-
-fn session_create(shared: &Shared, req: &Req) -> Resp {
-    let err = |msg: String| text(StatusCode::INTERNAL_SERVER_ERROR, &msg);
-    let body: Value = if req.body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        match serde_json::from_slice(&req.body) {
-            Ok(v) => v,
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Request decode failed: {e}"),
-                );
-            }
-        }
-    };
-    let field = |name: &str| body.get(name).filter(|v| !v.is_null());
-    let name = field("Name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let ttl_text = field("TTL")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let ttl = if ttl_text.is_empty() {
-        None
-    } else {
-        match parse_go_duration(&ttl_text) {
-            Some(d) if d.is_zero() => None,
-            Some(d) if d < shared.config.session_ttl_min || d > MAX_TTL => {
-                return err(format!(
-                    "Invalid Session TTL '{}', must be between [{}={}]",
-                    d.as_secs_f64(),
-                    format_go_duration(shared.config.session_ttl_min),
-                    format_go_duration(MAX_TTL)
-                ));
-            }
-            Some(d) => Some(d),
-            None => return err(format!("Session TTL '{ttl_text}' invalid")),
-        }
-    };
-    let behavior = match field("Behavior").and_then(Value::as_str).unwrap_or("") {
-        "" | "release" => Behavior::Release,
-        "delete" => Behavior::Delete,
-        other => return err(format!("Invalid Behavior setting '{other}'")),
-    };
-    let lock_delay = match field("LockDelay") {
-        None => DEFAULT_LOCK_DELAY,
-        Some(Value::String(s)) => match parse_go_duration(s) {
-            Some(d) => d,
-            None => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Request decode failed: invalid LockDelay {s:?}"),
-                );
-            }
-        },
-        Some(Value::Number(n)) => match n.as_u64() {
-            // A bare number under 1000 means seconds; otherwise nanoseconds.
-            Some(v) if v < 1000 => Duration::from_secs(v),
-            Some(v) => Duration::from_nanos(v),
-            None => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "Request decode failed: invalid LockDelay",
-                );
-            }
-        },
-        Some(_) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "Request decode failed: invalid LockDelay",
-            );
-        }
-    }
-    .min(MAX_LOCK_DELAY);
-    let id = new_uuid(shared);
-    let session = Session {
-        id,
-        name,
-        ttl_text,
-        ttl,
-        behavior,
-        lock_delay,
-        create_index: 0,
-        modify_index: 0,
-        expires_at: None,
-    };
-    let id = {
-        let mut state = shared.lock();
-        let idx = state.next_index();
-        state.create_session(
-            idx,
-            session,
-            Instant::now(),
-            shared.config.session_ttl_multiplier,
-        )
-    };
-    shared.notify();
-    json_resp(StatusCode::OK, &json!({ "ID": id }), None)
-}
-
-fn session_renew(shared: &Shared, id: &str) -> Resp {
-    let (renewed, index) = {
-        let mut state = shared.lock();
-        let renewed = state.renew_session(id, Instant::now(), shared.config.session_ttl_multiplier);
-        (renewed, state.session_index)
-    };
-    match renewed {
-        Some(s) => json_resp(StatusCode::OK, &json!([session_json(&s)]), Some(index)),
-        None => text(
-            StatusCode::NOT_FOUND,
-            &format!("Session id '{id}' not found"),
-        ),
-    }
-}
-
-fn session_destroy(shared: &Shared, id: &str) -> Resp {
-    {
-        let mut state = shared.lock();
-        let idx = state.next_index();
-        state.destroy_session(idx, id, Instant::now());
-    }
-    shared.notify();
-    json_resp(StatusCode::OK, &json!(true), None)
-}
-
-async fn session_info(shared: &Shared, req: &Req, id: &str) -> Resp {
-    let id = id.to_owned();
-    match blocking(shared, req, |state| {
-        let found: Vec<Value> = state
-            .sessions
-            .get(&id)
-            .map(session_json)
-            .into_iter()
-            .collect();
-        (state.session_index, found)
-    })
-    .await
-    {
-        Ok((index, found)) => json_resp(StatusCode::OK, &Value::Array(found), Some(index)),
-        Err(resp) => resp,
-    }
-}
-
-async fn session_list(shared: &Shared, req: &Req) -> Resp {
-    match blocking(shared, req, |state| {
-        let all: Vec<Value> = state.sessions.values().map(session_json).collect();
-        (state.session_index, all)
-    })
-    .await
-    {
-        Ok((index, all)) => json_resp(StatusCode::OK, &Value::Array(all), Some(index)),
-        Err(resp) => resp,
-    }
-}
-
-// ---------------------------------------------------------------------------------
 // Helpers
 
-fn random_u64(shared: &Shared) -> u64 {
+pub(super) fn random_u64(shared: &Shared) -> u64 {
     let n = shared.id_seed.fetch_add(1, Ordering::Relaxed);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(n);
     hasher.finish()
-}
-
-fn new_uuid(shared: &Shared) -> String {
-    let a = random_u64(shared);
-    let b = random_u64(shared);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        ((b >> 48) & 0x3fff) | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -1090,7 +483,7 @@ pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
-fn format_go_duration(d: Duration) -> String {
+pub(super) fn format_go_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         let secs = d.as_secs();
         if secs >= 3600 && secs.is_multiple_of(3600) {

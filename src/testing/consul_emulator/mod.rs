@@ -23,7 +23,10 @@
 //! makes every pending blocking query return without a change.
 
 mod http;
+mod kv;
+mod session;
 mod state;
+mod txn;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -264,7 +267,7 @@ impl ConsulEmulator {
             shared.clone(),
             shutdown.clone(),
         ));
-        tokio::spawn(http::reaper(shared.clone(), shutdown.clone()));
+        tokio::spawn(session::reaper(shared.clone(), shutdown.clone()));
         Ok(ConsulEmulator {
             addr,
             shared,
