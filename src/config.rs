@@ -411,6 +411,9 @@ impl RedbConfig {
     try_from = "raw::RawStoreConfig"
 )]
 #[non_exhaustive]
+// Read once at start-up: the size of a config is not worth boxing its variants (which
+// would make users match on boxes). Only a partial feature set makes the sizes differ.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreConfig {
     /// The in-memory store.
     Memory(MemoryConfig),
@@ -435,6 +438,7 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(tag = "backend", rename_all = "lowercase")]
+    #[allow(clippy::large_enum_variant)]
     pub(super) enum RawStoreConfig {
         Memory(MemoryConfig),
         #[cfg(feature = "redb")]
