@@ -86,7 +86,7 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
             // Go's fractional form (`"1.5s"`, `"0.5h"`), common in etcd and Consul configs.
             Err(_)
                 if text.contains('.')
-                    && let Some(parsed) = parse_go_fraction(text) =>
+                    && let Some(parsed) = parse_go_duration(text) =>
             {
                 parsed
             }
@@ -100,13 +100,23 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     check_duration("duration", parsed)
 }
 
-/// Parses Go's `time.ParseDuration` form with fractions (`"1.5s"`, `"1m0.5s"`); `None`
-/// when it is not one or does not fit.
-fn parse_go_fraction(text: &str) -> Option<Duration> {
+/// Parses Go's `time.ParseDuration` form (`"10s"`, `"1.5s"`, `"1m0.5s"`, `"0"`), as
+/// etcd and Consul write durations (also the Consul emulator's parser); `None` when it
+/// is not one or does not fit.
+pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return None;
+    }
     let mut rest = text;
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&end| end > 0)?;
         let number: f64 = rest[..end].parse().ok()?;
         rest = &rest[end..];
         let unit_end = rest

@@ -25,6 +25,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use crate::config::parse_go_duration;
+
 use super::kv::{kv_delete, kv_get, kv_put};
 use super::session::{session_create, session_destroy, session_info, session_list, session_renew};
 use super::state::State;
@@ -442,45 +444,6 @@ fn parse_query(q: &str) -> Vec<(String, Option<String>)> {
             None => Some((decode_bytes(pair, true)?, None)),
         })
         .collect()
-}
-
-/// Parses a Go duration (`"10s"`, `"1.5s"`, `"500ms"`, `"1m30s"`, `"0"`).
-pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return None;
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_end == 0 {
-            return None;
-        }
-        let number: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_end];
-        rest = &rest[unit_end..];
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += number * scale;
-    }
-    Duration::try_from_secs_f64(total).ok()
 }
 
 pub(super) fn format_go_duration(d: Duration) -> String {
