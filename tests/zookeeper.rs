@@ -2135,3 +2135,125 @@ async fn model_accepts_a_tree_seen_part_deleted() {
         .await
         .unwrap_or_else(|e| panic!("{}", e.0));
 }
+
+/// The values of `d/a` and `d/z/1` in a listed (or watched) state of `d`, as numbers.
+fn snapshot_counters(pairs: &[kvkit::KvPair]) -> (Option<u64>, Option<u64>) {
+    let value = |key: &str| {
+        pairs
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| std::str::from_utf8(&p.value).unwrap().parse::<u64>().unwrap())
+    };
+    (value("d/a"), value("d/z/1"))
+}
+
+/// A state is one the writer below went through: it writes `d/a` = i, then `d/z/1` = i,
+/// so `d/z/1` is `d/a` or one behind it (once both exist).
+fn is_writer_state(pairs: &[kvkit::KvPair]) -> bool {
+    match snapshot_counters(pairs) {
+        (Some(a), Some(z)) => z == a || z + 1 == a,
+        (None, None) => true,
+        (Some(a), None) => a == 1,
+        (None, Some(_)) => false,
+    }
+}
+
+/// Lists (and watch_tree states) are atomic snapshots across keys: a writer puts `d/a`
+/// then `d/z/1` with the same counter, keys at two depths that a level-by-level read
+/// reads at different times, while lists of `d` run; every list must be a state the
+/// writer went through. Read level by level without validation, a list showed `d/z/1`
+/// newer than `d/a`. Both with the bulk reader and with single requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_snapshots_under_concurrent_writes() {
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let addr = server.connect_string();
+    for multi_read in [true, false] {
+        let root = format!("/kvkit-snapshots-{multi_read}");
+        let config = |addr: &str| {
+            ZookeeperConfig::new(addr)
+                .root(root.as_str())
+                .multi_read(multi_read)
+                .request_timeout(Duration::from_secs(5))
+        };
+        let writer = Kv::new(Zookeeper::connect(config(&addr)).await.unwrap());
+        let reader = Kv::new(Zookeeper::connect(config(&addr)).await.unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writes = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 20_000 {
+                    i += 1;
+                    writer
+                        .put("d/a", i.to_string(), PutOptions::default())
+                        .await
+                        .unwrap();
+                    writer
+                        .put("d/z/1", i.to_string(), PutOptions::default())
+                        .await
+                        .unwrap();
+                }
+                writer.close().await.unwrap();
+                i
+            }
+        });
+        let mut watched = reader.watch_tree("d").await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let (mut lists, mut both, mut bad, mut gave_up) = (0, 0, Vec::new(), 0);
+        let (mut watched_states, mut bad_watched) = (0, Vec::new());
+        while lists < 400 && tokio::time::Instant::now() < deadline {
+            match reader.list("d").await {
+                Ok(listed) => {
+                    lists += 1;
+                    if let (Some(_), Some(_)) = snapshot_counters(&listed) {
+                        both += 1;
+                    }
+                    if !is_writer_state(&listed) {
+                        bad.push(snapshot_counters(&listed));
+                    }
+                }
+                // Retryable: the tree kept changing through every attempt.
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+                    gave_up += 1;
+                }
+            }
+            while let Some(Some(item)) = futures::FutureExt::now_or_never(watched.next()) {
+                if let Ok(state) = item {
+                    watched_states += 1;
+                    if !is_writer_state(&state) {
+                        bad_watched.push(snapshot_counters(&state));
+                    }
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = writes.await.unwrap();
+        eprintln!(
+            "multi_read {multi_read}: {lists} lists ({both} with both keys, {} not a state, \
+             {gave_up} gave up) and {watched_states} watched states ({} not a state) during \
+             {written} write pairs",
+            bad.len(),
+            bad_watched.len()
+        );
+        assert!(
+            bad.is_empty(),
+            "multi_read {multi_read}: lists showed states that never existed \
+             (d/a, d/z/1): {:?}",
+            &bad[..bad.len().min(10)]
+        );
+        assert!(
+            bad_watched.is_empty(),
+            "multi_read {multi_read}: watch_tree showed states that never existed \
+             (d/a, d/z/1): {:?}",
+            &bad_watched[..bad_watched.len().min(10)]
+        );
+        assert!(both >= 50, "too few lists overlapped the writes: {both}");
+        assert!(written >= 50, "too few writes: {written}");
+        drop(watched);
+        reader.delete_tree("").await.unwrap();
+        reader.close().await.unwrap();
+    }
+}
