@@ -2155,10 +2155,12 @@ async fn model_accepts_a_tree_seen_part_deleted() {
 /// The values of `d/a` and `d/z/1` in a listed (or watched) state of `d`, as numbers.
 fn snapshot_counters(pairs: &[kvkit::KvPair]) -> (Option<u64>, Option<u64>) {
     let value = |key: &str| {
-        pairs
-            .iter()
-            .find(|p| p.key == key)
-            .map(|p| std::str::from_utf8(&p.value).unwrap().parse::<u64>().unwrap())
+        pairs.iter().find(|p| p.key == key).map(|p| {
+            std::str::from_utf8(&p.value)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
     };
     (value("d/a"), value("d/z/1"))
 }

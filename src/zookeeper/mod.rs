@@ -31,9 +31,9 @@ mod lock;
 mod multiread;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -843,6 +843,7 @@ impl Zookeeper {
     /// last level may have changed before a later one was read, which only a read
     /// after all of them shows. The cost when nothing changes: one wave for the base's
     /// stat and one for the validation, on top of the level-by-level reads.
+    ///
     /// `None`: the tree kept changing through every round.
     pub(crate) async fn read_snapshot(
         &self,
@@ -856,10 +857,8 @@ impl Zookeeper {
         let mut known: BTreeMap<String, (Vec<u8>, Stat)> = BTreeMap::new();
         let deadline = tokio::time::Instant::now() + inner.request_timeout;
         for round in 0..SNAPSHOT_ROUNDS {
-            if round > 0 {
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
+            if round > 0 && tokio::time::Instant::now() >= deadline {
+                break;
             }
             let first = known.is_empty();
             let paths: Vec<String> = if first {
@@ -890,8 +889,8 @@ impl Zookeeper {
                 let before = known.get(&path).map(|(_, old)| stat_version(old));
                 if before != Some(stat_version(&stat)) {
                     changed = true;
-                    let children_changed =
-                        before.is_none_or(|(czxid, _, pzxid)| (czxid, pzxid) != (stat.czxid, stat.pzxid));
+                    let children_changed = before
+                        .is_none_or(|(czxid, _, pzxid)| (czxid, pzxid) != (stat.czxid, stat.pzxid));
                     if children_changed {
                         if stat.num_children > 0 {
                             relist.push(path.clone());
