@@ -124,17 +124,6 @@ mod zookeeper {
             .request_timeout(Duration::from_secs(4))
     }
 
-    /// ZooKeeper reads a listed tree in several reads (no server-side snapshot), so its
-    /// lists are not atomic across keys (docs/zookeeper.md): the concurrent phase
-    /// checks each listed key on its own.
-    fn zk_check(open: OpenHandle<Zookeeper>, fault: SharedFault) -> ModelConfig<Zookeeper> {
-        let mut config = config(Some(open), fault);
-        if let Some(concurrent) = config.concurrent.as_mut() {
-            concurrent.check_list_snapshots = false;
-        }
-        config
-    }
-
     fn opener(connect: String) -> OpenHandle<Zookeeper> {
         Arc::new(move || {
             let config = zk_config(&connect);
@@ -160,7 +149,7 @@ mod zookeeper {
         passes(
             "ZooKeeper ensemble, a member stopped",
             &kv,
-            zk_check(opener(connect), SharedFault::new(fault)),
+            config(Some(opener(connect)), SharedFault::new(fault)),
         )
         .await;
     }
@@ -181,8 +170,8 @@ mod zookeeper {
         passes(
             "ZooKeeper, a client partitioned silently",
             &kv,
-            zk_check(
-                opener(server.connect_string()),
+            config(
+                Some(opener(server.connect_string())),
                 SharedFault::new(ProxyPartition::silent(proxy.clone())),
             ),
         )

@@ -21,17 +21,10 @@ use kvkit::{
 /// `check_backend` on `kv`: the conformance suite, a short sequential model run and the
 /// concurrent phase.
 async fn check(kv: &Kv<AnyBackend>) {
-    let mut config = ModelConfig {
+    let config = ModelConfig {
         cases: 12,
         ..ModelConfig::default()
     };
-    // ZooKeeper reads a listed tree in several reads: its lists are not atomic across
-    // keys (docs/zookeeper.md), so each listed key is checked on its own.
-    if kv.capabilities().name == "zookeeper"
-        && let Some(concurrent) = config.concurrent.as_mut()
-    {
-        concurrent.check_list_snapshots = false;
-    }
     if let Err(failure) = check_backend(kv, config).await {
         panic!("Kv<{}>: {failure}", kv.capabilities().name);
     }

@@ -35,12 +35,6 @@ async fn memory() {
 }
 
 /// Runs `seeds` seeded concurrent checks on `handles`, printing each report.
-/// ZooKeeper reads a listed tree in several reads (no server-side snapshot), so its
-/// lists are not atomic across keys (docs/zookeeper.md); every other backend's are.
-fn lists_are_snapshots<B: kvkit::Backend>(kv: &Kv<B>) -> bool {
-    kv.capabilities().name != "zookeeper"
-}
-
 async fn check_seeds<B: kvkit::Backend>(
     name: &str,
     handles: Vec<Kv<B>>,
@@ -49,7 +43,6 @@ async fn check_seeds<B: kvkit::Backend>(
     for seed in seeds {
         let config = ConcurrentConfig {
             seed,
-            check_list_snapshots: lists_are_snapshots(&handles[0]),
             ..ConcurrentConfig::default()
         };
         match check_concurrent(handles.clone(), config, None).await {
@@ -137,7 +130,6 @@ async fn check_with_fault<B: kvkit::Backend>(
 ) {
     let config = ConcurrentConfig {
         seed: 11,
-        check_list_snapshots: lists_are_snapshots(&handles[0]),
         op_timeout: std::time::Duration::from_secs(5),
         ..ConcurrentConfig::default()
     };

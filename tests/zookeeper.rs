@@ -322,10 +322,12 @@ async fn list_is_pipelined(kv: &Kv<Zookeeper>) {
     let requests = after.requests - before.requests;
     let waves = after.waves - before.waves;
     eprintln!("list of {N} keys: {requests} requests in {waves} sequential waves");
-    // sync + one multiRead of getChildren, then one multiRead of every getData.
+    // sync + a getData of the directory (its stat before its getChildren), a multiRead
+    // of getChildren, one of every getData, then the validation that makes the list a
+    // snapshot (every getData again, two multiReads for 1,001 reads).
     assert!(requests <= N as u64 + 2, "{requests} requests");
     assert!(
-        waves <= 3,
+        waves <= 4,
         "{waves} sequential waves for a flat list of {N} keys"
     );
     let before = kv.backend().stats();
@@ -579,14 +581,15 @@ async fn digest_auth(server: &str) {
     );
     assert_eq!(alice2.get("private/k").await.unwrap().value, "hidden");
     // Listed through the bulk reader, whose session replays the credentials: sync +
-    // getChildren of kv, getData of private, getChildren of it, getData of private/k.
+    // getData of kv, getChildren of kv, getData of private, getChildren of it, getData
+    // of private/k, then the snapshot's validation (getData of all three again).
     let (listed, req, waves) = counted(&alice2, alice2.list("")).await;
     assert_eq!(
         values(&listed.unwrap()),
         [("private/k".into(), "hidden".into())]
     );
-    assert_eq!((req, waves), (5, 4), "through the bulk reader");
-    // Refused per read inside the multiRead: sync + getChildren.
+    assert_eq!((req, waves), (7, 6), "through the bulk reader");
+    // Refused per read inside the multiRead: sync + getData of kv.
     let (refused, req, _) = counted(&anonymous, anonymous.list("")).await;
     assert_eq!(kind(refused), ErrorKind::PermissionDenied);
     assert_eq!(req, 2, "through the bulk reader");
@@ -614,7 +617,10 @@ async fn watch_tree_incremental(kv: &Kv<Zookeeper>) {
     .await;
     let cost = kv.backend().stats().requests - before.requests;
     eprintln!("one change in a watched tree of 200 keys: {cost} requests (put included)");
-    assert!(cost <= 6, "{cost} requests for one change");
+    // The put, the getData that re-arms the watch, and the snapshot read of the state
+    // (5 multiRead requests: sync + getData of the directory, getChildren, getData of
+    // the 200, their validation).
+    assert!(cost <= 7, "{cost} requests for one change");
     kv.delete_tree("inc").await.unwrap();
     watch_until(&mut tree, "the empty tree", |t: &Vec<kvkit::KvPair>| {
         t.is_empty()
@@ -823,20 +829,23 @@ async fn list_round_trips(
 }
 
 /// With `multi_read` off, list and delete_tree read with pipelined single requests on
-/// the main session: per level a wave of getChildren, then one of getData.
+/// the main session: per level a wave of getChildren, then one of getData; a list
+/// reads the directory's stat first and validates every getData again last (so that
+/// it is a snapshot).
 async fn pipelined_round_trips(addr: &str) {
     let config = ZookeeperConfig::new(addr)
         .root("/kvkit-round-trips-pipelined")
         .multi_read(false);
     let kv = Kv::new(Zookeeper::connect(config).await.unwrap());
-    list_round_trips(&kv, |n| (n + 1, 2), (2_002, 3)).await;
+    list_round_trips(&kv, |n| (2 * n + 3, 4), (2_002, 3)).await;
     basics(&kv).await;
     kv.delete_tree("").await.unwrap();
     kv.close().await.unwrap();
 }
 
 /// A list sees the write its handle completed just before, every time (its reads go
-/// through the bulk reader's session, after a sync: 3 requests for a flat list).
+/// through the bulk reader's session, after a sync: 5 requests for a flat list, the
+/// snapshot's stat of the directory and validation included).
 async fn list_reads_own_writes(addr: &str, root: &str) {
     let kv = connect(addr, root).await;
     for i in 0..200 {
@@ -849,7 +858,7 @@ async fn list_reads_own_writes(addr: &str, root: &str) {
         .unwrap();
         let (listed, req, _) = counted(&kv, kv.list("ryw")).await;
         let listed = listed.unwrap();
-        assert_eq!(req, 3, "through the bulk reader");
+        assert_eq!(req, 5, "through the bulk reader");
         assert_eq!(listed.len(), i + 1, "round {i}");
         assert_eq!(listed[i].key, format!("ryw/k{i:03}"));
         assert_eq!(listed[i].value, format!("{i}"));
@@ -947,8 +956,10 @@ async fn round_trips_match_the_docs(addr: &str) {
     r.unwrap();
     assert_eq!(req, 2, "delete of a top-level key: getData, delete");
 
-    // list and delete_tree: sync + one multiRead per level and kind of read.
-    list_round_trips(&kv, |_| (3, 2), (1_004, 3)).await;
+    // list and delete_tree: sync + one multiRead per level and kind of read; a list
+    // also reads the directory's stat first and validates every getData last (a
+    // snapshot), in two multiReads for 1,001 reads.
+    list_round_trips(&kv, |n| (if n < 1_000 { 5 } else { 6 }, 4), (1_004, 3)).await;
 
     // watch_tree: a value change costs one getData besides the put itself.
     let mut tree = kv.watch_tree("l100").await.unwrap();
@@ -961,7 +972,12 @@ async fn round_trips_match_the_docs(addr: &str) {
     })
     .await;
     let cost = kv.backend().stats().requests - before.requests;
-    assert_eq!(cost, 2, "a watched value change: setData + one getData");
+    assert_eq!(
+        cost,
+        2 + 5,
+        "a watched value change: setData + one getData, then the snapshot read of the \
+         state (sync + getData of the directory, getChildren, getData, validation)"
+    );
     drop(tree);
 
     // Locks. The first heartbeat is sent at once, the next after a quarter of the 8 s
@@ -1102,7 +1118,11 @@ async fn restart_and_session_expiry() {
     );
     let (listed, req, _) = counted(&lister, lister.list("r")).await;
     assert_eq!(listed.unwrap().len(), 1);
-    assert_eq!(req, 3, "sync + 2 multiReads");
+    // A snapshot: the directory's stat first and the validation last (docs/zookeeper.md).
+    assert_eq!(
+        req, 5,
+        "sync + 4 multiReads (getData of r, getChildren, getData, validation)"
+    );
 
     // Down: a list fails as retryable (the reader's and the main session are gone).
     server.stop();
@@ -1144,7 +1164,8 @@ async fn restart_and_session_expiry() {
                 values(&listed),
                 [("r/k".into(), "after".into()), ("r/new".into(), "n".into())]
             );
-            if req == 3 {
+            // sync + 4 multiReads (single requests on the main session would be 7).
+            if req == 5 {
                 through_reader = true;
                 break;
             }
@@ -1466,7 +1487,8 @@ async fn ensemble_with_one_member_down() {
     let fresh = connect(&ensemble.connect_string(), "/kvkit-ensemble").await;
     let (listed, req, _) = counted(&fresh, fresh.list("e")).await;
     assert_eq!(listed.unwrap().len(), 3);
-    assert_eq!(req, 3, "bulk reads go on with the first member down");
+    // sync + 4 multiReads: the directory's stat, getChildren, getData, validation.
+    assert_eq!(req, 5, "bulk reads go on with the first member down");
     fresh.close().await.unwrap();
     let other = connect(&ensemble.connect_string(), "/kvkit-ensemble").await;
     assert_eq!(other.get("e/k2").await.unwrap().value, "2");
@@ -2134,4 +2156,131 @@ async fn model_accepts_a_tree_seen_part_deleted() {
     kvkit::testing::model::check_against_memory(&kv, config)
         .await
         .unwrap_or_else(|e| panic!("{}", e.0));
+}
+
+/// The values of `d/a` and `d/z/1` in a listed (or watched) state of `d`, as numbers.
+fn snapshot_counters(pairs: &[kvkit::KvPair]) -> (Option<u64>, Option<u64>) {
+    let value = |key: &str| {
+        pairs.iter().find(|p| p.key == key).map(|p| {
+            std::str::from_utf8(&p.value)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+    };
+    (value("d/a"), value("d/z/1"))
+}
+
+/// A state is one the writer below went through: it writes `d/a` = i, then `d/z/1` = i,
+/// so `d/z/1` is `d/a` or one behind it (once both exist).
+fn is_writer_state(pairs: &[kvkit::KvPair]) -> bool {
+    match snapshot_counters(pairs) {
+        (Some(a), Some(z)) => z == a || z + 1 == a,
+        (None, None) => true,
+        (Some(a), None) => a == 1,
+        (None, Some(_)) => false,
+    }
+}
+
+/// Lists (and watch_tree states) are atomic snapshots across keys: a writer puts `d/a`
+/// then `d/z/1` with the same counter, keys at two depths that a level-by-level read
+/// reads at different times, while lists of `d` run; every list must be a state the
+/// writer went through. Read level by level without validation, a list showed `d/z/1`
+/// newer than `d/a`. Both with the bulk reader and with single requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_snapshots_under_concurrent_writes() {
+    let Some(server) = ZkServer::start() else {
+        return;
+    };
+    let addr = server.connect_string();
+    for multi_read in [true, false] {
+        let root = format!("/kvkit-snapshots-{multi_read}");
+        let config = |addr: &str| {
+            ZookeeperConfig::new(addr)
+                .root(root.as_str())
+                .multi_read(multi_read)
+                .request_timeout(Duration::from_secs(5))
+        };
+        let writer = Kv::new(Zookeeper::connect(config(&addr)).await.unwrap());
+        let reader = Kv::new(Zookeeper::connect(config(&addr)).await.unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writes = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 20_000 {
+                    i += 1;
+                    writer
+                        .put("d/a", i.to_string(), PutOptions::default())
+                        .await
+                        .unwrap();
+                    writer
+                        .put("d/z/1", i.to_string(), PutOptions::default())
+                        .await
+                        .unwrap();
+                }
+                writer.close().await.unwrap();
+                i
+            }
+        });
+        let mut watched = reader.watch_tree("d").await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let (mut lists, mut both, mut bad, mut gave_up) = (0, 0, Vec::new(), 0);
+        let (mut watched_states, mut bad_watched) = (0, Vec::new());
+        while lists < 400 && tokio::time::Instant::now() < deadline {
+            match reader.list("d").await {
+                Ok(listed) => {
+                    lists += 1;
+                    if let (Some(_), Some(_)) = snapshot_counters(&listed) {
+                        both += 1;
+                    }
+                    if !is_writer_state(&listed) {
+                        bad.push(snapshot_counters(&listed));
+                    }
+                }
+                // Retryable: the tree kept changing through every attempt.
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+                    gave_up += 1;
+                }
+            }
+            while let Some(Some(item)) = futures::FutureExt::now_or_never(watched.next()) {
+                if let Ok(state) = item {
+                    watched_states += 1;
+                    if !is_writer_state(&state) {
+                        bad_watched.push(snapshot_counters(&state));
+                    }
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = writes.await.unwrap();
+        eprintln!(
+            "multi_read {multi_read}: {lists} lists ({both} with both keys, {} not a state, \
+             {gave_up} gave up) and {watched_states} watched states ({} not a state) during \
+             {written} write pairs",
+            bad.len(),
+            bad_watched.len()
+        );
+        assert!(
+            bad.is_empty(),
+            "multi_read {multi_read}: lists showed states that never existed \
+             (d/a, d/z/1): {:?}",
+            &bad[..bad.len().min(10)]
+        );
+        assert!(
+            bad_watched.is_empty(),
+            "multi_read {multi_read}: watch_tree showed states that never existed \
+             (d/a, d/z/1): {:?}",
+            &bad_watched[..bad_watched.len().min(10)]
+        );
+        // With single requests (multi_read off) a list under this writer takes many
+        // rounds (20 to 50 lists in 20 s here); before the fix 400 lists took 4 s and
+        // more than half showed a state that never existed.
+        assert!(both >= 10, "too few lists overlapped the writes: {both}");
+        assert!(written >= 50, "too few writes: {written}");
+        drop(watched);
+        reader.delete_tree("").await.unwrap();
+        reader.close().await.unwrap();
+    }
 }

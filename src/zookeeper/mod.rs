@@ -31,6 +31,7 @@ mod lock;
 mod multiread;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -789,6 +790,198 @@ impl Zookeeper {
     }
 }
 
+/// Most validation rounds of one snapshot read before it gives up (it gives up sooner
+/// when the request timeout has passed).
+const SNAPSHOT_ROUNDS: usize = 1_000;
+
+/// One kvkit znode of a snapshot read: its path, data and stat.
+pub(crate) type SnapshotNode = (String, Vec<u8>, Stat);
+
+/// What identifies one state of a znode: created at `czxid`, data last written at
+/// `mzxid`, children last created or deleted at `pzxid`.
+fn stat_version(stat: &Stat) -> (i64, i64, i64) {
+    (stat.czxid, stat.mzxid, stat.pzxid)
+}
+
+/// Drops `path` and everything known below it.
+fn forget_subtree(known: &mut BTreeMap<String, (Vec<u8>, Stat)>, path: &str) {
+    let below = format!("{path}/");
+    known.remove(path);
+    let doomed: Vec<String> = known
+        .range(below.clone()..)
+        .take_while(|(known, _)| known.starts_with(&below))
+        .map(|(known, _)| known.clone())
+        .collect();
+    for path in doomed {
+        known.remove(&path);
+    }
+}
+
+impl Zookeeper {
+    /// Every kvkit znode strictly below `base` with its data and stat, in path order,
+    /// as one atomic snapshot of the tree: the state it had at one instant during the
+    /// call. ZooKeeper has no snapshot read across requests (and does not promise that
+    /// a multiRead is atomic), so this is a double collect validated by zxids: the tree
+    /// is read level by level (a directory's stat before its `getChildren`), then every
+    /// visited znode is read again. A znode's `mzxid` changes with every write of its
+    /// data (a delete and re-create too) and its `pzxid` with every child created or
+    /// deleted; when none changed, every znode stayed as first read until it was read
+    /// again, so the collect is the tree as it was between the collect's last read and
+    /// the validation's first (all reads on one session, whose requests are served in
+    /// order and whose view never goes back).
+    ///
+    /// When something changed, the validation's reads (values included) are the new
+    /// collect: only the directories whose children changed are listed again (and
+    /// their new children read), then everything is validated again at once: a pause
+    /// between two rounds would widen the window that has to be free of writes (tried:
+    /// under a writer that never pauses, far fewer lists succeeded). Under such a writer
+    /// this may not settle: after the request timeout (or [`SNAPSHOT_ROUNDS`] rounds) it
+    /// gives up (`list` then fails with a retryable `Error::Unavailable`).
+    ///
+    /// The validation reads the last level again too: a level's reads are several
+    /// operations (a multiRead is not promised atomic), so a znode read early in the
+    /// last level may have changed before a later one was read, which only a read
+    /// after all of them shows. The cost when nothing changes: one wave for the base's
+    /// stat and one for the validation, on top of the level-by-level reads.
+    ///
+    /// `None`: the tree kept changing through every round.
+    pub(crate) async fn read_snapshot(
+        &self,
+        base: &str,
+    ) -> std::result::Result<Option<Vec<SnapshotNode>>, ZkError> {
+        let inner = &self.inner;
+        let mut reads = Reads::new(inner);
+        // Every znode read (the base included) with its latest data and stat; the
+        // children of one with children were listed after a read of that stat's
+        // `pzxid` (and `czxid`).
+        let mut known: BTreeMap<String, (Vec<u8>, Stat)> = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + inner.request_timeout;
+        for round in 0..SNAPSHOT_ROUNDS {
+            if round > 0 && tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let first = known.is_empty();
+            let paths: Vec<String> = if first {
+                reads.begin();
+                vec![base.to_owned()]
+            } else {
+                known.keys().cloned().collect()
+            };
+            let mut changed = first;
+            let mut relist = Vec::new();
+            for (path, result) in reads.data(paths).await {
+                let (data, stat) = match result {
+                    Ok(found) => found,
+                    // One read saw no base: nothing was below it then.
+                    Err(ZkError::NoNode) if path == base => return Ok(Some(Vec::new())),
+                    Err(ZkError::NoNode) => {
+                        // Its parent's `pzxid` changed: the parent is listed again.
+                        changed = true;
+                        forget_subtree(&mut known, &path);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if path == base && stat.num_children == 0 {
+                    // One read saw the base without children.
+                    return Ok(Some(Vec::new()));
+                }
+                let before = known.get(&path).map(|(_, old)| stat_version(old));
+                if before != Some(stat_version(&stat)) {
+                    changed = true;
+                    let children_changed = before
+                        .is_none_or(|(czxid, _, pzxid)| (czxid, pzxid) != (stat.czxid, stat.pzxid));
+                    if children_changed {
+                        if stat.num_children > 0 {
+                            relist.push(path.clone());
+                        } else {
+                            // No children now: none of those known are left.
+                            forget_subtree(&mut known, &path);
+                        }
+                    }
+                }
+                known.insert(path, (data, stat));
+            }
+            if !reads.one_session() {
+                // A read of another session (which may lag behind) was mixed in.
+                known.clear();
+                continue;
+            }
+            if !changed {
+                known.remove(base);
+                return Ok(Some(
+                    known
+                        .into_iter()
+                        .map(|(path, (data, stat))| (path, data, stat))
+                        .collect(),
+                ));
+            }
+            self.read_changed_children(&mut reads, &mut known, relist)
+                .await?;
+        }
+        Ok(None)
+    }
+
+    /// Lists the children of `relist` again, level by level down to the leaves: gone
+    /// ones are forgotten with their subtrees, new ones read (and listed when they have
+    /// children). Foreign znodes (not kvkit keys) are skipped with their subtrees.
+    async fn read_changed_children(
+        &self,
+        reads: &mut Reads<'_>,
+        known: &mut BTreeMap<String, (Vec<u8>, Stat)>,
+        mut relist: Vec<String>,
+    ) -> std::result::Result<(), ZkError> {
+        let inner = &self.inner;
+        while !relist.is_empty() {
+            let mut new = Vec::new();
+            for (parent, result) in reads.children(relist).await {
+                let children = match result {
+                    Ok(children) => children,
+                    // Deleted since its stat was read: the next round sees it gone.
+                    Err(ZkError::NoNode) => continue,
+                    Err(e) => return Err(e),
+                };
+                let listed: std::collections::HashSet<String> = children
+                    .into_iter()
+                    .map(|child| format!("{parent}/{child}"))
+                    .filter(|path| inner.key_of(path).is_some())
+                    .collect();
+                let below = format!("{parent}/");
+                let gone: Vec<String> = known
+                    .range(below.clone()..)
+                    .take_while(|(path, _)| path.starts_with(&below))
+                    .filter(|(path, _)| !path[below.len()..].contains('/'))
+                    .filter(|(path, _)| !listed.contains(*path))
+                    .map(|(path, _)| path.clone())
+                    .collect();
+                for path in gone {
+                    forget_subtree(known, &path);
+                }
+                new.extend(listed.into_iter().filter(|path| !known.contains_key(path)));
+            }
+            relist = Vec::new();
+            if new.is_empty() {
+                break;
+            }
+            new.sort();
+            for (path, result) in reads.data(new).await {
+                match result {
+                    Ok((data, stat)) => {
+                        if stat.num_children > 0 {
+                            relist.push(path.clone());
+                        }
+                        known.insert(path, (data, stat));
+                    }
+                    // Listed, then deleted: its parent's `pzxid` changed.
+                    Err(ZkError::NoNode) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 type ZkResultVec = std::result::Result<Vec<String>, ZkError>;
 type ZkResultData = std::result::Result<(Vec<u8>, Stat), ZkError>;
 
@@ -1352,14 +1545,21 @@ impl Drop for Inner {
 }
 
 /// Where one traversal (`list`, the scan of `delete_tree`) reads: through the bulk
-/// reader while it works (a `sync` ahead of the first multiRead, see `multiread`), else
-/// with pipelined single requests on the main session (switch off, a server without
-/// multiRead, the reader down: then for the rest of the traversal, as a later multiRead
-/// would lack the `sync`). Each call is one counted wave.
+/// reader while it works (a `sync` ahead of the first multiRead of each reader session,
+/// see `multiread`), else with pipelined single requests on the main session (switch
+/// off, a server without multiRead, the reader down: then for the rest of the
+/// traversal, as a later multiRead would lack the `sync`). Each call is one counted
+/// wave. It also tells whether the reads since [`Reads::begin`] were all served by one
+/// session, whose view never goes back (what a snapshot's validation relies on).
 struct Reads<'a> {
     inner: &'a Inner,
     reader: Option<&'a MultiReader>,
-    synced: bool,
+    /// The reader session generation a `sync` was answered in.
+    synced: Option<u64>,
+    /// The session that served the reads since `begin` (`None`: the main session).
+    served: Option<Option<u64>>,
+    /// More than one session served them (or it cannot be told).
+    mixed: bool,
 }
 
 impl<'a> Reads<'a> {
@@ -1371,13 +1571,30 @@ impl<'a> Reads<'a> {
         Reads {
             inner,
             reader,
-            synced: false,
+            synced: None,
+            served: None,
+            mixed: false,
         }
     }
 
-    /// The `sync` path of the next bulk read: the first one syncs.
-    fn sync(&self) -> Option<&'a str> {
-        (!self.synced).then_some(self.inner.kv_root.as_str())
+    /// Starts a new run of reads for [`Reads::one_session`].
+    fn begin(&mut self) {
+        self.served = None;
+        self.mixed = false;
+    }
+
+    /// True when every read since `begin` was served by one session.
+    fn one_session(&self) -> bool {
+        !self.mixed
+    }
+
+    /// Notes which session served a read (`None`: the main session).
+    fn served_by(&mut self, session: Option<u64>) {
+        match self.served {
+            None => self.served = Some(session),
+            Some(previous) if previous != session => self.mixed = true,
+            Some(_) => {}
+        }
     }
 
     fn fall_back(&mut self, e: &multiread::ReadError) {
@@ -1392,9 +1609,22 @@ impl<'a> Reads<'a> {
         read: impl AsyncFnOnce(&'a MultiReader, Option<&'a str>) -> Result<Vec<T>, multiread::ReadError>,
     ) -> Option<Vec<T>> {
         let reader = self.reader?;
-        match read(reader, self.sync()).await {
+        // A session's first read syncs (a new session may lag behind the last one).
+        let before = reader.generation();
+        let sync = (self.synced != Some(before)).then_some(self.inner.kv_root.as_str());
+        match read(reader, sync).await {
             Ok(results) => {
-                self.synced = true;
+                let after = reader.generation();
+                // The session that served is known when none opened meanwhile, or when
+                // this read opened the reader's first one.
+                if before == after || (before, after) == (0, 1) {
+                    if sync.is_some() {
+                        self.synced = Some(after);
+                    }
+                } else {
+                    self.mixed = true;
+                }
+                self.served_by(Some(after));
                 Some(results)
             }
             Err(e) => {
@@ -1410,6 +1640,7 @@ impl<'a> Reads<'a> {
         if let Some(results) = self.via_reader(read).await {
             return paths.into_iter().zip(results).collect();
         }
+        self.served_by(None);
         let inner = self.inner;
         inner
             .wave(paths, |parent: String| async move {
@@ -1430,6 +1661,7 @@ impl<'a> Reads<'a> {
             }
             return paths.into_iter().zip(results).collect();
         }
+        self.served_by(None);
         let results = inner
             .wave(paths, |path: String| async move {
                 inner.zk.get_data(&path, false).await
@@ -1578,47 +1810,32 @@ impl Backend for Zookeeper {
 
     async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         let inner = &self.inner;
-        let mut reads = Reads::new(inner);
         let mut out = Vec::new();
-        let mut frontier = vec![inner.dir_path(dir)];
-        while !frontier.is_empty() {
-            let lists = reads.children(frontier).await;
-            let mut paths = Vec::new();
-            for (parent, result) in lists {
-                match result {
-                    Ok(children) => {
-                        paths.extend(children.into_iter().map(|c| format!("{parent}/{c}")));
-                    }
-                    Err(ZkError::NoNode) => {}
-                    Err(e) => return Err(self.map_err(e)),
-                }
-            }
-            if paths.is_empty() {
-                break;
-            }
-            frontier = Vec::new();
-            for (path, result) in reads.data(paths).await {
-                let (data, stat) = match result {
-                    Ok(found) => found,
-                    Err(ZkError::NoNode) => continue,
-                    Err(e) => return Err(self.map_err(e)),
-                };
-                // Not a kvkit key (another tool wrote it): neither it nor anything
-                // below it is listed.
-                let Some(key) = inner.key_of(&path) else {
-                    continue;
-                };
-                if stat.num_children > 0 {
-                    frontier.push(path.clone());
-                }
-                match inner.decode_node(key, data, stat) {
-                    Node::Value { pair, .. } => out.push(pair),
-                    Node::Empty {
-                        expired_mzxid: Some(version),
-                        ..
-                    } => self.collect_expired(path.clone(), version),
-                    _ => {}
-                }
+        let base = inner.dir_path(dir);
+        let nodes = self
+            .read_snapshot(&base)
+            .await
+            .map_err(|e| self.map_err(e))?
+            .ok_or_else(|| {
+                Error::unavailable(
+                    NAME,
+                    format!(
+                        "the tree below {base:?} kept changing: no two reads of it in a \
+                         row agreed within the request timeout"
+                    ),
+                )
+            })?;
+        for (path, data, stat) in nodes {
+            let Some(key) = inner.key_of(&path) else {
+                continue;
+            };
+            match inner.decode_node(key, data, stat) {
+                Node::Value { pair, .. } => out.push(pair),
+                Node::Empty {
+                    expired_mzxid: Some(version),
+                    ..
+                } => self.collect_expired(path, version),
+                _ => {}
             }
         }
         Ok(out)

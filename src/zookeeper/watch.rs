@@ -254,7 +254,8 @@ impl Watched for OneKey {
 /// missing) and a data watch on every znode below it; afterwards only what fired is
 /// read again: a data watch re-reads that znode, a child watch re-lists that znode's
 /// children and scans the new ones. A reconnect or a failed read starts from a full
-/// scan again.
+/// scan again. What is yielded is a snapshot read after the cache is current (see
+/// `Tree::snapshot`).
 struct Tree {
     dir: Dir,
     base: String,
@@ -264,11 +265,9 @@ struct Tree {
     dirty: HashSet<Fired>,
 }
 
+/// A znode of the cache (its watches are armed; its state is read by the snapshot).
 #[derive(Clone, Debug)]
-struct Entry {
-    pair: Option<KvPair>,
-    deadline_ms: Option<i64>,
-}
+struct Entry;
 
 impl Tree {
     fn new(backend: &Zookeeper, dir: Dir) -> Self {
@@ -417,26 +416,44 @@ impl Tree {
         Ok(())
     }
 
-    fn snapshot(&self, backend: &Zookeeper) -> Snapshot<Vec<KvPair>> {
-        let now = backend.inner().server_now_ms();
+    /// The state to yield: the cache above keeps the watches armed with a few reads
+    /// per change, but it is read piece by piece at different times, so the state
+    /// itself is a validated snapshot read of the tree, as `list` reads it
+    /// (`Zookeeper::read_snapshot`). A tree that keeps changing through every round
+    /// of it is a failed read (retried from a full scan).
+    async fn snapshot(
+        &self,
+        backend: &Zookeeper,
+    ) -> std::result::Result<Snapshot<Vec<KvPair>>, ZkError> {
+        let inner = backend.inner();
+        let nodes = backend
+            .read_snapshot(&self.base)
+            .await?
+            .ok_or(ZkError::OperationTimeout)?;
         let mut out = Vec::new();
         let mut deadline: Option<i64> = None;
-        for (path, entry) in &self.nodes {
-            let Some(pair) = &entry.pair else { continue };
-            if let Some(d) = entry.deadline_ms {
-                if d <= now {
-                    backend.collect_expired(
-                        path.clone(),
-                        i64::try_from(pair.last_index).unwrap_or(i64::MAX),
-                    );
-                    continue;
+        for (path, data, stat) in nodes {
+            let Some(key) = inner.key_of(&path) else {
+                continue;
+            };
+            match inner.decode_node(key, data, stat) {
+                Node::Value {
+                    pair, deadline_ms, ..
+                } => {
+                    if let Some(d) = deadline_ms {
+                        deadline = Some(deadline.map_or(d, |old: i64| old.min(d)));
+                    }
+                    out.push(pair);
                 }
-                deadline = Some(deadline.map_or(d, |old: i64| old.min(d)));
+                Node::Empty {
+                    expired_mzxid: Some(version),
+                    ..
+                } => backend.collect_expired(path, version),
+                _ => {}
             }
-            out.push(pair.clone());
         }
         debug_assert!(out.iter().all(|p| self.dir.contains(&p.key)));
-        (out, deadline)
+        Ok((out, deadline))
     }
 }
 
@@ -458,7 +475,7 @@ impl Watched for Tree {
             }
             self.full_scan(backend, arm).await?;
         }
-        Ok(self.snapshot(backend))
+        self.snapshot(backend).await
     }
 
     fn fired(&mut self, path: &str, kind: Kind) {
@@ -507,38 +524,19 @@ async fn read_entry(
     path: &str,
 ) -> std::result::Result<Option<Entry>, ZkError> {
     let inner = backend.inner();
-    let Some(key) = inner.key_of(path).map(str::to_owned) else {
+    if inner.key_of(path).is_none() {
         return Ok(None);
-    };
+    }
     let watch = arm.claim(path, Kind::Data);
     let result = inner.call(|| inner.zk().get_data(path, watch)).await;
     if watch && result.is_err() {
         arm.unmark(path, Kind::Data);
     }
-    let (data, stat) = match result {
-        Ok(found) => found,
-        Err(ZkError::NoNode) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-
-    Ok(Some(match inner.decode_node(&key, data, stat) {
-        Node::Value {
-            pair, deadline_ms, ..
-        } => Entry {
-            pair: Some(pair),
-            deadline_ms,
-        },
-        Node::Empty { expired_mzxid, .. } => {
-            if let Some(version) = expired_mzxid {
-                backend.collect_expired(path.to_owned(), version);
-            }
-            Entry {
-                pair: None,
-                deadline_ms: None,
-            }
-        }
-        Node::Missing => return Ok(None),
-    }))
+    match result {
+        Ok(_) => Ok(Some(Entry)),
+        Err(ZkError::NoNode) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 type ScanRead = (
