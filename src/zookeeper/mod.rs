@@ -851,6 +851,23 @@ impl Zookeeper {
     ) -> std::result::Result<Option<Vec<SnapshotNode>>, ZkError> {
         let inner = &self.inner;
         let mut reads = Reads::new(inner);
+        // The quiet case first: read the tree level by level as one bracketed run; when
+        // the server applied no write between its first read and its last wave's
+        // marker, every read saw that one state and no validation is needed. Any write
+        // on the ensemble (below `base` or not) sends it to the validated collect.
+        if reads.begin_bracketed() {
+            let mut known = BTreeMap::new();
+            self.read_changed_children(&mut reads, &mut known, vec![base.to_owned()])
+                .await?;
+            if reads.quiet() {
+                return Ok(Some(
+                    known
+                        .into_iter()
+                        .map(|(path, (data, stat))| (path, data, stat))
+                        .collect(),
+                ));
+            }
+        }
         // Every znode read (the base included) with its latest data and stat; the
         // children of one with children were listed after a read of that stat's
         // `pzxid` (and `czxid`).
@@ -1560,6 +1577,12 @@ struct Reads<'a> {
     served: Option<Option<u64>>,
     /// More than one session served them (or it cannot be told).
     mixed: bool,
+    /// Set by [`Reads::begin_bracketed`]: every wave carries a marker read of it.
+    marker: Option<String>,
+    /// The header zxid of the first request since `begin_bracketed`.
+    first_zxid: Option<i64>,
+    /// The marker zxid of the last wave (`None` once a wave went without one).
+    last_marker_zxid: Option<i64>,
 }
 
 impl<'a> Reads<'a> {
@@ -1574,6 +1597,9 @@ impl<'a> Reads<'a> {
             synced: None,
             served: None,
             mixed: false,
+            marker: None,
+            first_zxid: None,
+            last_marker_zxid: None,
         }
     }
 
@@ -1581,6 +1607,41 @@ impl<'a> Reads<'a> {
     fn begin(&mut self) {
         self.served = None;
         self.mixed = false;
+        self.marker = None;
+        self.first_zxid = None;
+        self.last_marker_zxid = None;
+    }
+
+    /// Starts a run of reads bracketed by zxids: each wave carries a marker read behind
+    /// its reads (`getChildren` of `/zookeeper`, a tiny answer, or a tiny error under a
+    /// chroot: either way a reply with a header), so that [`Reads::quiet`] can tell
+    /// whether the server applied any write during the run. Only the bulk reader
+    /// reports zxids; `false` (nothing started) without it.
+    fn begin_bracketed(&mut self) -> bool {
+        self.begin();
+        if self.reader.is_none() {
+            return false;
+        }
+        self.marker = Some("/zookeeper".to_owned());
+        true
+    }
+
+    /// True when the server applied no write between the first read since
+    /// [`Reads::begin_bracketed`] and the last wave's marker, all on one session: every
+    /// read of the run saw one and the same state.
+    fn quiet(&self) -> bool {
+        !self.mixed
+            && self.served.is_some_and(|s| s.is_some())
+            && self.first_zxid.is_some()
+            && self.first_zxid == self.last_marker_zxid
+    }
+
+    /// Notes a wave's zxids.
+    fn bracket<T>(&mut self, wave: &multiread::Wave<T>) {
+        if self.first_zxid.is_none() {
+            self.first_zxid = wave.first_zxid;
+        }
+        self.last_marker_zxid = wave.marker_zxid;
     }
 
     /// True when every read since `begin` was served by one session.
@@ -1606,14 +1667,20 @@ impl<'a> Reads<'a> {
     /// session (no reader, or it just failed).
     async fn via_reader<T>(
         &mut self,
-        read: impl AsyncFnOnce(&'a MultiReader, Option<&'a str>) -> Result<Vec<T>, multiread::ReadError>,
-    ) -> Option<Vec<T>> {
+        read: impl AsyncFnOnce(
+            &'a MultiReader,
+            Option<&'a str>,
+            Option<String>,
+        ) -> Result<multiread::Wave<T>, multiread::ReadError>,
+    ) -> Option<Vec<std::result::Result<T, ZkError>>> {
         let reader = self.reader?;
         // A session's first read syncs (a new session may lag behind the last one).
         let before = reader.generation();
         let sync = (self.synced != Some(before)).then_some(self.inner.kv_root.as_str());
-        match read(reader, sync).await {
-            Ok(results) => {
+        match read(reader, sync, self.marker.clone()).await {
+            Ok(wave) => {
+                self.bracket(&wave);
+                let results = wave.results;
                 let after = reader.generation();
                 // The session that served is known when none opened meanwhile, or when
                 // this read opened the reader's first one.
@@ -1635,8 +1702,9 @@ impl<'a> Reads<'a> {
     }
 
     async fn children(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultVec)> {
-        let read =
-            async |reader: &MultiReader, sync: Option<&str>| reader.children(sync, &paths).await;
+        let read = async |reader: &MultiReader, sync: Option<&str>, marker: Option<String>| {
+            reader.children_wave(sync, &paths, marker.as_deref()).await
+        };
         if let Some(results) = self.via_reader(read).await {
             return paths.into_iter().zip(results).collect();
         }
@@ -1650,7 +1718,9 @@ impl<'a> Reads<'a> {
     }
 
     async fn data(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultData)> {
-        let read = async |reader: &MultiReader, sync: Option<&str>| reader.data(sync, &paths).await;
+        let read = async |reader: &MultiReader, sync: Option<&str>, marker: Option<String>| {
+            reader.data_wave(sync, &paths, marker.as_deref()).await
+        };
         let inner = self.inner;
         if let Some(results) = self.via_reader(read).await {
             if let Some(reader) = self.reader {

@@ -29,11 +29,13 @@ use super::{ReadError, ReaderConfig};
 /// the main session (64 values of 1 MiB).
 const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 
-/// A reply: its error code and (when 0) its body.
+/// A reply: its error code, (when 0) its body, and the header's zxid: the last zxid
+/// the server had applied when it took up the request, before its operations ran.
 #[derive(Debug)]
 pub(super) struct Reply {
     pub(super) err: i32,
     pub(super) body: Vec<u8>,
+    pub(super) zxid: i64,
 }
 
 type ReplySender = oneshot::Sender<Result<Reply, ReadError>>;
@@ -296,7 +298,7 @@ async fn read_reply<R: AsyncRead + Unpin>(
         .filter(|n| *n >= 16)
         .ok_or_else(|| format!("bad frame length {len}"))?;
     let xid = stream.read_i32().await.map_err(io)?;
-    let _zxid = stream.read_i64().await.map_err(io)?;
+    let zxid = stream.read_i64().await.map_err(io)?;
     let err = stream.read_i32().await.map_err(io)?;
     let body_len = len - 16;
     if body_len > MAX_REPLY_BYTES {
@@ -311,7 +313,7 @@ async fn read_reply<R: AsyncRead + Unpin>(
     }
     let mut body = vec![0; body_len];
     stream.read_exact(&mut body).await.map_err(io)?;
-    Ok((xid, Ok(Reply { err, body })))
+    Ok((xid, Ok(Reply { err, body, zxid })))
 }
 
 /// Writes queued frames (several per flush when they pile up) and a ping after

@@ -99,6 +99,20 @@ struct State {
     next_addr: usize,
 }
 
+/// The answers of one wave of reads, with the zxids that bracket it: the header zxid of
+/// a reply is the last zxid the server had applied when it took the request up, before
+/// its operations ran. When the first request's and the marker's are equal, no write
+/// was applied on that server between the two, so every read in between saw one state.
+#[derive(Debug)]
+pub(crate) struct Wave<T> {
+    /// One result per path, in order.
+    pub(crate) results: Vec<ZkResult<T>>,
+    /// The header zxid of the wave's first request (`None` for an empty wave).
+    pub(crate) first_zxid: Option<i64>,
+    /// The header zxid of the marker sent behind the reads, when one was asked for.
+    pub(crate) marker_zxid: Option<i64>,
+}
+
 /// The bulk-read client of one backend: a lazily opened session of its own and counters
 /// of what it sent.
 pub(crate) struct MultiReader {
@@ -160,31 +174,47 @@ impl MultiReader {
         !self.unsupported.load(Ordering::Relaxed) && !self.closed.load(Ordering::Relaxed)
     }
 
-    /// `getChildren` of every path, after a `sync` of `sync` when given.
-    pub(crate) async fn children(
-        &self,
-        sync: Option<&str>,
-        paths: &[String],
-    ) -> Result<Vec<ZkResult<Vec<String>>>, ReadError> {
-        self.read::<Children>(sync, paths).await
-    }
-
     /// `getData` of every path, after a `sync` of `sync` when given.
     pub(crate) async fn data(
         &self,
         sync: Option<&str>,
         paths: &[String],
     ) -> Result<Vec<ZkResult<(Vec<u8>, Stat)>>, ReadError> {
-        self.read::<Data>(sync, paths).await
+        self.read::<Data>(sync, paths, None)
+            .await
+            .map(|wave| wave.results)
     }
 
-    /// Sends the optional `sync` and the multiReads of `paths` pipelined, as one wave;
-    /// one result per path, in order.
+    /// `getChildren` of every path, after a `sync` of `sync` when given, with the
+    /// wave's zxids and a marker read of `marker` pipelined behind it when given (see
+    /// [`Wave`]).
+    pub(crate) async fn children_wave(
+        &self,
+        sync: Option<&str>,
+        paths: &[String],
+        marker: Option<&str>,
+    ) -> Result<Wave<Vec<String>>, ReadError> {
+        self.read::<Children>(sync, paths, marker).await
+    }
+
+    /// [`MultiReader::data`] with the wave's zxids and an optional marker.
+    pub(crate) async fn data_wave(
+        &self,
+        sync: Option<&str>,
+        paths: &[String],
+        marker: Option<&str>,
+    ) -> Result<Wave<(Vec<u8>, Stat)>, ReadError> {
+        self.read::<Data>(sync, paths, marker).await
+    }
+
+    /// Sends the optional `sync`, the multiReads of `paths` and the optional marker
+    /// pipelined, as one wave; one result per path, in order.
     async fn read<K: ReadKind>(
         &self,
         sync: Option<&str>,
         paths: &[String],
-    ) -> Result<Vec<ZkResult<K::Out>>, ReadError> {
+        marker: Option<&str>,
+    ) -> Result<Wave<K::Out>, ReadError> {
         if !self.usable() {
             return Err(ReadError::Unsupported);
         }
@@ -208,8 +238,23 @@ impl MultiReader {
             self.requests.fetch_add(1, Ordering::Relaxed);
             sent.push((batch.len(), reply));
         }
+        // Taken up by the server after every read above (one session's requests are
+        // served in order): its header zxid closes the bracket.
+        let marked = match marker {
+            Some(path) => {
+                let reply = link.send(
+                    OP_MULTI_READ,
+                    &encode_multi_read(Children::OPCODE, &[path.to_owned()]),
+                )?;
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                Some(reply)
+            }
+            None => None,
+        };
+        let mut first_zxid = None;
         if let Some(reply) = synced {
             let reply = await_reply(link, reply, deadline).await?;
+            first_zxid = Some(reply.zxid);
             if reply.err != 0 {
                 return Err(ReadError::Unavailable(format!(
                     "sync failed: {}",
@@ -223,6 +268,7 @@ impl MultiReader {
                 Ok(reply) => reply,
                 Err(e) => return Err(self.connection_lost(e)),
             };
+            first_zxid.get_or_insert(reply.zxid);
             match reply.err {
                 0 => {}
                 ERR_UNIMPLEMENTED => return Err(self.unsupported()),
@@ -242,8 +288,19 @@ impl MultiReader {
                 }
             }
         }
+        let marker_zxid = match marked {
+            Some(reply) => match await_reply(link, reply, deadline).await {
+                Ok(reply) => Some(reply.zxid),
+                Err(e) => return Err(self.connection_lost(e)),
+            },
+            None => None,
+        };
         self.answered.store(true, Ordering::Relaxed);
-        Ok(out)
+        Ok(Wave {
+            results: out,
+            first_zxid,
+            marker_zxid,
+        })
     }
 
     /// The open session, or a new one (at most one connect pass per backoff period).
@@ -433,7 +490,10 @@ mod tests {
         let reader = reader(addr);
         let paths = ["/a".to_owned()];
         assert_eq!(
-            reader.children(Some("/"), &paths).await.unwrap_err(),
+            reader
+                .children_wave(Some("/"), &paths, None)
+                .await
+                .unwrap_err(),
             ReadError::Unsupported
         );
         assert!(!reader.usable());
