@@ -6,6 +6,8 @@
 #
 #   scripts/paired-loadgen.sh BASE_LOADGEN HEAD_LOADGEN [ROUNDS] > report.txt
 #
+# BACKENDS="etcd zookeeper" limits the backends; RAW=FILE keeps every run's JSON line.
+#
 # Build each loadgen with
 #   cargo build --release --all-features --example loadgen
 # in a checkout of each commit. The servers come from this checkout's `test_servers`
@@ -47,6 +49,7 @@ for round in $(seq "$rounds"); do
   done
 done
 
+if [[ -n ${RAW:-} ]]; then cp "$work/results" "$RAW"; fi
 python3 - "$work/results" <<'PY'
 import json, statistics, sys
 runs = {}

@@ -581,18 +581,18 @@ async fn digest_auth(server: &str) {
     );
     assert_eq!(alice2.get("private/k").await.unwrap().value, "hidden");
     // Listed through the bulk reader, whose session replays the credentials: sync +
-    // getChildren of kv, getData of private, getChildren of it, getData of private/k,
-    // each wave with its marker (a quiet ensemble: no validation needed).
+    // getChildren of kv, getData of private (+ marker), getChildren of it, getData of
+    // private/k (+ marker); a quiet ensemble: no validation needed.
     let (listed, req, waves) = counted(&alice2, alice2.list("")).await;
     assert_eq!(
         values(&listed.unwrap()),
         [("private/k".into(), "hidden".into())]
     );
-    assert_eq!((req, waves), (9, 4), "through the bulk reader");
-    // Refused per read inside the multiRead: sync + getChildren of kv and its marker.
+    assert_eq!((req, waves), (7, 4), "through the bulk reader");
+    // Refused per read inside the multiRead: sync + getChildren of kv.
     let (refused, req, _) = counted(&anonymous, anonymous.list("")).await;
     assert_eq!(kind(refused), ErrorKind::PermissionDenied);
-    assert_eq!(req, 3, "through the bulk reader");
+    assert_eq!(req, 2, "through the bulk reader");
     assert_eq!(kind(mallory.list("").await), ErrorKind::PermissionDenied);
 }
 
@@ -846,8 +846,8 @@ async fn pipelined_round_trips(addr: &str) {
 }
 
 /// A list sees the write its handle completed just before, every time (its reads go
-/// through the bulk reader's session, after a sync: 5 requests for a flat list, the
-/// snapshot's stat of the directory and validation included).
+/// through the bulk reader's session, after a sync: 4 requests for a flat list, the
+/// marker that shows it is a snapshot included).
 async fn list_reads_own_writes(addr: &str, root: &str) {
     let kv = connect(addr, root).await;
     for i in 0..200 {
@@ -860,7 +860,7 @@ async fn list_reads_own_writes(addr: &str, root: &str) {
         .unwrap();
         let (listed, req, _) = counted(&kv, kv.list("ryw")).await;
         let listed = listed.unwrap();
-        assert_eq!(req, 5, "through the bulk reader");
+        assert_eq!(req, 4, "through the bulk reader");
         assert_eq!(listed.len(), i + 1, "round {i}");
         assert_eq!(listed[i].key, format!("ryw/k{i:03}"));
         assert_eq!(listed[i].value, format!("{i}"));
@@ -959,10 +959,10 @@ async fn round_trips_match_the_docs(addr: &str) {
     assert_eq!(req, 2, "delete of a top-level key: getData, delete");
 
     // list and delete_tree: sync + one multiRead per level and kind of read. A list's
-    // waves each carry a marker read behind them: on a quiet ensemble the zxids of the
-    // first read and the last marker agree and the list is a snapshot as read (the
-    // validated collect of a busy ensemble is pinned by the pipelined case below).
-    list_round_trips(&kv, |_| (5, 2), (1_004, 3)).await;
+    // getData waves each carry a marker read behind them: on a quiet ensemble the
+    // zxids of the first read and the last marker agree and the list is a snapshot as
+    // read (the validated collect is pinned by the pipelined case below).
+    list_round_trips(&kv, |_| (4, 2), (1_004, 3)).await;
 
     // watch_tree: a value change costs one getData besides the put itself.
     let mut tree = kv.watch_tree("l100").await.unwrap();
@@ -977,9 +977,9 @@ async fn round_trips_match_the_docs(addr: &str) {
     let cost = kv.backend().stats().requests - before.requests;
     assert_eq!(
         cost,
-        2 + 5,
+        2 + 4,
         "a watched value change: setData + one getData, then the snapshot read of the \
-         state (sync + getData of the directory, getChildren, getData, validation)"
+         state (sync, getChildren, getData and its marker)"
     );
     drop(tree);
 
@@ -1121,10 +1121,11 @@ async fn restart_and_session_expiry() {
     );
     let (listed, req, _) = counted(&lister, lister.list("r")).await;
     assert_eq!(listed.unwrap().len(), 1);
-    // A snapshot: the directory's stat first and the validation last (docs/zookeeper.md).
+    // A snapshot: a marker behind the getData wave shows that nothing was written
+    // meanwhile (docs/zookeeper.md).
     assert_eq!(
-        req, 5,
-        "sync + 4 multiReads (getData of r, getChildren, getData, validation)"
+        req, 4,
+        "sync + 3 multiReads (getChildren, getData, the marker)"
     );
 
     // Down: a list fails as retryable (the reader's and the main session are gone).
@@ -1167,8 +1168,9 @@ async fn restart_and_session_expiry() {
                 values(&listed),
                 [("r/k".into(), "after".into()), ("r/new".into(), "n".into())]
             );
-            // sync + 4 multiReads (single requests on the main session would be 7).
-            if req == 5 {
+            // sync + 3 multiReads: getChildren, getData and its marker (the validated
+            // collect of single requests on the main session would be 7).
+            if req == 4 {
                 through_reader = true;
                 break;
             }
@@ -1490,8 +1492,8 @@ async fn ensemble_with_one_member_down() {
     let fresh = connect(&ensemble.connect_string(), "/kvkit-ensemble").await;
     let (listed, req, _) = counted(&fresh, fresh.list("e")).await;
     assert_eq!(listed.unwrap().len(), 3);
-    // sync + 4 multiReads: the directory's stat, getChildren, getData, validation.
-    assert_eq!(req, 5, "bulk reads go on with the first member down");
+    // sync + 3 multiReads: getChildren, getData and its marker.
+    assert_eq!(req, 4, "bulk reads go on with the first member down");
     fresh.close().await.unwrap();
     let other = connect(&ensemble.connect_string(), "/kvkit-ensemble").await;
     assert_eq!(other.get("e/k2").await.unwrap().value, "2");

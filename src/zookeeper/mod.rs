@@ -859,7 +859,10 @@ impl Zookeeper {
             let mut known = BTreeMap::new();
             self.read_changed_children(&mut reads, &mut known, vec![base.to_owned()])
                 .await?;
-            if reads.quiet() {
+            if !reads.one_wave() {
+                reads.close_bracket().await;
+            }
+            if reads.one_wave() || reads.quiet() {
                 return Ok(Some(
                     known
                         .into_iter()
@@ -1583,6 +1586,8 @@ struct Reads<'a> {
     first_zxid: Option<i64>,
     /// The marker zxid of the last wave (`None` once a wave went without one).
     last_marker_zxid: Option<i64>,
+    /// Waves through the bulk reader since `begin`.
+    bracketed_waves: usize,
 }
 
 impl<'a> Reads<'a> {
@@ -1600,6 +1605,7 @@ impl<'a> Reads<'a> {
             marker: None,
             first_zxid: None,
             last_marker_zxid: None,
+            bracketed_waves: 0,
         }
     }
 
@@ -1610,10 +1616,11 @@ impl<'a> Reads<'a> {
         self.marker = None;
         self.first_zxid = None;
         self.last_marker_zxid = None;
+        self.bracketed_waves = 0;
     }
 
-    /// Starts a run of reads bracketed by zxids: each wave carries a marker read behind
-    /// its reads (`getChildren` of `/zookeeper`, a tiny answer, or a tiny error under a
+    /// Starts a run of reads bracketed by zxids: each `getData` wave carries a marker
+    /// read behind its reads (`getChildren` of `/zookeeper`, a tiny answer, or a tiny error under a
     /// chroot: either way a reply with a header), so that [`Reads::quiet`] can tell
     /// whether the server applied any write during the run. Only the bulk reader
     /// reports zxids; `false` (nothing started) without it.
@@ -1642,6 +1649,27 @@ impl<'a> Reads<'a> {
             self.first_zxid = wave.first_zxid;
         }
         self.last_marker_zxid = wave.marker_zxid;
+        self.bracketed_waves += 1;
+    }
+
+    /// True when the run since [`Reads::begin_bracketed`] was one wave: a single
+    /// `getChildren` of the base (it had no kvkit children), atomic on its own.
+    fn one_wave(&self) -> bool {
+        self.bracketed_waves == 1 && self.served.is_some_and(|s| s.is_some()) && !self.mixed
+    }
+
+    /// Sends a marker on its own when the run's last wave went without one (it was a
+    /// `getChildren` wave), so that [`Reads::quiet`] can decide.
+    async fn close_bracket(&mut self) {
+        if self.marker.is_none() || self.last_marker_zxid.is_some() || self.mixed {
+            return;
+        }
+        let read = async |reader: &MultiReader, sync: Option<&str>, marker: Option<String>| {
+            reader.data_wave(sync, &[], marker.as_deref()).await
+        };
+        if self.via_reader(read).await.is_none() {
+            self.mixed = true;
+        }
     }
 
     /// True when every read since `begin` was served by one session.
@@ -1702,8 +1730,9 @@ impl<'a> Reads<'a> {
     }
 
     async fn children(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultVec)> {
-        let read = async |reader: &MultiReader, sync: Option<&str>, marker: Option<String>| {
-            reader.children_wave(sync, &paths, marker.as_deref()).await
+        // No marker: a walk rarely ends on a getChildren wave (`close_bracket` then).
+        let read = async |reader: &MultiReader, sync: Option<&str>, _marker: Option<String>| {
+            reader.children_wave(sync, &paths, None).await
         };
         if let Some(results) = self.via_reader(read).await {
             return paths.into_iter().zip(results).collect();
