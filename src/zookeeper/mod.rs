@@ -683,18 +683,14 @@ impl Zookeeper {
                 .await
             {
                 Ok(stat) => {
-                    inner.wrote_on_main();
-                    inner.saw_on_main(&stat);
-                    return Ok(pair(inner.encoding, key.as_str(), &data, &stat));
+                    return Ok(inner.written(key.as_str(), &data, &stat));
                 }
                 Err(ZkError::NoNode) => {}
                 Err(e) => return Err(self.map_err(e)),
             }
             match inner.create_with_parents(&path, data.clone(), mode).await {
                 Ok(stat) => {
-                    inner.wrote_on_main();
-                    inner.saw_on_main(&stat);
-                    return Ok(pair(inner.encoding, key.as_str(), &data, &stat));
+                    return Ok(inner.written(key.as_str(), &data, &stat));
                 }
                 Err(ZkError::NodeExists) => continue,
                 Err(e) => return Err(self.map_err(e)),
@@ -1174,6 +1170,14 @@ impl Inner {
     pub(crate) fn wrote_on_main(&self) {
         let reader = self.seen_reader.load(Ordering::Relaxed);
         self.seen_main.fetch_max(reader, Ordering::Relaxed);
+    }
+
+    /// A write of `data` to `key` on the main session returned `stat`: notes it for
+    /// monotonic reads and returns the written pair.
+    fn written(&self, key: &str, data: &[u8], stat: &Stat) -> KvPair {
+        self.wrote_on_main();
+        self.saw_on_main(stat);
+        pair(self.encoding, key, data, stat)
     }
 
     /// Monotonic reads across the two sessions of a handle. A `list` reads on the bulk
@@ -1847,14 +1851,7 @@ impl Backend for Zookeeper {
                     .await
                 {
                     Ok(stat) => {
-                        inner.wrote_on_main();
-                        inner.saw_on_main(&stat);
-                        return Ok(Cas::Applied(pair(
-                            inner.encoding,
-                            key.as_str(),
-                            &data,
-                            &stat,
-                        )));
+                        return Ok(Cas::Applied(inner.written(key.as_str(), &data, &stat)));
                     }
                     Err(ZkError::NodeExists) => {}
                     Err(e) => return Err(self.map_err(e)),
@@ -1886,14 +1883,7 @@ impl Backend for Zookeeper {
                 .await
             {
                 Ok(stat) => {
-                    inner.wrote_on_main();
-                    inner.saw_on_main(&stat);
-                    return Ok(Cas::Applied(pair(
-                        inner.encoding,
-                        key.as_str(),
-                        &data,
-                        &stat,
-                    )));
+                    return Ok(Cas::Applied(inner.written(key.as_str(), &data, &stat)));
                 }
                 // Changed since the read: read again and decide on the new state.
                 Err(ZkError::BadVersion | ZkError::NoNode) => continue,
