@@ -599,7 +599,7 @@ impl Backend for Consul {
     }
 
     /// Keeps keys other tools wrote in a form kvkit never writes; see
-    /// [`Inner::delete_own_keys_below`].
+    /// `Inner::delete_own_keys_below`.
     async fn delete_range(&self, dir: &Dir) -> Result<()> {
         self.inner.delete_own_keys_below(dir, false).await
     }

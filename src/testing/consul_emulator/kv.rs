@@ -4,7 +4,7 @@
 //!
 //! Emulates <https://developer.hashicorp.com/consul/api-docs/kv>, as summed up (with
 //! the server code's corrections) in `shared/reference/consul-http-api.md`, "KV
-//! entries", "GET/PUT/DELETE /v1/kv/<key>". The lock rules behind `acquire` and
+//! entries", `GET/PUT/DELETE /v1/kv/<key>`. The lock rules behind `acquire` and
 //! `release` are the session's, in [`super::state`].
 
 use std::collections::BTreeSet;
