@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Paired throughput comparison of two kvkit builds: runs `loadgen` from a BASE and a
 # HEAD build against the same servers, alternating which goes first each round, and
-# prints the median ops/s of each and the ratio HEAD/BASE per backend, operation and
-# concurrency (below 0.97 = more than 3 % slower). Needs python3.
+# prints the median ops/s of each and, per backend, operation and concurrency, the
+# median and range of the per-round ratios HEAD/BASE (median below 0.97 is flagged).
+# Needs python3.
 #
 #   scripts/paired-loadgen.sh BASE_LOADGEN HEAD_LOADGEN [ROUNDS] > report.txt
 #
@@ -56,10 +57,15 @@ runs = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
     runs.setdefault((r["backend"], r["op"], r["concurrency"]), {}).setdefault(r["version"], []).append(r["ops_per_s"])
-print(f"{'backend':<10} {'op':<5} {'c':>3} {'base ops/s':>12} {'head ops/s':>12} {'head/base':>9}")
+# Round i of BASE pairs with round i of HEAD: the median of those ratios, and their range.
+print(f"{'backend':<10} {'op':<5} {'c':>3} {'base ops/s':>12} {'head ops/s':>12} {'paired head/base':>17} {'range':>11}")
 for (backend, op, c), v in runs.items():
-    b, h = statistics.median(v.get("base", [0])), statistics.median(v.get("head", [0]))
-    ratio = h / b if b else float("nan")
-    flag = "  < 0.97" if ratio < 0.97 else ""
-    print(f"{backend:<10} {op:<5} {c:>3} {b:>12.0f} {h:>12.0f} {ratio:>9.3f}{flag}")
+    base, head = v.get("base", []), v.get("head", [])
+    ratios = [h / b for h, b in zip(head, base) if b]
+    if not ratios:
+        continue
+    med = statistics.median(ratios)
+    flag = "  < 0.97" if med < 0.97 else ""
+    print(f"{backend:<10} {op:<5} {c:>3} {statistics.median(base):>12.0f} {statistics.median(head):>12.0f}"
+          f" {med:>17.3f} {min(ratios):>5.2f}-{max(ratios):<5.2f}{flag}")
 PY
