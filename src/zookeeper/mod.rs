@@ -697,9 +697,7 @@ impl Backend for Zookeeper {
     }
 
     async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
-        let inner = &self.inner;
-        let mut out = Vec::new();
-        let base = inner.dir_path(dir);
+        let base = self.inner.dir_path(dir);
         let nodes = self
             .read_snapshot(&base)
             .await
@@ -713,20 +711,7 @@ impl Backend for Zookeeper {
                     ),
                 )
             })?;
-        for (path, data, stat) in nodes {
-            let Some(key) = inner.key_of(&path) else {
-                continue;
-            };
-            match inner.decode_node(key, data, stat) {
-                Node::Value { pair, .. } => out.push(pair),
-                Node::Empty {
-                    expired_mzxid: Some(version),
-                    ..
-                } => self.collect_expired(path, version),
-                _ => {}
-            }
-        }
-        Ok(out)
+        Ok(self.snapshot_pairs(nodes).0)
     }
 
     async fn delete_range(&self, dir: &Dir) -> Result<()> {

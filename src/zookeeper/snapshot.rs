@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use zookeeper_async::{Stat, ZkError};
 
 use super::multiread::{self, MultiReader};
-use super::{Inner, ZkResultData, ZkResultVec, Zookeeper};
+use super::{Inner, Node, ZkResultData, ZkResultVec, Zookeeper};
+use crate::backend::KvPair;
 
 /// Most validation rounds of one snapshot read before it gives up (it gives up sooner
 /// when the request timeout has passed).
@@ -16,6 +17,18 @@ const SNAPSHOT_ROUNDS: usize = 1_000;
 
 /// One kvkit znode of a snapshot read: its path, data and stat.
 pub(crate) type SnapshotNode = (String, Vec<u8>, Stat);
+
+/// The marker read behind a bracketed wave: `getChildren` of `/zookeeper`, a tiny
+/// answer (or a tiny error under a chroot: either way a reply with a header).
+const MARKER_PATH: &str = "/zookeeper";
+
+/// The znodes read, in path order, without the data they were read with.
+fn into_nodes(known: BTreeMap<String, (Vec<u8>, Stat)>) -> Vec<SnapshotNode> {
+    known
+        .into_iter()
+        .map(|(path, (data, stat))| (path, data, stat))
+        .collect()
+}
 
 /// What identifies one state of a znode: created at `czxid`, data last written at
 /// `mzxid`, children last created or deleted at `pzxid`.
@@ -38,10 +51,49 @@ fn forget_subtree(known: &mut BTreeMap<String, (Vec<u8>, Stat)>, path: &str) {
 }
 
 impl Zookeeper {
+    /// The pairs of a snapshot read (what `list` returns and `watch_tree` yields) and
+    /// the earliest TTL deadline among them (server clock, ms); expired values met on
+    /// the way are collected.
+    pub(crate) fn snapshot_pairs(&self, nodes: Vec<SnapshotNode>) -> (Vec<KvPair>, Option<i64>) {
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        let mut deadline: Option<i64> = None;
+        for (path, data, stat) in nodes {
+            let Some(key) = inner.key_of(&path) else {
+                continue;
+            };
+            match inner.decode_node(key, data, stat) {
+                Node::Value {
+                    pair, deadline_ms, ..
+                } => {
+                    if let Some(d) = deadline_ms {
+                        deadline = Some(deadline.map_or(d, |old: i64| old.min(d)));
+                    }
+                    out.push(pair);
+                }
+                Node::Empty {
+                    expired_mzxid: Some(version),
+                    ..
+                } => self.collect_expired(path, version),
+                _ => {}
+            }
+        }
+        (out, deadline)
+    }
+
     /// Every kvkit znode strictly below `base` with its data and stat, in path order,
     /// as one atomic snapshot of the tree: the state it had at one instant during the
     /// call. ZooKeeper has no snapshot read across requests (and does not promise that
-    /// a multiRead is atomic), so this is a double collect validated by zxids: the tree
+    /// a multiRead is atomic).
+    ///
+    /// The quiet case first, on the bulk reader: the tree is read level by level as
+    /// before, with a marker read behind each `getData` wave (see [`Reads::quiet`]).
+    /// When the zxid of the first read's reply equals the last marker's, the server
+    /// applied no write in between, so every read saw one state and that walk is the
+    /// snapshot: no more waves than a plain walk, and one tiny request per level.
+    ///
+    /// Otherwise (a write anywhere on the ensemble meanwhile, a reconnect, or no bulk
+    /// reader) it is a double collect validated by zxids: the tree
     /// is read level by level (a directory's stat before its `getChildren`), then every
     /// visited znode is read again. A znode's `mzxid` changes with every write of its
     /// data (a delete and re-create too) and its `pzxid` with every child created or
@@ -61,8 +113,8 @@ impl Zookeeper {
     /// The validation reads the last level again too: a level's reads are several
     /// operations (a multiRead is not promised atomic), so a znode read early in the
     /// last level may have changed before a later one was read, which only a read
-    /// after all of them shows. The cost when nothing changes: one wave for the base's
-    /// stat and one for the validation, on top of the level-by-level reads.
+    /// after all of them shows. Its cost when nothing changes during it: one wave for
+    /// the base's stat and one for the validation, on top of the level-by-level reads.
     ///
     /// `None`: the tree kept changing through every round.
     pub(crate) async fn read_snapshot(
@@ -71,10 +123,6 @@ impl Zookeeper {
     ) -> std::result::Result<Option<Vec<SnapshotNode>>, ZkError> {
         let inner = &self.inner;
         let mut reads = Reads::new(inner);
-        // The quiet case first: read the tree level by level as one bracketed run; when
-        // the server applied no write between its first read and its last wave's
-        // marker, every read saw that one state and no validation is needed. Any write
-        // on the ensemble (below `base` or not) sends it to the validated collect.
         if reads.begin_bracketed() {
             let mut known = BTreeMap::new();
             self.read_changed_children(&mut reads, &mut known, vec![base.to_owned()])
@@ -83,12 +131,7 @@ impl Zookeeper {
                 reads.close_bracket().await;
             }
             if reads.one_wave() || reads.quiet() {
-                return Ok(Some(
-                    known
-                        .into_iter()
-                        .map(|(path, (data, stat))| (path, data, stat))
-                        .collect(),
-                ));
+                return Ok(Some(into_nodes(known)));
             }
         }
         // Every znode read (the base included) with its latest data and stat; the
@@ -149,12 +192,7 @@ impl Zookeeper {
             }
             if !changed {
                 known.remove(base);
-                return Ok(Some(
-                    known
-                        .into_iter()
-                        .map(|(path, (data, stat))| (path, data, stat))
-                        .collect(),
-                ));
+                return Ok(Some(into_nodes(known)));
             }
             self.read_changed_children(&mut reads, &mut known, relist)
                 .await?;
@@ -238,8 +276,8 @@ pub(super) struct Reads<'a> {
     served: Option<Option<u64>>,
     /// More than one session served them (or it cannot be told).
     mixed: bool,
-    /// Set by [`Reads::begin_bracketed`]: every wave carries a marker read of it.
-    marker: Option<String>,
+    /// Set by [`Reads::begin_bracketed`]: every `getData` wave carries a marker read.
+    bracketed: bool,
     /// The header zxid of the first request since `begin_bracketed`.
     first_zxid: Option<i64>,
     /// The marker zxid of the last wave (`None` once a wave went without one).
@@ -260,7 +298,7 @@ impl<'a> Reads<'a> {
             synced: None,
             served: None,
             mixed: false,
-            marker: None,
+            bracketed: false,
             first_zxid: None,
             last_marker_zxid: None,
             bracketed_waves: 0,
@@ -271,34 +309,34 @@ impl<'a> Reads<'a> {
     fn begin(&mut self) {
         self.served = None;
         self.mixed = false;
-        self.marker = None;
+        self.bracketed = false;
         self.first_zxid = None;
         self.last_marker_zxid = None;
         self.bracketed_waves = 0;
     }
 
     /// Starts a run of reads bracketed by zxids: each `getData` wave carries a marker
-    /// read behind its reads (`getChildren` of `/zookeeper`, a tiny answer, or a tiny error under a
-    /// chroot: either way a reply with a header), so that [`Reads::quiet`] can tell
+    /// read ([`MARKER_PATH`]) behind its reads, so that [`Reads::quiet`] can tell
     /// whether the server applied any write during the run. Only the bulk reader
     /// reports zxids; `false` (nothing started) without it.
     fn begin_bracketed(&mut self) -> bool {
         self.begin();
-        if self.reader.is_none() {
-            return false;
-        }
-        self.marker = Some("/zookeeper".to_owned());
-        true
+        self.bracketed = self.reader.is_some();
+        self.bracketed
     }
 
     /// True when the server applied no write between the first read since
     /// [`Reads::begin_bracketed`] and the last wave's marker, all on one session: every
     /// read of the run saw one and the same state.
     fn quiet(&self) -> bool {
-        !self.mixed
-            && self.served.is_some_and(|s| s.is_some())
+        self.all_on_reader()
             && self.first_zxid.is_some()
             && self.first_zxid == self.last_marker_zxid
+    }
+
+    /// Every read since `begin` went through one session of the bulk reader.
+    fn all_on_reader(&self) -> bool {
+        !self.mixed && self.served.is_some_and(|s| s.is_some())
     }
 
     /// Notes a wave's zxids.
@@ -313,17 +351,17 @@ impl<'a> Reads<'a> {
     /// True when the run since [`Reads::begin_bracketed`] was one wave: a single
     /// `getChildren` of the base (it had no kvkit children), atomic on its own.
     fn one_wave(&self) -> bool {
-        self.bracketed_waves == 1 && self.served.is_some_and(|s| s.is_some()) && !self.mixed
+        self.bracketed_waves == 1 && self.all_on_reader()
     }
 
     /// Sends a marker on its own when the run's last wave went without one (it was a
     /// `getChildren` wave), so that [`Reads::quiet`] can decide.
     async fn close_bracket(&mut self) {
-        if self.marker.is_none() || self.last_marker_zxid.is_some() || self.mixed {
+        if !self.bracketed || self.last_marker_zxid.is_some() || self.mixed {
             return;
         }
-        let read = async |reader: &MultiReader, sync: Option<&str>, marker: Option<String>| {
-            reader.data_wave(sync, &[], marker.as_deref()).await
+        let read = async |reader: &MultiReader, sync: Option<&str>, marker: Option<&str>| {
+            reader.data_wave(sync, &[], marker).await
         };
         if self.via_reader(read).await.is_none() {
             self.mixed = true;
@@ -356,14 +394,14 @@ impl<'a> Reads<'a> {
         read: impl AsyncFnOnce(
             &'a MultiReader,
             Option<&'a str>,
-            Option<String>,
+            Option<&'static str>,
         ) -> Result<multiread::Wave<T>, multiread::ReadError>,
     ) -> Option<Vec<std::result::Result<T, ZkError>>> {
         let reader = self.reader?;
         // A session's first read syncs (a new session may lag behind the last one).
         let before = reader.generation();
         let sync = (self.synced != Some(before)).then_some(self.inner.kv_root.as_str());
-        match read(reader, sync, self.marker.clone()).await {
+        match read(reader, sync, self.bracketed.then_some(MARKER_PATH)).await {
             Ok(wave) => {
                 self.bracket(&wave);
                 let results = wave.results;
@@ -389,7 +427,7 @@ impl<'a> Reads<'a> {
 
     pub(super) async fn children(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultVec)> {
         // No marker: a walk rarely ends on a getChildren wave (`close_bracket` then).
-        let read = async |reader: &MultiReader, sync: Option<&str>, _marker: Option<String>| {
+        let read = async |reader: &MultiReader, sync: Option<&str>, _marker: Option<&str>| {
             reader.children_wave(sync, &paths, None).await
         };
         if let Some(results) = self.via_reader(read).await {
@@ -405,8 +443,8 @@ impl<'a> Reads<'a> {
     }
 
     pub(super) async fn data(&mut self, paths: Vec<String>) -> Vec<(String, ZkResultData)> {
-        let read = async |reader: &MultiReader, sync: Option<&str>, marker: Option<String>| {
-            reader.data_wave(sync, &paths, marker.as_deref()).await
+        let read = async |reader: &MultiReader, sync: Option<&str>, marker: Option<&str>| {
+            reader.data_wave(sync, &paths, marker).await
         };
         let inner = self.inner;
         if let Some(results) = self.via_reader(read).await {

@@ -7,7 +7,7 @@
 //! and yields the new state when it differs from the last one yielded. A TTL value makes
 //! the task wake up at its deadline too, so expiry is seen without a write.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -259,22 +259,19 @@ impl Watched for OneKey {
 struct Tree {
     dir: Dir,
     base: String,
-    /// Every known znode strictly below `base`, by path (path order is key order).
-    nodes: BTreeMap<String, Entry>,
+    /// Every known znode strictly below `base` (its watches are armed; its state is
+    /// read by the snapshot), by path (path order is key order).
+    nodes: BTreeSet<String>,
     full: bool,
     dirty: HashSet<Fired>,
 }
-
-/// A znode of the cache (its watches are armed; its state is read by the snapshot).
-#[derive(Clone, Debug)]
-struct Entry;
 
 impl Tree {
     fn new(backend: &Zookeeper, dir: Dir) -> Self {
         Tree {
             base: backend.inner().dir_path(&dir),
             dir,
-            nodes: BTreeMap::new(),
+            nodes: BTreeSet::new(),
             full: true,
             dirty: HashSet::new(),
         }
@@ -283,16 +280,16 @@ impl Tree {
     fn remove_subtree(&mut self, path: &str) {
         let below = format!("{path}/");
         self.nodes
-            .retain(|known, _| known != path && !known.starts_with(&below));
+            .retain(|known| known != path && !known.starts_with(&below));
     }
 
     fn cached_children(&self, parent: &str) -> Vec<String> {
         let below = format!("{parent}/");
         self.nodes
             .range(below.clone()..)
-            .take_while(|(path, _)| path.starts_with(&below))
-            .filter(|(path, _)| !path[below.len()..].contains('/'))
-            .map(|(path, _)| path.clone())
+            .take_while(|path| path.starts_with(&below))
+            .filter(|path| !path[below.len()..].contains('/'))
+            .cloned()
             .collect()
     }
 
@@ -341,7 +338,7 @@ impl Tree {
         let mut rereads = Vec::new();
         let mut relists = Vec::new();
         for (path, kind) in dirty {
-            let known = path == self.base || self.nodes.contains_key(&path);
+            let known = path == self.base || self.nodes.contains(&path);
             match kind {
                 // The exists watch on a missing directory fired (the directory's own
                 // value is not part of the tree).
@@ -355,21 +352,19 @@ impl Tree {
             return Ok(());
         }
         // Changed values, all pipelined.
-        let read: Vec<(String, std::result::Result<Option<Entry>, ZkError>)> =
-            stream::iter(rereads)
-                .map(|path| async move {
-                    let entry = read_entry(backend, arm, &path).await;
-                    (path, entry)
-                })
-                .buffered(super::PIPELINE_WINDOW)
-                .collect()
-                .await;
-        for (path, entry) in read {
-            match entry? {
-                Some(entry) => {
-                    self.nodes.insert(path, entry);
-                }
-                None => self.remove_subtree(&path),
+        let read: Vec<(String, std::result::Result<bool, ZkError>)> = stream::iter(rereads)
+            .map(|path| async move {
+                let exists = read_entry(backend, arm, &path).await;
+                (path, exists)
+            })
+            .buffered(super::PIPELINE_WINDOW)
+            .collect()
+            .await;
+        for (path, exists) in read {
+            if exists? {
+                self.nodes.insert(path);
+            } else {
+                self.remove_subtree(&path);
             }
         }
         // Changed child lists, all pipelined; then the new children's subtrees.
@@ -396,7 +391,7 @@ impl Tree {
                 }
                 Err(e) => return Err(e),
             };
-            if parent != self.base && !self.nodes.contains_key(&parent) {
+            if parent != self.base && !self.nodes.contains(&parent) {
                 continue; // removed meanwhile by another event of this round
             }
             let now: HashSet<String> = children.into_iter().collect();
@@ -406,7 +401,7 @@ impl Tree {
                 }
             }
             for path in now {
-                if !self.nodes.contains_key(&path) {
+                if !self.nodes.contains(&path) {
                     new_paths.push(path);
                 }
             }
@@ -425,33 +420,11 @@ impl Tree {
         &self,
         backend: &Zookeeper,
     ) -> std::result::Result<Snapshot<Vec<KvPair>>, ZkError> {
-        let inner = backend.inner();
         let nodes = backend
             .read_snapshot(&self.base)
             .await?
             .ok_or(ZkError::OperationTimeout)?;
-        let mut out = Vec::new();
-        let mut deadline: Option<i64> = None;
-        for (path, data, stat) in nodes {
-            let Some(key) = inner.key_of(&path) else {
-                continue;
-            };
-            match inner.decode_node(key, data, stat) {
-                Node::Value {
-                    pair, deadline_ms, ..
-                } => {
-                    if let Some(d) = deadline_ms {
-                        deadline = Some(deadline.map_or(d, |old: i64| old.min(d)));
-                    }
-                    out.push(pair);
-                }
-                Node::Empty {
-                    expired_mzxid: Some(version),
-                    ..
-                } => backend.collect_expired(path, version),
-                _ => {}
-            }
-        }
+        let (out, deadline) = backend.snapshot_pairs(nodes);
         debug_assert!(out.iter().all(|p| self.dir.contains(&p.key)));
         Ok((out, deadline))
     }
@@ -516,16 +489,17 @@ async fn list_children(
     })
 }
 
-/// One znode of the tree, leaving a data watch unless one is armed; `None` when it is
-/// gone (its creation is seen by its parent's child watch, so no exists watch).
+/// Reads one znode of the tree, leaving a data watch unless one is armed; false when
+/// it is gone (its creation is seen by its parent's child watch, so no exists watch)
+/// or not a kvkit key.
 async fn read_entry(
     backend: &Zookeeper,
     arm: &Arm,
     path: &str,
-) -> std::result::Result<Option<Entry>, ZkError> {
+) -> std::result::Result<bool, ZkError> {
     let inner = backend.inner();
     if inner.key_of(path).is_none() {
-        return Ok(None);
+        return Ok(false);
     }
     let watch = arm.claim(path, Kind::Data);
     let result = inner.call(|| inner.zk().get_data(path, watch)).await;
@@ -533,15 +507,15 @@ async fn read_entry(
         arm.unmark(path, Kind::Data);
     }
     match result {
-        Ok(_) => Ok(Some(Entry)),
-        Err(ZkError::NoNode) => Ok(None),
+        Ok(_) => Ok(true),
+        Err(ZkError::NoNode) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
 type ScanRead = (
     String,
-    std::result::Result<Option<Entry>, ZkError>,
+    std::result::Result<bool, ZkError>,
     std::result::Result<Vec<String>, ZkError>,
 );
 
@@ -551,7 +525,7 @@ async fn scan_nodes(
     backend: &Zookeeper,
     arm: &Arm,
     paths: Vec<String>,
-) -> std::result::Result<Vec<(String, Entry)>, ZkError> {
+) -> std::result::Result<Vec<String>, ZkError> {
     let mut out = Vec::new();
     let inner = backend.inner();
     // Znodes that do not spell a kvkit key (another tool's) are not watched at all.
@@ -562,18 +536,20 @@ async fn scan_nodes(
     while !level.is_empty() {
         let reads: Vec<ScanRead> = stream::iter(level)
             .map(|path| async move {
-                let (entry, children) = futures::join!(
+                let (exists, children) = futures::join!(
                     read_entry(backend, arm, &path),
                     list_children(backend, arm, &path)
                 );
-                (path, entry, children)
+                (path, exists, children)
             })
             .buffered(super::PIPELINE_WINDOW / 2)
             .collect()
             .await;
         level = Vec::new();
-        for (path, entry, children) in reads {
-            let Some(entry) = entry? else { continue };
+        for (path, exists, children) in reads {
+            if !exists? {
+                continue;
+            }
             match children {
                 Ok(children) => {
                     level.extend(children.into_iter().filter(|c| inner.key_of(c).is_some()));
@@ -581,7 +557,7 @@ async fn scan_nodes(
                 Err(ZkError::NoNode) => continue,
                 Err(e) => return Err(e),
             }
-            out.push((path, entry));
+            out.push(path);
         }
     }
     Ok(out)

@@ -222,33 +222,32 @@ impl MultiReader {
         let link = &session.link;
         let deadline = Instant::now() + self.config.request_timeout;
         self.waves.fetch_add(1, Ordering::Relaxed);
+        // Every request of the wave is counted as it is sent.
+        let send = |opcode: i32, body: &[u8]| {
+            let reply = link.send(opcode, body)?;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, ReadError>(reply)
+        };
         let synced = match sync {
             Some(path) => {
                 let mut body = Vec::with_capacity(4 + path.len());
                 put_buffer(&mut body, path.as_bytes());
-                let reply = link.send(OP_SYNC, &body)?;
-                self.requests.fetch_add(1, Ordering::Relaxed);
-                Some(reply)
+                Some(send(OP_SYNC, &body)?)
             }
             None => None,
         };
         let mut sent = Vec::new();
         for batch in batches(paths) {
-            let reply = link.send(OP_MULTI_READ, &encode_multi_read(K::OPCODE, batch))?;
-            self.requests.fetch_add(1, Ordering::Relaxed);
+            let reply = send(OP_MULTI_READ, &encode_multi_read(K::OPCODE, batch))?;
             sent.push((batch.len(), reply));
         }
         // Taken up by the server after every read above (one session's requests are
         // served in order): its header zxid closes the bracket.
         let marked = match marker {
-            Some(path) => {
-                let reply = link.send(
-                    OP_MULTI_READ,
-                    &encode_multi_read(Children::OPCODE, &[path.to_owned()]),
-                )?;
-                self.requests.fetch_add(1, Ordering::Relaxed);
-                Some(reply)
-            }
+            Some(path) => Some(send(
+                OP_MULTI_READ,
+                &encode_multi_read(Children::OPCODE, &[path.to_owned()]),
+            )?),
             None => None,
         };
         let mut first_zxid = None;
