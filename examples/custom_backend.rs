@@ -274,7 +274,7 @@ impl Backend for Sqlite {
         .await
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         let bounds = below(dir);
         self.run(move |conn, now| {
             let (low, high) = bounds.unwrap_or_default();
@@ -291,7 +291,7 @@ impl Backend for Sqlite {
         .await
     }
 
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
         let bounds = below(dir);
         self.run(move |conn, now| {
             let (low, high) = bounds.unwrap_or_default();

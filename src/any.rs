@@ -203,12 +203,12 @@ impl Backend for AnyBackend {
         dispatch!(AnyBackend, self, b => b.compare_and_delete(key, index).await)
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
-        dispatch!(AnyBackend, self, b => b.range(dir).await)
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+        dispatch!(AnyBackend, self, b => b.scan_below(dir).await)
     }
 
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
-        dispatch!(AnyBackend, self, b => b.delete_range(dir).await)
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
+        dispatch!(AnyBackend, self, b => b.delete_below(dir).await)
     }
 
     async fn watch(&self, key: &Key<'_>) -> Result<AnyWatch> {

@@ -204,10 +204,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// Every pair strictly below `dir` (keys starting with [`Dir::child_prefix`]),
     /// recursively, in any order.
-    fn range(&self, dir: &Dir) -> impl Future<Output = Result<Vec<KvPair>>> + Send;
+    fn scan_below(&self, dir: &Dir) -> impl Future<Output = Result<Vec<KvPair>>> + Send;
 
     /// Deletes every key strictly below `dir`; `dir` itself is kept.
-    fn delete_range(&self, dir: &Dir) -> impl Future<Output = Result<()>> + Send;
+    fn delete_below(&self, dir: &Dir) -> impl Future<Output = Result<()>> + Send;
 
     /// Watches one key; see [`crate::Kv::watch`] for the guarantees.
     fn watch(&self, key: &Key<'_>) -> impl Future<Output = Result<Self::Watch>> + Send;
@@ -325,20 +325,20 @@ pub mod derived {
         Ok(backend.get(key).await?.is_some())
     }
 
-    /// `range`, restricted to strict descendants of `dir` and sorted by key, so a
+    /// `scan_below`, restricted to strict descendants of `dir` and sorted by key, so a
     /// backend's raw prefix match can never leak a sibling such as `dir2/x`.
     pub async fn list<B: Backend>(backend: &B, dir: &Dir) -> Result<Vec<KvPair>> {
-        let mut pairs = backend.range(dir).await?;
+        let mut pairs = backend.scan_below(dir).await?;
         pairs.retain(|pair| dir.contains(&pair.key));
         pairs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         Ok(pairs)
     }
 
-    /// `delete` of `dir` itself, then `delete_range` below it.
+    /// `delete` of `dir` itself, then `delete_below` below it.
     pub async fn delete_tree<B: Backend>(backend: &B, dir: &Dir) -> Result<()> {
         if let Some(key) = dir.as_key() {
             backend.delete(&key).await?;
         }
-        backend.delete_range(dir).await
+        backend.delete_below(dir).await
     }
 }

@@ -1,7 +1,7 @@
 //! Watches for backends that have no change feed: a generic polling adapter.
 //!
 //! A backend that implements only the storage primitives (`get`, `put`, `delete`,
-//! `compare_and_put`, `compare_and_delete`, `range`, `delete_range`) gets its
+//! `compare_and_put`, `compare_and_delete`, `scan_below`, `delete_below`) gets its
 //! [`Backend::watch`] and [`Backend::watch_tree`] from [`watch`] and [`watch_tree`],
 //! and its locks from [`crate::recipe::CasLock`]:
 //!

@@ -122,13 +122,13 @@ impl Backend for StorageOnly {
         self.inner.compare_and_delete(key, index).await
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         self.before_read()?;
-        self.inner.range(dir).await
+        self.inner.scan_below(dir).await
     }
 
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
-        self.inner.delete_range(dir).await
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
+        self.inner.delete_below(dir).await
     }
 
     async fn watch(&self, key: &Key<'_>) -> Result<Self::Watch> {

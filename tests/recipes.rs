@@ -144,11 +144,11 @@ impl kvkit::Backend for GlitchyWatches {
     ) -> kvkit::Result<kvkit::Cas<()>> {
         self.0.compare_and_delete(key, index).await
     }
-    async fn range(&self, dir: &kvkit::Dir) -> kvkit::Result<Vec<kvkit::KvPair>> {
-        self.0.range(dir).await
+    async fn scan_below(&self, dir: &kvkit::Dir) -> kvkit::Result<Vec<kvkit::KvPair>> {
+        self.0.scan_below(dir).await
     }
-    async fn delete_range(&self, dir: &kvkit::Dir) -> kvkit::Result<()> {
-        self.0.delete_range(dir).await
+    async fn delete_below(&self, dir: &kvkit::Dir) -> kvkit::Result<()> {
+        self.0.delete_below(dir).await
     }
     async fn watch(&self, key: &kvkit::Key<'_>) -> kvkit::Result<Self::Watch> {
         use futures::StreamExt;

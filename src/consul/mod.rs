@@ -582,7 +582,7 @@ impl Backend for Consul {
         }
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         let (entries, _) = self
             .inner
             .get_tree(&self.inner.remote_children(dir), 0)
@@ -600,7 +600,7 @@ impl Backend for Consul {
 
     /// Keeps keys other tools wrote in a form kvkit never writes; see
     /// `Inner::delete_own_keys_below`.
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
         self.inner.delete_own_keys_below(dir, false).await
     }
 

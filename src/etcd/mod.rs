@@ -454,7 +454,7 @@ impl Backend for Etcd {
         }
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         self.list(dir).await
     }
 
@@ -472,7 +472,7 @@ impl Backend for Etcd {
     }
 
     /// Keeps keys other tools wrote in a form kvkit never writes; see `tree`.
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
         self.delete_own_keys_below(dir, false).await
     }
 

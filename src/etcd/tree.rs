@@ -1,4 +1,4 @@
-//! `delete_tree` and `delete_range` that never delete keys other tools wrote in a form
+//! `delete_tree` and `delete_below` that never delete keys other tools wrote in a form
 //! kvkit never writes (`Key::is_normal`).
 //!
 //! One keys-only Range reads the subtree at revision R. The kvkit keys lie in runs

@@ -397,16 +397,16 @@ impl Backend for Memory {
         Ok(Cas::Applied(()))
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         Ok(below(&*self.state()?, dir, Instant::now()))
     }
 
     async fn list(&self, dir: &Dir) -> Result<Vec<KvPair>> {
-        // `range` is already sorted and exact.
-        self.range(dir).await
+        // `scan_below` is already sorted and exact.
+        self.scan_below(dir).await
     }
 
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
         self.remove_below(dir, false)
     }
 

@@ -742,17 +742,17 @@ impl Backend for Redb {
         })
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         self.check_open()?;
         self.inner.read_tree(dir)
     }
 
     async fn list(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         // redb ranges are sorted and `read_tree` is exact.
-        self.range(dir).await
+        self.scan_below(dir).await
     }
 
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
         let dir = dir.clone();
         self.submit(|reply| Write::DeleteRange {
             dir,

@@ -696,7 +696,7 @@ impl Backend for Zookeeper {
         self.delete_node(key, Some(index)).await
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         let base = self.inner.dir_path(dir);
         let nodes = self
             .read_snapshot(&base)
@@ -714,7 +714,7 @@ impl Backend for Zookeeper {
         Ok(self.snapshot_pairs(nodes).0)
     }
 
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
         let inner = &self.inner;
         let base = inner.dir_path(dir);
         for _ in 0..3 {
@@ -768,7 +768,7 @@ impl Backend for Zookeeper {
     }
 
     async fn delete_tree(&self, dir: &Dir) -> Result<()> {
-        self.delete_range(dir).await?;
+        self.delete_below(dir).await?;
         self.inner.wrote_on_main();
         if let Some(key) = dir.as_key() {
             // The directory's own znode: deleted outright (or emptied if a concurrent

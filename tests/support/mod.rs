@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub mod streams;
+
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
@@ -169,7 +171,7 @@ impl Backend for Faulty {
         if let Some(pair) = &found {
             self.cached(pair);
         } else if self.fault == Fault::ImplicitParentVisible
-            && !self.inner.range(&key.as_dir()).await?.is_empty()
+            && !self.inner.scan_below(&key.as_dir()).await?.is_empty()
         {
             return Ok(Some(KvPair {
                 key: key.as_str().to_owned(),
@@ -193,7 +195,7 @@ impl Backend for Faulty {
 
     async fn delete(&self, key: &Key<'_>) -> Result<bool> {
         if self.fault == Fault::DeleteTakesChildren {
-            self.inner.delete_range(&key.as_dir()).await?;
+            self.inner.delete_below(&key.as_dir()).await?;
         }
         self.uncache(key.as_str());
         self.inner.delete(key).await
@@ -254,8 +256,8 @@ impl Backend for Faulty {
         })
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
-        let pairs = self.inner.range(dir).await?;
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+        let pairs = self.inner.scan_below(dir).await?;
         Ok(pairs.into_iter().map(|p| self.shown(p)).collect())
     }
 
@@ -277,9 +279,9 @@ impl Backend for Faulty {
         Ok(pairs)
     }
 
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
         self.cache.lock().unwrap().clear();
-        self.inner.delete_range(dir).await
+        self.inner.delete_below(dir).await
     }
 
     async fn delete_tree(&self, dir: &Dir) -> Result<()> {

@@ -35,7 +35,7 @@ pub enum Bug {
     LostSiblingWrite,
     /// A lock that finds the key held claims it anyway (gives up waiting).
     LockIgnoresContention,
-    /// `range` reads the keys one at a time, so a list is not an atomic snapshot
+    /// `scan_below` reads the keys one at a time, so a list is not an atomic snapshot
     /// (each key's state is still one that existed during the call).
     ListKeyByKey,
     /// A watch that claims to see every write but drops an event when the next one
@@ -141,7 +141,7 @@ impl Racy {
             Some((p, _)) => Dir::new(p)?,
             None => Dir::root(),
         };
-        let snapshot = self.inner.range(&parent).await?;
+        let snapshot = self.inner.scan_below(&parent).await?;
         tokio::time::sleep(Duration::from_millis(1)).await;
         let pair = self.inner.put(key, value, options).await?;
         for old in snapshot.iter().filter(|p| p.key != key.as_str()) {
@@ -245,14 +245,14 @@ impl Backend for Racy {
         Self::after(lose, r)
     }
 
-    async fn range(&self, dir: &Dir) -> Result<Vec<KvPair>> {
+    async fn scan_below(&self, dir: &Dir) -> Result<Vec<KvPair>> {
         self.before(false)?;
         if self.bug != Bug::ListKeyByKey {
-            return self.inner.range(dir).await;
+            return self.inner.scan_below(dir).await;
         }
         let mut keys: Vec<String> = self
             .inner
-            .range(dir)
+            .scan_below(dir)
             .await?
             .into_iter()
             .map(|p| p.key)
@@ -268,15 +268,15 @@ impl Backend for Racy {
         Ok(pairs)
     }
 
-    async fn delete_range(&self, dir: &Dir) -> Result<()> {
+    async fn delete_below(&self, dir: &Dir) -> Result<()> {
         let lose = self.before(true)?;
         let _g = self.gate().await;
         let gone = if self.every_write() {
-            self.inner.range(dir).await?
+            self.inner.scan_below(dir).await?
         } else {
             Vec::new()
         };
-        let r = self.inner.delete_range(dir).await;
+        let r = self.inner.delete_below(dir).await;
         for pair in gone {
             self.emit(&pair.key, None);
         }
