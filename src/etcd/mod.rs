@@ -48,11 +48,12 @@ use etcd_client::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use config::{EtcdConfig, EtcdTls};
+pub use config::EtcdConfig;
 pub use lock::EtcdLock;
 pub use watch::{EtcdWatch, EtcdWatchTree};
 
 use crate::backend::{Backend, Capabilities, Cas, Expect, KvPair, LockOptions, PutOptions};
+use crate::config::tls::TlsConfig;
 use crate::error::{Error, Result};
 use crate::key::{Dir, Key};
 
@@ -525,7 +526,7 @@ impl Backend for Etcd {
 }
 
 /// Client TLS settings from the configuration.
-fn tls_options(tls: &EtcdTls) -> Result<TlsOptions> {
+fn tls_options(tls: &TlsConfig) -> Result<TlsOptions> {
     let material = tls.load()?;
     let mut options = TlsOptions::new();
     if let Some(ca) = material.ca {
