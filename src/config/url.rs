@@ -367,3 +367,42 @@ pub(crate) fn network_url(
         query.finish()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(e: Error) -> String {
+        match e {
+            Error::Config { reason } => reason,
+            other => panic!("not a configuration error: {other}"),
+        }
+    }
+
+    #[test]
+    fn decoding_reads_escapes_and_refuses_broken_ones() {
+        assert_eq!(decode("a%2Fb%20c", "path").unwrap(), "a/b c");
+        assert_eq!(decode("a+b%2B", "query").unwrap(), "a b+");
+        assert_eq!(decode("a+b", "path").unwrap(), "a+b");
+        assert_eq!(decode("%C3%A9", "host list").unwrap(), "é");
+        for bad in ["%", "%Z1", "a%2", "%%41"] {
+            let err = reason(decode(bad, "query").unwrap_err());
+            assert_eq!(err, "bad percent-encoding in the query", "{bad}");
+        }
+        let err = reason(decode("%FF", "path").unwrap_err());
+        assert_eq!(err, "the path is not UTF-8");
+    }
+
+    #[test]
+    fn encoding_keeps_unreserved_characters_and_each_part_its_own() {
+        assert_eq!(encode("a-b._~Z9", UNRESERVED), "a-b._~Z9");
+        assert_eq!(encode("u:p@h", UNRESERVED), "u%3Ap%40h");
+        assert_eq!(encode("/a b/c?d", QUERY_VALUE), "/a%20b/c%3Fd");
+        assert_eq!(encode("[::1]:2379,x", HOST), "[::1]:2379%2Cx");
+        assert_eq!(encode_path("dir/é#"), "dir/%C3%A9%23");
+        for text in ["a b+c", "é/ü?&=", "%41"] {
+            let encoded = encode(text, QUERY_VALUE);
+            assert_eq!(decode(&encoded, "query").unwrap(), text);
+        }
+    }
+}

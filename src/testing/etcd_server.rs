@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::server::{ChildGuard, find_binary, free_port, wait_for_tcp};
-use crate::config::TlsConfig;
+use crate::config::tls::TlsConfig;
 use crate::etcd::EtcdConfig;
 
 /// How long a member may take to start answering.
