@@ -13,6 +13,9 @@ use crate::config::url::{QueryWriter, UrlParts, network_url};
 use crate::config::validate::{check_durations, check_endpoints, check_positive};
 use crate::error::Result;
 
+/// The lock TTL used when [`crate::LockOptions::ttl`] is `None`.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(15);
+
 /// The URL options of `etcd://`, as error messages list them.
 const URL_OPTIONS: &[&str] = &[
     "connect_timeout",
@@ -93,7 +96,7 @@ impl Default for EtcdConfig {
             prefix: String::new(),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
-            lock_ttl: super::DEFAULT_LOCK_TTL,
+            lock_ttl: DEFAULT_LOCK_TTL,
             tls: None,
             username: None,
             password: None,

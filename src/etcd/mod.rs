@@ -48,7 +48,7 @@ use etcd_client::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use config::EtcdConfig;
+pub use config::{DEFAULT_LOCK_TTL, EtcdConfig};
 pub use lock::EtcdLock;
 pub use watch::{EtcdWatch, EtcdWatchTree};
 
@@ -76,9 +76,6 @@ pub(crate) use request;
 
 /// The backend's name in errors.
 const NAME: &str = "etcd";
-
-/// The lock TTL used when [`LockOptions::ttl`] is `None`.
-pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(15);
 
 /// Largest value accepted: etcd refuses requests over 1.5 MiB (`--max-request-bytes`,
 /// 1 572 864 by default); this leaves room for the key, the prefix and the request's
