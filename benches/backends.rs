@@ -234,7 +234,7 @@ fn zookeeper(c: &mut Criterion) {
         eprintln!("ZooKeeper is not installed: skipping the ZooKeeper benchmarks");
         return;
     };
-    let config = ZookeeperConfig::new(server.connect_string()).root("/kvkit-bench");
+    let config = ZookeeperConfig::new(server.connect_string()).prefix("/kvkit-bench");
     let kv = Kv::new(rt.block_on(Zookeeper::connect(config)).unwrap());
     bench_kv(c, "zookeeper", &rt, &kv);
     rt.block_on(kv.close()).unwrap();

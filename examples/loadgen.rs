@@ -366,7 +366,7 @@ async fn main() -> kvkit::Result<()> {
         "zookeeper" => {
             let connect = required_endpoints(&args).join(",");
             let config = kvkit::zookeeper::ZookeeperConfig::new(connect)
-                .root("/kvkit-loadgen")
+                .prefix("/kvkit-loadgen")
                 .multi_read(!args.no_multiread);
             run(
                 Kv::new(kvkit::zookeeper::Zookeeper::connect(config).await?),

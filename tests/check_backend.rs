@@ -119,7 +119,7 @@ mod zookeeper {
 
     fn zk_config(connect: &str) -> ZookeeperConfig {
         ZookeeperConfig::new(connect)
-            .root("/kvkit-check-backend")
+            .prefix("/kvkit-check-backend")
             .session_timeout(Duration::from_secs(6))
             .request_timeout(Duration::from_secs(4))
     }

@@ -402,7 +402,7 @@ fn sample_configs() -> Vec<StoreConfig> {
         ),
         StoreConfig::Zookeeper(
             ZookeeperConfig::new("zk1:2181,zk2:2181")
-                .root("/services/app")
+                .prefix("/services/app")
                 .session_timeout(Duration::from_secs(30))
                 .request_timeout(Duration::from_millis(2500))
                 .encoding(ZookeeperEncoding::Raw)
@@ -490,7 +490,7 @@ fn config_files_use_one_convention() {
     // Consul's `addresses` and `client_cert_pem`, etcd's `domain_name`.
     let zk: ZookeeperConfig =
         serde_json::from_str(r#"{"connect": "a:1,b:2", "root": "/r"}"#).unwrap();
-    assert_eq!(zk, ZookeeperConfig::new("a:1,b:2").root("/r"));
+    assert_eq!(zk, ZookeeperConfig::new("a:1,b:2").prefix("/r"));
     let consul: ConsulConfig = serde_json::from_str(
         r#"{"addresses": ["a:1"], "tls": {"client_cert_file": "/c", "client_key_file": "/k"}}"#,
     )
@@ -889,7 +889,7 @@ async fn handles_with_secrets_never_show_them() {
     };
     let zk = StoreConfig::Zookeeper(
         ZookeeperConfig::new(server.connect_string())
-            .root("/secret-handles")
+            .prefix("/secret-handles")
             .digest("user", SECRETS[2]),
     )
     .connect()

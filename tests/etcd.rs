@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kvkit::etcd::{Etcd, EtcdConfig, EtcdTls, MAX_VALUE_SIZE};
+use kvkit::etcd::{Etcd, EtcdConfig, MAX_VALUE_SIZE};
 use kvkit::testing::etcd_server::{ClientAuth, EtcdCluster, EtcdServer, ServerTls};
-use kvkit::{ErrorKind, Kv, KvPair, LockGuard, LockOptions, PutOptions};
+use kvkit::{ErrorKind, Kv, KvPair, LockGuard, LockOptions, PutOptions, TlsConfig};
 
 /// Bounds every wait on a stream item.
 const STEP: Duration = Duration::from_secs(10);
@@ -607,8 +607,8 @@ async fn tls_connects_with_the_ca_and_is_refused_without_it() {
     // Plain HTTP/2 to a TLS port, a client trusting another CA, and no CA at all.
     let refused = [
         fast(EtcdConfig::new([format!("127.0.0.1:{port}")])),
-        fast(EtcdConfig::new([server.endpoint()])).tls(EtcdTls::with_ca_pem(other_ca)),
-        fast(EtcdConfig::new([server.endpoint()])).tls(EtcdTls::default()),
+        fast(EtcdConfig::new([server.endpoint()])).tls(TlsConfig::with_ca_pem(other_ca)),
+        fast(EtcdConfig::new([server.endpoint()])).tls(TlsConfig::default()),
     ];
     for config in refused {
         let started = Instant::now();
@@ -1021,8 +1021,8 @@ async fn mutual_tls_needs_a_client_certificate_from_the_trusted_ca() {
     // Without a client certificate, and with one from a CA the server does not trust.
     let (stranger_cert, stranger_key) = TestCa::new().issue();
     let refused = [
-        EtcdTls::with_ca_pem(ca.pem()),
-        EtcdTls::with_ca_pem(ca.pem()).identity_pem(stranger_cert, stranger_key),
+        TlsConfig::with_ca_pem(ca.pem()),
+        TlsConfig::with_ca_pem(ca.pem()).identity_pem(stranger_cert, stranger_key),
     ];
     for tls in refused {
         let err = Etcd::connect(fast(EtcdConfig::new([server.endpoint()])).tls(tls))

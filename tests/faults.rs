@@ -190,7 +190,7 @@ mod zookeeper {
         request: Duration,
     ) -> Kv<Zookeeper> {
         let config = ZookeeperConfig::new(connect)
-            .root(root)
+            .prefix(root)
             .session_timeout(session)
             .request_timeout(request);
         Kv::new(

@@ -88,7 +88,7 @@ async fn zookeeper() {
     let mut handles = Vec::new();
     for _ in 0..2 {
         let config = ZookeeperConfig::new(server.connect_string())
-            .root("/kvkit-concurrent-suite")
+            .prefix("/kvkit-concurrent-suite")
             .session_timeout(std::time::Duration::from_secs(8))
             .request_timeout(std::time::Duration::from_secs(5));
         handles.push(Kv::new(Zookeeper::connect(config).await.unwrap()));
@@ -270,7 +270,7 @@ async fn zookeeper_under_fault() {
     let mut handles = Vec::new();
     for _ in 0..2 {
         let config = ZookeeperConfig::new(server.connect_string())
-            .root("/kvkit-concurrent-fault")
+            .prefix("/kvkit-concurrent-fault")
             .session_timeout(std::time::Duration::from_secs(8))
             .request_timeout(std::time::Duration::from_secs(5));
         handles.push(Kv::new(Zookeeper::connect(config).await.unwrap()));

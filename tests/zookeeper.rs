@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 async fn connect(connect: &str, root: &str) -> Kv<Zookeeper> {
     let config = ZookeeperConfig::new(connect)
-        .root(root)
+        .prefix(root)
         .session_timeout(Duration::from_secs(8))
         .request_timeout(Duration::from_secs(5));
     Kv::new(
@@ -535,7 +535,7 @@ async fn digest_auth(server: &str) {
     let alice = Kv::new(
         Zookeeper::connect(
             ZookeeperConfig::new(server)
-                .root("/secure")
+                .prefix("/secure")
                 .digest("alice", "s3cret"),
         )
         .await
@@ -560,7 +560,7 @@ async fn digest_auth(server: &str) {
     let mallory = Kv::new(
         Zookeeper::connect(
             ZookeeperConfig::new(server)
-                .root("/secure")
+                .prefix("/secure")
                 .digest("alice", "guess"),
         )
         .await
@@ -573,7 +573,7 @@ async fn digest_auth(server: &str) {
     let alice2 = Kv::new(
         Zookeeper::connect(
             ZookeeperConfig::new(server)
-                .root("/secure")
+                .prefix("/secure")
                 .digest("alice", "s3cret"),
         )
         .await
@@ -836,7 +836,7 @@ async fn list_round_trips(
 /// it is a snapshot).
 async fn pipelined_round_trips(addr: &str) {
     let config = ZookeeperConfig::new(addr)
-        .root("/kvkit-round-trips-pipelined")
+        .prefix("/kvkit-round-trips-pipelined")
         .multi_read(false);
     let kv = Kv::new(Zookeeper::connect(config).await.unwrap());
     list_round_trips(&kv, |n| (2 * n + 3, 4), (2_002, 3)).await;
@@ -1086,7 +1086,7 @@ async fn unreachable_server_is_unavailable() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(5));
-    let bad = Zookeeper::connect(ZookeeperConfig::new("127.0.0.1:1").root("/"))
+    let bad = Zookeeper::connect(ZookeeperConfig::new("127.0.0.1:1").prefix("/"))
         .await
         .expect_err("the root must name a znode");
     assert_eq!(bad.kind(), ErrorKind::InvalidKey);
@@ -1113,7 +1113,7 @@ async fn restart_and_session_expiry() {
     let lister = Kv::new(
         Zookeeper::connect(
             ZookeeperConfig::new(&addr)
-                .root("/kvkit-restart")
+                .prefix("/kvkit-restart")
                 .request_timeout(Duration::from_secs(1)),
         )
         .await
@@ -1189,7 +1189,7 @@ async fn restart_and_session_expiry() {
     let holder = Kv::new(
         Zookeeper::connect(
             ZookeeperConfig::new(proxy.connect_string())
-                .root("/kvkit-restart")
+                .prefix("/kvkit-restart")
                 .session_timeout(Duration::from_secs(2))
                 .request_timeout(Duration::from_secs(3)),
         )
@@ -1284,7 +1284,7 @@ async fn restart_and_session_expiry() {
     let holder2 = Kv::new(
         Zookeeper::connect(
             ZookeeperConfig::new(silent.connect_string())
-                .root("/kvkit-restart")
+                .prefix("/kvkit-restart")
                 .session_timeout(Duration::from_secs(4))
                 .request_timeout(Duration::from_secs(3)),
         )
@@ -1637,7 +1637,7 @@ async fn watch_registrations_stay_flat_across_reconnects() {
     let proxy = TcpProxy::start(server.addr()).await.unwrap();
     let kv = connect_with(
         ZookeeperConfig::new(proxy.connect_string())
-            .root(root)
+            .prefix(root)
             .session_timeout(Duration::from_secs(10))
             .request_timeout(Duration::from_secs(3))
             .multi_read(false),
@@ -1731,7 +1731,7 @@ async fn lock_loss_uses_the_granted_session_timeout() {
     let proxy = TcpProxy::start(server.addr()).await.unwrap();
     let holder = connect_with(
         ZookeeperConfig::new(proxy.connect_string())
-            .root(root)
+            .prefix(root)
             .session_timeout(Duration::from_secs(8))
             .request_timeout(Duration::from_secs(2)),
     )
@@ -1797,7 +1797,7 @@ async fn abandoned_waiter_withdraws_its_contender() {
     let holder = connect(&addr, root).await;
     let waiter = connect_with(
         ZookeeperConfig::new(proxy.connect_string())
-            .root(root)
+            .prefix(root)
             .session_timeout(Duration::from_secs(10))
             .request_timeout(Duration::from_secs(1))
             .multi_read(false),
@@ -1874,7 +1874,7 @@ async fn lock_key_behaves_like_any_key_and_ttl_is_honoured() {
     let proxy = TcpProxy::start(server.addr()).await.unwrap();
     let holder = connect_with(
         ZookeeperConfig::new(proxy.connect_string())
-            .root(root)
+            .prefix(root)
             .session_timeout(Duration::from_secs(15))
             .request_timeout(Duration::from_secs(2)),
     )
@@ -2202,7 +2202,7 @@ async fn lists_are_snapshots_under_concurrent_writes() {
         let root = format!("/kvkit-snapshots-{multi_read}");
         let config = |addr: &str| {
             ZookeeperConfig::new(addr)
-                .root(root.as_str())
+                .prefix(root.as_str())
                 .multi_read(multi_read)
                 .request_timeout(Duration::from_secs(5))
         };

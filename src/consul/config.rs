@@ -5,10 +5,31 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::TlsConfig;
-use crate::config::{REDACTED, check_duration, config_error};
+use crate::config::duration::DurationSettings;
+use crate::config::env::{self, REDACTED};
+use crate::config::error::config_error;
+use crate::config::tls::TlsConfig;
+use crate::config::url::{QueryWriter, UrlParts, network_url};
+use crate::config::validate::{check_durations, check_endpoints, check_positive};
+use crate::error::Result;
 
-/// How to reach Consul, with kvkit's configuration convention (see [`crate::config`]):
+/// The URL options of `consul://`, as error messages list them.
+const URL_OPTIONS: &[&str] = &[
+    "connect_timeout",
+    "request_timeout",
+    "lock_ttl",
+    "lock_delay",
+    "min_session_ttl",
+    "wait",
+    "datacenter",
+    "token",
+    "ca",
+    "cert",
+    "key",
+];
+
+/// How to reach Consul (in a URL, `consul[+https]://host:port,.../prefix?option=value`),
+/// with kvkit's configuration convention (see [`crate::config`]):
 /// durations as `"10s"`, `"500ms"`, `"1m30s"` (or a number of seconds), unknown fields
 /// rejected, every field defaulted, so `{}` is a local agent on `127.0.0.1:8500`.
 /// `Debug` never shows the token.
@@ -178,26 +199,10 @@ impl ConsulConfig {
 
     /// Checks every setting without connecting (`Error::Config` on the first
     /// problem). [`super::Consul::connect`] calls it first.
-    pub fn validate(&self) -> crate::Result<()> {
-        if self.endpoints.is_empty() {
-            return Err(config_error("consul: no endpoints configured"));
-        }
-        if let Some(empty) = self.endpoints.iter().find(|e| e.trim().is_empty()) {
-            return Err(config_error(format!("consul: empty endpoint {empty:?}")));
-        }
-        for (what, value) in [
-            ("connect_timeout", self.connect_timeout),
-            ("request_timeout", self.request_timeout),
-            ("min_session_ttl", self.min_session_ttl),
-            ("lock_ttl", self.lock_ttl),
-            ("lock_delay", self.lock_delay),
-            ("wait", self.wait),
-        ] {
-            check_duration(&format!("consul {what}"), value)?;
-        }
-        if self.request_timeout.is_zero() {
-            return Err(config_error("consul: request_timeout must be more than 0"));
-        }
+    pub fn validate(&self) -> Result<()> {
+        check_endpoints("consul", &self.endpoints)?;
+        check_durations("consul", &self.durations())?;
+        check_positive("consul", "request_timeout", self.request_timeout)?;
         if let Some(tls) = &self.tls {
             tls.validate()?;
             if tls.server_name.is_some() {
@@ -208,6 +213,62 @@ impl ConsulConfig {
             }
         }
         Ok(())
+    }
+
+    /// Reads a `consul://` URL split by the shared grammar.
+    pub(crate) fn from_url(mut parts: UrlParts) -> Result<Self> {
+        parts.require_hosts("consul")?;
+        if parts.userinfo.is_some() {
+            return Err(config_error(
+                "consul:// takes no user name: give the ACL token as KVKIT_CONSUL_TOKEN",
+            ));
+        }
+        let mut config = ConsulConfig::default().prefix(parts.prefix());
+        config.endpoints = parts.hosts.clone();
+        let query = &mut parts.query;
+        query.durations(&mut config)?;
+        config.datacenter = query.take("datacenter");
+        config.token = query.take("token");
+        if let Some(tls) = query.tls(parts.tls, "consul", "ca, cert, key")? {
+            config.scheme = Scheme::Https;
+            config.tls = Some(tls);
+        }
+        parts.query.finish("consul", URL_OPTIONS)?;
+        Ok(config)
+    }
+
+    /// The URL form, without the token.
+    pub(crate) fn to_url(&self) -> String {
+        let mut query = QueryWriter::default();
+        query.durations(self, &ConsulConfig::default());
+        if let Some(dc) = &self.datacenter {
+            query.push("datacenter", dc);
+        }
+        query.tls(&self.tls);
+        let https = self.tls.is_some() || self.scheme == Scheme::Https;
+        network_url("consul", https, None, &self.endpoints, &self.prefix, query)
+    }
+
+    /// Fills the token the configuration lacks from `lookup` (the variables of
+    /// [`crate::config::env`]).
+    pub(crate) fn with_secrets_from(mut self, lookup: &impl Fn(&str) -> Option<String>) -> Self {
+        if self.token.is_none() {
+            self.token = lookup(env::CONSUL_TOKEN).or_else(|| lookup(env::CONSUL_HTTP_TOKEN));
+        }
+        self
+    }
+}
+
+impl DurationSettings for ConsulConfig {
+    fn durations_mut(&mut self) -> Vec<(&'static str, &mut Duration)> {
+        vec![
+            ("connect_timeout", &mut self.connect_timeout),
+            ("request_timeout", &mut self.request_timeout),
+            ("lock_ttl", &mut self.lock_ttl),
+            ("lock_delay", &mut self.lock_delay),
+            ("min_session_ttl", &mut self.min_session_ttl),
+            ("wait", &mut self.wait),
+        ]
     }
 }
 

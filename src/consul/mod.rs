@@ -49,7 +49,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use self::config::{ConsulConfig, Scheme, TlsConfig};
+pub use self::config::{ConsulConfig, Scheme};
 pub use self::lock::ConsulLock;
 pub use self::watch::ConsulWatch;
 

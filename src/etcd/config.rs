@@ -5,13 +5,30 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{REDACTED, check_duration, config_error};
+use crate::config::duration::DurationSettings;
+use crate::config::env::{self, REDACTED};
+use crate::config::error::config_error;
+use crate::config::tls::TlsConfig;
+use crate::config::url::{QueryWriter, UrlParts, network_url};
+use crate::config::validate::{check_durations, check_endpoints, check_positive};
 use crate::error::Result;
 
-/// TLS settings of the etcd backend: the crate-wide [`crate::config::TlsConfig`].
-pub type EtcdTls = crate::config::TlsConfig;
+/// The lock TTL used when [`crate::LockOptions::ttl`] is `None`.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(15);
 
-/// How to reach and authenticate to an etcd cluster.
+/// The URL options of `etcd://`, as error messages list them.
+const URL_OPTIONS: &[&str] = &[
+    "connect_timeout",
+    "request_timeout",
+    "lock_ttl",
+    "ca",
+    "cert",
+    "key",
+    "server_name",
+];
+
+/// How to reach and authenticate to an etcd cluster; in a URL,
+/// `etcd[+https]://[user[:password]@]host:port,.../prefix?option=value`.
 ///
 /// Deserialises from any serde format with kvkit's configuration convention (see
 /// [`crate::config`]): durations as `"500ms"`, `"2s"`, `"1m30s"` (or a number of
@@ -48,7 +65,7 @@ pub struct EtcdConfig {
     /// TLS settings; `None` for plain HTTP/2. With TLS, endpoints without a scheme
     /// use `https`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<EtcdTls>,
+    pub tls: Option<TlsConfig>,
     /// User name for etcd's authentication (with `password`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
@@ -79,7 +96,7 @@ impl Default for EtcdConfig {
             prefix: String::new(),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
-            lock_ttl: super::DEFAULT_LOCK_TTL,
+            lock_ttl: DEFAULT_LOCK_TTL,
             tls: None,
             username: None,
             password: None,
@@ -115,7 +132,7 @@ impl EtcdConfig {
     }
 
     /// Sets the TLS settings.
-    pub fn tls(mut self, tls: EtcdTls) -> Self {
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -136,18 +153,9 @@ impl EtcdConfig {
     /// Checks every setting without connecting (`Error::Config` on the first
     /// problem). [`super::Etcd::connect`] calls it first.
     pub fn validate(&self) -> Result<()> {
-        if self.endpoints.is_empty() {
-            return Err(config_error("etcd: no endpoints configured"));
-        }
-        if let Some(empty) = self.endpoints.iter().find(|e| e.trim().is_empty()) {
-            return Err(config_error(format!("etcd: empty endpoint {empty:?}")));
-        }
-        check_duration("etcd connect_timeout", self.connect_timeout)?;
-        check_duration("etcd request_timeout", self.request_timeout)?;
-        check_duration("etcd lock_ttl", self.lock_ttl)?;
-        if self.request_timeout.is_zero() {
-            return Err(config_error("etcd: request_timeout must be more than 0"));
-        }
+        check_endpoints("etcd", &self.endpoints)?;
+        check_durations("etcd", &self.durations())?;
+        check_positive("etcd", "request_timeout", self.request_timeout)?;
         if self.username.is_some() != self.password.is_some() {
             return Err(config_error(
                 "etcd: username and password must be given together (the password may come \
@@ -158,5 +166,58 @@ impl EtcdConfig {
             tls.validate()?;
         }
         Ok(())
+    }
+
+    /// Reads an `etcd://` URL split by the shared grammar.
+    pub(crate) fn from_url(mut parts: UrlParts) -> Result<Self> {
+        parts.require_hosts("etcd")?;
+        let mut config = EtcdConfig::new(parts.hosts.clone()).prefix(parts.prefix());
+        if let Some((user, password)) = parts.userinfo.take() {
+            config.username = Some(user);
+            config.password = password;
+        }
+        parts.query.durations(&mut config)?;
+        config.tls = parts
+            .query
+            .tls(parts.tls, "etcd", "ca, cert, key, server_name")?;
+        parts.query.finish("etcd", URL_OPTIONS)?;
+        Ok(config)
+    }
+
+    /// The URL form, without the password.
+    pub(crate) fn to_url(&self) -> String {
+        let mut query = QueryWriter::default();
+        query.durations(self, &EtcdConfig::default());
+        query.tls(&self.tls);
+        network_url(
+            "etcd",
+            self.tls.is_some(),
+            self.username.as_deref(),
+            &self.endpoints,
+            &self.prefix,
+            query,
+        )
+    }
+
+    /// Fills the user name and password the configuration lacks from `lookup` (the
+    /// variables of [`crate::config::env`]).
+    pub(crate) fn with_secrets_from(mut self, lookup: &impl Fn(&str) -> Option<String>) -> Self {
+        if self.username.is_none() {
+            self.username = lookup(env::ETCD_USERNAME);
+        }
+        if self.password.is_none() && self.username.is_some() {
+            self.password = lookup(env::ETCD_PASSWORD);
+        }
+        self
+    }
+}
+
+impl DurationSettings for EtcdConfig {
+    fn durations_mut(&mut self) -> Vec<(&'static str, &mut Duration)> {
+        vec![
+            ("connect_timeout", &mut self.connect_timeout),
+            ("request_timeout", &mut self.request_timeout),
+            ("lock_ttl", &mut self.lock_ttl),
+        ]
     }
 }

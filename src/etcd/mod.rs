@@ -48,11 +48,12 @@ use etcd_client::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use config::{EtcdConfig, EtcdTls};
+pub use config::{DEFAULT_LOCK_TTL, EtcdConfig};
 pub use lock::EtcdLock;
 pub use watch::{EtcdWatch, EtcdWatchTree};
 
 use crate::backend::{Backend, Capabilities, Cas, Expect, KvPair, LockOptions, PutOptions};
+use crate::config::tls::TlsConfig;
 use crate::error::{Error, Result};
 use crate::key::{Dir, Key};
 
@@ -75,9 +76,6 @@ pub(crate) use request;
 
 /// The backend's name in errors.
 const NAME: &str = "etcd";
-
-/// The lock TTL used when [`LockOptions::ttl`] is `None`.
-pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(15);
 
 /// Largest value accepted: etcd refuses requests over 1.5 MiB (`--max-request-bytes`,
 /// 1 572 864 by default); this leaves room for the key, the prefix and the request's
@@ -525,7 +523,7 @@ impl Backend for Etcd {
 }
 
 /// Client TLS settings from the configuration.
-fn tls_options(tls: &EtcdTls) -> Result<TlsOptions> {
+fn tls_options(tls: &TlsConfig) -> Result<TlsOptions> {
     let material = tls.load()?;
     let mut options = TlsOptions::new();
     if let Some(ca) = material.ca {

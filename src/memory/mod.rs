@@ -5,6 +5,9 @@
 //! generic [`CasLock`]. Everything lives in this process and is gone when the last
 //! handle is dropped.
 
+mod config;
+pub use config::MemoryConfig;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};

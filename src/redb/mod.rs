@@ -19,6 +19,9 @@
 //!   (or a store that was closed): its key is deleted at open if it still holds that
 //!   lock write. `close` releases the locks of its store the same way.
 
+mod config;
+pub use config::RedbConfig;
+
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::server::{ChildGuard, find_binary, free_port, wait_for_tcp};
-use crate::etcd::{EtcdConfig, EtcdTls};
+use crate::config::tls::TlsConfig;
+use crate::etcd::EtcdConfig;
 
 /// How long a member may take to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -212,7 +213,7 @@ impl Processes {
             .connect_timeout(Duration::from_secs(2))
             .request_timeout(Duration::from_secs(5));
         if let Some(tls) = &self.tls {
-            let mut client_tls = EtcdTls::with_ca_pem(tls.ca_pem.clone());
+            let mut client_tls = TlsConfig::with_ca_pem(tls.ca_pem.clone());
             if let Some(client) = &tls.client_auth {
                 client_tls =
                     client_tls.identity_pem(client.cert_pem.clone(), client.key_pem.clone());

@@ -1,12 +1,26 @@
-//! The ZooKeeper backend's configuration: servers, root, timeouts, credentials and the
-//! encoding of values in znodes.
+//! The ZooKeeper backend's configuration: servers, prefix (the root znode), timeouts,
+//! credentials and the encoding of values in znodes, and its `zk://` URL form.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::duration::DurationSettings;
+use crate::config::env::{self, REDACTED};
+use crate::config::error::config_error;
+use crate::config::url::{QueryWriter, UrlParts, network_url};
+use crate::config::validate::{check_durations, check_endpoints};
 use crate::error::{Error, Result};
+
+/// The URL options of `zk://`, as error messages list them.
+const URL_OPTIONS: &[&str] = &[
+    "connect_timeout",
+    "request_timeout",
+    "session_timeout",
+    "encoding",
+    "multi_read",
+];
 
 /// Digest credentials (`user:password`), sent after every (re)connect. `Debug` never
 /// shows the password.
@@ -23,7 +37,7 @@ impl fmt::Debug for DigestAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DigestAuth")
             .field("user", &self.user)
-            .field("password", &"<redacted>")
+            .field("password", &REDACTED)
             .finish()
     }
 }
@@ -42,7 +56,8 @@ pub enum ZookeeperEncoding {
     Raw,
 }
 
-/// How to reach a ZooKeeper ensemble, with kvkit's configuration convention (see
+/// How to reach a ZooKeeper ensemble (in a URL, `zk://host:port,.../prefix?option=value`),
+/// with kvkit's configuration convention (see
 /// [`crate::config`]): durations as `"10s"`, `"1500ms"`, unknown fields rejected,
 /// every field defaulted. `Debug` never shows the digest password.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -133,9 +148,9 @@ impl ZookeeperConfig {
         self
     }
 
-    /// Sets the root znode below which kvkit keeps its data (the `prefix`).
-    pub fn root(mut self, root: impl Into<String>) -> Self {
-        self.prefix = root.into();
+    /// Sets the prefix: the root znode below which kvkit keeps its data.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
         self
     }
 
@@ -180,24 +195,98 @@ impl ZookeeperConfig {
     /// Checks every setting without connecting (`Error::Config` on the first
     /// problem). [`super::Zookeeper::connect`] calls it first.
     pub fn validate(&self) -> Result<()> {
-        use crate::config::{check_duration, config_error};
-        if self.endpoints.is_empty() {
-            return Err(config_error("zookeeper: no endpoints configured"));
-        }
+        check_endpoints("zookeeper", &self.endpoints)?;
         if let Some(bad) = self
             .endpoints
             .iter()
-            .find(|e| e.trim().is_empty() || e.contains('/') || e.contains(','))
+            .find(|e| e.contains('/') || e.contains(','))
         {
             return Err(config_error(format!(
                 "zookeeper: endpoint {bad:?} is not host:port (use `prefix` for a chroot)"
             )));
         }
-        check_duration("zookeeper connect_timeout", self.connect_timeout)?;
-        check_duration("zookeeper request_timeout", self.request_timeout)?;
-        check_duration("zookeeper session_timeout", self.session_timeout)?;
+        check_durations("zookeeper", &self.durations())?;
         validate_root(&self.prefix)?;
         Ok(())
+    }
+
+    /// Reads a `zk://` (or `zookeeper://`) URL split by the shared grammar.
+    pub(crate) fn from_url(mut parts: UrlParts) -> Result<Self> {
+        parts.require_hosts("zk")?;
+        let mut config = ZookeeperConfig::new(parts.hosts.join(","));
+        if !parts.path.is_empty() {
+            config = config.prefix(parts.path.clone());
+        }
+        if let Some((user, password)) = parts.userinfo.take() {
+            let password = password.ok_or_else(|| {
+                config_error("zk:// digest credentials are user:password@ (or KVKIT_ZK_DIGEST)")
+            })?;
+            config = config.digest(user, password);
+        }
+        let query = &mut parts.query;
+        query.durations(&mut config)?;
+        if let Some(encoding) = query.take("encoding") {
+            config.encoding = match encoding.as_str() {
+                "kvkit" => ZookeeperEncoding::Kvkit,
+                "raw" => ZookeeperEncoding::Raw,
+                other => {
+                    return Err(config_error(format!(
+                        "option encoding: expected kvkit or raw, got {other:?}"
+                    )));
+                }
+            };
+        }
+        if let Some(multi_read) = query.bool("multi_read")? {
+            config.multi_read = multi_read;
+        }
+        parts.query.finish("zookeeper", URL_OPTIONS)?;
+        Ok(config)
+    }
+
+    /// The URL form. Digest credentials are one secret (`user:password`): left out
+    /// entirely.
+    pub(crate) fn to_url(&self) -> String {
+        let defaults = ZookeeperConfig::default();
+        let mut query = QueryWriter::default();
+        query.durations(self, &defaults);
+        if self.encoding != defaults.encoding {
+            query.push("encoding", "raw");
+        }
+        if self.multi_read != defaults.multi_read {
+            query.push("multi_read", &self.multi_read.to_string());
+        }
+        network_url("zk", false, None, &self.endpoints, &self.prefix, query)
+    }
+
+    /// Fills the digest credentials the configuration lacks from `lookup` (the
+    /// variables of [`crate::config::env`]).
+    pub(crate) fn with_secrets_from(
+        self,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        if self.digest.is_some() {
+            return Ok(self);
+        }
+        let Some(text) = lookup(env::ZK_DIGEST) else {
+            return Ok(self);
+        };
+        let (user, password) = text.split_once(':').ok_or_else(|| {
+            config_error(format!(
+                "{} must be user:password (the value is not shown)",
+                env::ZK_DIGEST
+            ))
+        })?;
+        Ok(self.digest(user, password))
+    }
+}
+
+impl DurationSettings for ZookeeperConfig {
+    fn durations_mut(&mut self) -> Vec<(&'static str, &mut Duration)> {
+        vec![
+            ("connect_timeout", &mut self.connect_timeout),
+            ("request_timeout", &mut self.request_timeout),
+            ("session_timeout", &mut self.session_timeout),
+        ]
     }
 }
 

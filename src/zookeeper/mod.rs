@@ -5,7 +5,7 @@
 //! use kvkit::{Kv, PutOptions};
 //! use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
 //!
-//! let zk = Zookeeper::connect(ZookeeperConfig::new("127.0.0.1:2181").root("/myapp")).await?;
+//! let zk = Zookeeper::connect(ZookeeperConfig::new("127.0.0.1:2181").prefix("/myapp")).await?;
 //! let kv = Kv::new(zk);
 //! kv.put("config/a", "1", PutOptions::default()).await?;
 //! # Ok(())
@@ -882,7 +882,10 @@ mod tests {
         let de: MapDeserializer<'_, _, DeError> =
             MapDeserializer::new(entries.into_iter().map(|(k, v)| (k, v.into_deserializer())));
         let config = ZookeeperConfig::deserialize(de).unwrap();
-        assert_eq!(config, ZookeeperConfig::new("127.0.0.1:2181").root("/app"));
+        assert_eq!(
+            config,
+            ZookeeperConfig::new("127.0.0.1:2181").prefix("/app")
+        );
         assert_eq!(config.session_timeout, Duration::from_secs(10));
         assert!(config.digest.is_none());
         assert!(config.multi_read, "bulk reads are on by default");
