@@ -36,6 +36,7 @@ pub mod any;
 pub mod backend;
 #[cfg(any(feature = "etcd", feature = "consul", feature = "zookeeper"))]
 mod background;
+mod backoff;
 pub mod config;
 #[cfg(feature = "consul")]
 pub mod consul;
@@ -53,8 +54,7 @@ pub mod prelude;
 pub mod recipe;
 #[cfg(feature = "redb")]
 pub mod redb;
-#[cfg(any(feature = "etcd", feature = "consul", feature = "zookeeper"))]
-mod watch_task;
+pub mod task_stream;
 
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;

@@ -27,9 +27,9 @@ use zookeeper_async::{CreateMode, ZkError};
 use super::watch::{Arm, Kind};
 use super::{Node, Zookeeper, codec};
 use crate::backend::{LockGuard, LockLost, LostSignal};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::watch_task::Backoff;
 
 const PREFIX: &str = "c-";
 

@@ -8,21 +8,20 @@
 //! the task wake up at its deadline too, so expiry is seen without a write.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt, stream};
+use futures::{StreamExt, stream};
 use tokio::sync::mpsc;
 use zookeeper_async::{WatchedEvent, WatchedEventType, ZkError};
 
 use super::{Node, Zookeeper};
 use crate::backend::KvPair;
+use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::key::{Dir, Key};
-use crate::watch_task::{Backoff, TaskStream};
+use crate::task_stream::TaskStream;
 
 /// Items buffered for a slow consumer.
 const CHANNEL_CAPACITY: usize = 16;
@@ -171,28 +170,10 @@ impl Drop for Arm {
 }
 
 /// The stream of [`crate::Kv::watch`] on ZooKeeper.
-#[derive(Debug)]
-pub struct ZookeeperWatch(TaskStream<Option<KvPair>>);
-
-impl Stream for ZookeeperWatch {
-    type Item = Result<Option<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
+pub type ZookeeperWatch = TaskStream<Option<KvPair>>;
 
 /// The stream of [`crate::Kv::watch_tree`] on ZooKeeper.
-#[derive(Debug)]
-pub struct ZookeeperWatchTree(TaskStream<Vec<KvPair>>);
-
-impl Stream for ZookeeperWatchTree {
-    type Item = Result<Vec<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
+pub type ZookeeperWatchTree = TaskStream<Vec<KvPair>>;
 
 /// One snapshot: the state and the earliest TTL deadline in it (server clock, ms).
 type Snapshot<T> = (T, Option<i64>);
@@ -564,12 +545,12 @@ async fn scan_nodes(
 }
 
 pub(crate) async fn watch_key(backend: Zookeeper, key: Key<'static>) -> Result<ZookeeperWatch> {
-    start(backend, OneKey(key)).await.map(ZookeeperWatch)
+    start(backend, OneKey(key)).await
 }
 
 pub(crate) async fn watch_tree(backend: Zookeeper, dir: Dir) -> Result<ZookeeperWatchTree> {
     let tree = Tree::new(&backend, dir);
-    start(backend, tree).await.map(ZookeeperWatchTree)
+    start(backend, tree).await
 }
 
 /// Reads the first state (so errors such as a refused ACL surface from the call), then
