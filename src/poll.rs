@@ -3,7 +3,7 @@
 //! A backend that implements only the storage primitives (`get`, `put`, `delete`,
 //! `compare_and_put`, `compare_and_delete`, `scan_below`, `delete_below`) gets its
 //! [`Backend::watch`] and [`Backend::watch_tree`] from [`watch`] and [`watch_tree`],
-//! and its locks from [`crate::recipe::CasLock`]:
+//! and its locks from [`crate::recipes::CasLock`]:
 //!
 //! ```ignore
 //! const POLL_EVERY: Duration = Duration::from_millis(50);
@@ -11,7 +11,7 @@
 //! impl Backend for MyStore {
 //!     type Watch = kvkit::poll::PollWatch<Self>;
 //!     type WatchTree = kvkit::poll::PollWatchTree<Self>;
-//!     type Lock = kvkit::recipe::CasLock<Self>;
+//!     type Lock = kvkit::recipes::CasLock<Self>;
 //!     // ... the storage primitives, then:
 //!     async fn watch(&self, key: &Key<'_>) -> Result<Self::Watch> {
 //!         kvkit::poll::watch(self, key, POLL_EVERY).await
@@ -20,7 +20,7 @@
 //!         kvkit::poll::watch_tree(self, dir, POLL_EVERY).await
 //!     }
 //!     async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Self::Lock> {
-//!         kvkit::recipe::CasLock::lock(self, key, options).await
+//!         kvkit::recipes::CasLock::lock(self, key, options).await
 //!     }
 //!     // try_lock likewise with CasLock::try_lock
 //! }
