@@ -36,25 +36,23 @@ pub mod any;
 pub mod backend;
 #[cfg(any(feature = "etcd", feature = "consul", feature = "zookeeper"))]
 mod background;
+mod backoff;
 pub mod config;
 #[cfg(feature = "consul")]
 pub mod consul;
-pub mod discovery;
-pub mod election;
 pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod key;
 mod kv;
+mod local_watch;
 pub mod memory;
-mod notify;
 pub mod poll;
 pub mod prelude;
-pub mod recipe;
+pub mod recipes;
 #[cfg(feature = "redb")]
 pub mod redb;
-#[cfg(any(feature = "etcd", feature = "consul", feature = "zookeeper"))]
-mod watch_task;
+pub mod task_stream;
 
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
@@ -69,6 +67,13 @@ pub use backend::{
 pub use error::{Error, ErrorKind, Result};
 pub use key::{Dir, Key};
 pub use kv::Kv;
+
+/// [`CasLock`](recipes::CasLock) at its first path, `kvkit::recipe::CasLock`.
+pub use recipes::cas_lock as recipe;
+pub use recipes::{discovery, election};
+// The local watch's first name, which src/redb/ still imports by.
+#[cfg(feature = "redb")]
+pub(crate) use local_watch as notify;
 
 pub use any::{AnyBackend, AnyLock, AnyWatch, AnyWatchTree};
 pub use config::{StoreConfig, TlsConfig, connect};

@@ -3,7 +3,7 @@
 //! A backend that implements only the storage primitives (`get`, `put`, `delete`,
 //! `compare_and_put`, `compare_and_delete`, `scan_below`, `delete_below`) gets its
 //! [`Backend::watch`] and [`Backend::watch_tree`] from [`watch`] and [`watch_tree`],
-//! and its locks from [`crate::recipe::CasLock`]:
+//! and its locks from [`crate::recipes::CasLock`]:
 //!
 //! ```ignore
 //! const POLL_EVERY: Duration = Duration::from_millis(50);
@@ -11,7 +11,7 @@
 //! impl Backend for MyStore {
 //!     type Watch = kvkit::poll::PollWatch<Self>;
 //!     type WatchTree = kvkit::poll::PollWatchTree<Self>;
-//!     type Lock = kvkit::recipe::CasLock<Self>;
+//!     type Lock = kvkit::recipes::CasLock<Self>;
 //!     // ... the storage primitives, then:
 //!     async fn watch(&self, key: &Key<'_>) -> Result<Self::Watch> {
 //!         kvkit::poll::watch(self, key, POLL_EVERY).await
@@ -20,7 +20,7 @@
 //!         kvkit::poll::watch_tree(self, dir, POLL_EVERY).await
 //!     }
 //!     async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Self::Lock> {
-//!         kvkit::recipe::CasLock::lock(self, key, options).await
+//!         kvkit::recipes::CasLock::lock(self, key, options).await
 //!     }
 //!     // try_lock likewise with CasLock::try_lock
 //! }
@@ -41,28 +41,27 @@
 //! that does not consume costs nothing: the stream reads only when it has room for an
 //! item.
 //!
-//! Errors: a failed read is reported once as an `Err` item and then retried with
-//! backoff (doubling from the interval up to [`MAX_BACKOFF`], or the interval when that
-//! is longer), silently until a read succeeds again; so `Unavailable` is reported once
-//! per outage. [`Error::Closed`] and [`Error::PermissionDenied`], which retrying cannot
-//! fix, end the stream after their `Err` item. Dropping the stream stops the polling
-//! task at once.
+//! Errors: a failed read is reported once as an `Err` item and then retried with the
+//! shared jittered backoff (doubling from the interval up to [`MAX_BACKOFF`], or the
+//! interval when that is longer, plus up to a quarter for jitter), silently until a
+//! read succeeds again; so `Unavailable` is reported once per outage. An error that
+//! retrying cannot fix (any but `Unavailable`: see [`crate::Error::is_retryable`]) ends the
+//! stream after its `Err` item, the rule of every watch stream
+//! ([`TaskStream`]). Dropping the stream stops the polling task at once.
 
-use std::marker::PhantomData;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, KvPair};
-use crate::error::{Error, Result};
+use crate::backoff::Backoff;
+use crate::error::Result;
 use crate::key::{Dir, Key};
+use crate::task_stream::TaskStream;
 
 /// The longest wait between two reads while a backend keeps failing (unless the
-/// polling interval itself is longer).
+/// polling interval itself is longer), before up to a quarter of jitter.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Watches `key` by reading it every `interval`; see the module docs. Fails like a
@@ -72,12 +71,7 @@ pub async fn watch<B: Backend>(
     key: &Key<'_>,
     interval: Duration,
 ) -> Result<PollWatch<B>> {
-    let target = KeyTarget(key.owned());
-    let inner = Polling::start(backend, target, interval).await?;
-    Ok(PollWatch {
-        inner,
-        key: key.as_str().to_owned(),
-    })
+    start(backend, KeyTarget(key.owned()), interval).await
 }
 
 /// Watches everything strictly below `dir` by listing it every `interval`; see the
@@ -88,67 +82,14 @@ pub async fn watch_tree<B: Backend>(
     dir: &Dir,
     interval: Duration,
 ) -> Result<PollWatchTree<B>> {
-    let inner = Polling::start(backend, TreeTarget(dir.clone()), interval).await?;
-    Ok(PollWatchTree {
-        inner,
-        dir: dir.clone(),
-    })
+    start(backend, TreeTarget(dir.clone()), interval).await
 }
 
 /// The stream of [`watch`]: the key's current state, then each changed state.
-pub struct PollWatch<B> {
-    inner: Polling<B, Option<KvPair>>,
-    key: String,
-}
+pub type PollWatch<B> = TaskStream<Option<KvPair>, B>;
 
 /// The stream of [`watch_tree`]: the sorted subtree, then each changed subtree.
-pub struct PollWatchTree<B> {
-    inner: Polling<B, Vec<KvPair>>,
-    dir: Dir,
-}
-
-impl<B> std::fmt::Debug for PollWatch<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PollWatch").field("key", &self.key).finish()
-    }
-}
-
-impl<B> std::fmt::Debug for PollWatchTree<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PollWatchTree")
-            .field("dir", &self.dir)
-            .finish()
-    }
-}
-
-impl<B> Stream for PollWatch<B> {
-    type Item = Result<Option<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.items.poll_recv(cx)
-    }
-}
-
-impl<B> Stream for PollWatchTree<B> {
-    type Item = Result<Vec<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.items.poll_recv(cx)
-    }
-}
-
-/// The receiving end of a polling task; aborts the task when dropped.
-struct Polling<B, T> {
-    items: mpsc::Receiver<Result<T>>,
-    task: JoinHandle<()>,
-    _backend: PhantomData<fn() -> B>,
-}
-
-impl<B, T> Drop for Polling<B, T> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub type PollWatchTree<B> = TaskStream<Vec<KvPair>, B>;
 
 /// What a polling task reads, and how two reads are compared.
 trait Target<B: Backend>: Send + Sync + 'static {
@@ -198,34 +139,21 @@ fn is_stale(last: &[(String, u64)], new: &[(String, u64)]) -> bool {
     })
 }
 
-/// True for errors that retrying cannot fix: they end the stream.
-fn is_final(err: &Error) -> bool {
-    matches!(err, Error::Closed | Error::PermissionDenied { .. })
-}
-
-impl<B: Backend, I: Send + 'static> Polling<B, I> {
-    async fn start<T: Target<B, Item = I>>(
-        backend: &B,
-        target: T,
-        interval: Duration,
-    ) -> Result<Self> {
-        let interval = interval.max(Duration::from_millis(1));
-        let first = target.read(backend).await?;
-        let last = T::versions(&first);
-        let (sender, items) = mpsc::channel(1);
-        let task = tokio::spawn(poll_loop(
-            backend.clone(),
-            target,
-            interval,
-            (first, last),
-            sender,
-        ));
-        Ok(Polling {
-            items,
-            task,
-            _backend: PhantomData,
-        })
-    }
+/// Reads the first state (so the `watch` call fails like the read would), then spawns
+/// the polling task behind a [`TaskStream`] of one item: the task reads only once the
+/// consumer has taken the previous item.
+async fn start<B: Backend, T: Target<B>>(
+    backend: &B,
+    target: T,
+    interval: Duration,
+) -> Result<TaskStream<T::Item, B>> {
+    let interval = interval.max(Duration::from_millis(1));
+    let first = target.read(backend).await?;
+    let backend = backend.clone();
+    // The polled store has no close of its own to report: a read fails with `Closed`.
+    Ok(TaskStream::spawn(1, CancellationToken::new(), |sender| {
+        poll_loop(backend, target, interval, first, sender)
+    }))
 }
 
 /// Reads every `interval` and sends each changed state; see the module docs.
@@ -233,14 +161,15 @@ async fn poll_loop<B: Backend, T: Target<B>>(
     backend: B,
     target: T,
     interval: Duration,
-    (first, mut last): (T::Item, Vec<(String, u64)>),
+    first: T::Item,
     sender: mpsc::Sender<Result<T::Item>>,
 ) {
+    let mut last = T::versions(&first);
     // The state read by the `watch` call comes first.
     if sender.send(Ok(first)).await.is_err() {
         return;
     }
-    let max_backoff = interval.max(MAX_BACKOFF);
+    let mut backoff = Backoff::new(interval, interval.max(MAX_BACKOFF));
     let mut delay = interval;
     let mut failing = false;
     loop {
@@ -252,6 +181,7 @@ async fn poll_loop<B: Backend, T: Target<B>>(
         match target.read(&backend).await {
             Ok(item) => {
                 failing = false;
+                backoff.reset();
                 delay = interval;
                 let versions = T::versions(&item);
                 if versions != last && !is_stale(&last, &versions) {
@@ -259,7 +189,7 @@ async fn poll_loop<B: Backend, T: Target<B>>(
                     permit.send(Ok(item));
                 }
             }
-            Err(err) if is_final(&err) => {
+            Err(err) if !err.is_retryable() => {
                 permit.send(Err(err));
                 return;
             }
@@ -268,7 +198,7 @@ async fn poll_loop<B: Backend, T: Target<B>>(
                     failing = true;
                     permit.send(Err(err));
                 }
-                delay = (delay * 2).min(max_backoff);
+                delay = backoff.next_delay();
             }
         }
     }

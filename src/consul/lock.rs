@@ -26,9 +26,9 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::client::{Entry, NAME, encode};
-use super::watch::backoff;
 use super::{Inner, Txn};
 use crate::backend::{LockGuard, LockLost, LockOptions, LostSignal};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::key::Key;
 
@@ -127,10 +127,19 @@ impl Drop for Session {
     }
 }
 
+/// First delay of every retry here; doubled per failure up to the loop's cap.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Cap of the retries after failed requests.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Cap of the waits for a lock-delay to end.
+const LOCK_DELAY_MAX: Duration = Duration::from_secs(1);
+
 /// Renews the session every TTL/2; fires `lost` when Consul no longer knows it, or
 /// when no renewal succeeded for a whole TTL.
 async fn renew_loop(inner: Arc<Inner>, id: String, ttl: Duration, lost: LostSignal) {
     let every = (ttl / 2).max(Duration::from_millis(100));
+    // A failed renewal is retried sooner, never later than every TTL/8.
+    let mut retries = Backoff::new(RETRY_FIRST, (every / 4).max(RETRY_FIRST));
     let mut last_ok = Instant::now();
     let mut delay = every;
     loop {
@@ -147,6 +156,7 @@ async fn renew_loop(inner: Arc<Inner>, id: String, ttl: Duration, lost: LostSign
         {
             Ok(resp) if resp.status == StatusCode::OK => {
                 last_ok = Instant::now();
+                retries.reset();
                 delay = every;
             }
             Ok(resp) if resp.status == StatusCode::NOT_FOUND => {
@@ -158,7 +168,7 @@ async fn renew_loop(inner: Arc<Inner>, id: String, ttl: Duration, lost: LostSign
                     lost.fire();
                     return;
                 }
-                delay = (every / 4).max(Duration::from_millis(50));
+                delay = retries.next_delay();
             }
         }
     }
@@ -172,7 +182,7 @@ async fn watch_for_loss(
     lost: LostSignal,
     mut index: u64,
 ) {
-    let mut backoff = backoff(Duration::from_secs(2));
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
@@ -227,8 +237,8 @@ pub(crate) async fn lock(
         .max(inner.config.min_session_ttl);
     let remote = inner.remote(key.as_str());
     let mut session = Session::create(inner.clone(), ttl, &remote).await?;
-    let mut failures = backoff(Duration::from_secs(2));
-    let mut delay_backoff = backoff(Duration::from_secs(1));
+    let mut failures = Backoff::new(RETRY_FIRST, RETRY_MAX);
+    let mut delay_backoff = Backoff::new(RETRY_FIRST, LOCK_DELAY_MAX);
     let acquired_at = loop {
         if session.lost.is_fired() {
             return Err(Error::unavailable(
@@ -282,7 +292,7 @@ pub(crate) async fn lock(
         delay_backoff.reset();
         // Held: block on the key until it looks free.
         let mut index = at;
-        let mut errors = backoff(Duration::from_secs(2));
+        let mut errors = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
             if session.lost.is_fired() {
                 break;

@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::config::{ConsulConfig, Scheme};
 pub use self::lock::ConsulLock;
-pub use self::watch::ConsulWatch;
+pub use self::watch::{ConsulWatch, ConsulWatchTree};
 
 use self::client::{Client, Entry, NAME, Response, encode};
 use crate::backend::{Backend, Capabilities, Cas, Expect, KvPair, LockOptions, PutOptions};
@@ -466,8 +466,8 @@ fn unexpected(errors: &[TxnError]) -> Error {
 }
 
 impl Backend for Consul {
-    type Watch = ConsulWatch<Option<KvPair>>;
-    type WatchTree = ConsulWatch<Vec<KvPair>>;
+    type Watch = ConsulWatch;
+    type WatchTree = ConsulWatchTree;
     type Lock = ConsulLock;
 
     fn capabilities(&self) -> Capabilities {

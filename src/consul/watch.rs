@@ -8,22 +8,19 @@
 //! After [`REPORT_AFTER`] failures in a row it yields one `Err(Unavailable)` (so a
 //! long outage is not silent) and keeps retrying. A permanent error (403, a malformed
 //! answer) is yielded and ends the stream; `close` ends it after one `Err(Closed)`.
-//! Dropping the stream aborts the task (the shared rules of
-//! [`crate::watch_task::TaskStream`]).
+//! Dropping the stream aborts the task (the shared rules of [`TaskStream`]).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
 use tokio::time::Instant;
 
 use super::Inner;
 use crate::backend::KvPair;
+use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::key::Dir;
-use crate::watch_task::{Backoff, TaskStream};
+use crate::task_stream::TaskStream;
 
 /// Shortest time between two blocking queries when the first returned no change.
 const MIN_GAP: Duration = Duration::from_millis(50);
@@ -33,22 +30,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Failures in a row after which the stream reports one `Err(Unavailable)`.
 const REPORT_AFTER: u32 = 5;
 
-/// The stream of a Consul watch: a channel fed by a background task, aborted on drop.
-#[derive(Debug)]
-pub struct ConsulWatch<T>(TaskStream<T>);
+/// The stream of a Consul watch: [`crate::Kv::watch`] by default, or
+/// `ConsulWatch<Vec<KvPair>>`, the same type as [`ConsulWatchTree`].
+pub type ConsulWatch<T = Option<KvPair>> = TaskStream<T>;
 
-impl<T> Stream for ConsulWatch<T> {
-    type Item = Result<T>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
-
-/// The retry backoff of Consul's loops: from [`FIRST_BACKOFF`], doubling up to `max`.
-pub(crate) fn backoff(max: Duration) -> Backoff {
-    Backoff::new(FIRST_BACKOFF, max)
-}
+/// The stream of [`crate::Kv::watch_tree`] on Consul.
+pub type ConsulWatchTree = TaskStream<Vec<KvPair>>;
 
 /// Runs the loop shared by both watches. `fetch(index)` does one (blocking) query
 /// and returns the state and the response index.
@@ -59,10 +46,10 @@ where
     Fut: std::future::Future<Output = Result<(T, u64)>> + Send,
 {
     let closed = inner.closed.clone();
-    ConsulWatch(TaskStream::spawn(16, closed.clone(), |tx| async move {
+    TaskStream::spawn(16, closed.clone(), |tx| async move {
         let mut index = 0u64;
         let mut last: Option<T> = None;
-        let mut backoff = backoff(MAX_BACKOFF);
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut failures = 0u32;
         loop {
             let started = Instant::now();
@@ -111,7 +98,7 @@ where
                 }
             }
         }
-    }))
+    })
 }
 
 pub(crate) fn watch_key(inner: Arc<Inner>, remote: String) -> ConsulWatch<Option<KvPair>> {
@@ -128,7 +115,7 @@ pub(crate) fn watch_key(inner: Arc<Inner>, remote: String) -> ConsulWatch<Option
     })
 }
 
-pub(crate) fn watch_tree(inner: Arc<Inner>, dir: Dir) -> ConsulWatch<Vec<KvPair>> {
+pub(crate) fn watch_tree(inner: Arc<Inner>, dir: Dir) -> ConsulWatchTree {
     spawn(inner, move |inner, index| {
         let dir = dir.clone();
         async move {

@@ -19,8 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Etcd, header_revision, is_lease_not_found, request, ttl_secs};
 use crate::backend::{LockGuard, LockLost, LockOptions, LostSignal};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::key::Key;
+
+/// Bounds of this file's retries (re-opening a watch or a keep-alive, re-reading the
+/// contenders).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// A held etcd lock. Dropping it releases the lock in the background (revoking its
 /// lease); [`LockGuard::unlock`] releases it and reports the outcome.
@@ -244,6 +250,7 @@ async fn watch_lock_key(
 ) {
     let closed = etcd.inner.closed.clone();
     let mut from = held_at + 1;
+    let mut retries = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         let mut client = etcd.inner.watch.clone();
         let options = etcd_client::WatchOptions::new().with_start_revision(from);
@@ -256,6 +263,7 @@ async fn watch_lock_key(
             opened = tokio::time::timeout(timeout, client.watch(key.clone(), Some(options))) => opened,
         };
         if let Ok(Ok(mut stream)) = opened {
+            retries.reset();
             loop {
                 let message = tokio::select! {
                     biased;
@@ -301,7 +309,7 @@ async fn watch_lock_key(
             () = stop.cancelled() => return,
             () = closed.cancelled() => return,
             () = lost.wait() => return,
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = tokio::time::sleep(retries.next_delay()) => {}
         }
     }
 }
@@ -325,6 +333,7 @@ async fn wait_for_predecessors(
             }
         }
     };
+    let mut retries = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         if lost.is_fired() {
             return Err(lost_error());
@@ -344,7 +353,7 @@ async fn wait_for_predecessors(
                     // The keep-alive fires `lost` if the server stays away longer than the
                     // lease; until then, retry.
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = tokio::time::sleep(retries.next_delay()) => {}
                         () = lost.wait() => return Err(lost_error()),
                     }
                     continue;
@@ -358,9 +367,11 @@ async fn wait_for_predecessors(
         let from = header_revision(resp.header()) + 1;
         tokio::select! {
             deleted = wait_deleted(etcd, predecessor, from) => {
-                if !deleted {
+                if deleted {
+                    retries.reset();
+                } else {
                     // The watch broke: look again after a short pause.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(retries.next_delay()).await;
                 }
             }
             () = lost.wait() => return Err(lost_error()),
@@ -414,6 +425,8 @@ async fn keep_alive(
     let interval = (ttl / 3).max(Duration::from_millis(500));
     let closed = etcd.inner.closed.clone();
     let timeout = etcd.inner.request_timeout.min(interval);
+    // Retries stay within a renewal interval, so the lease is renewed in time.
+    let mut retries = Backoff::new(RETRY_FIRST, RETRY_MAX.min(interval));
     loop {
         // (Re)open the keep-alive stream; its first request is a renewal.
         let sent = Instant::now();
@@ -426,6 +439,7 @@ async fn keep_alive(
         };
         match opened {
             Ok(Ok((mut keeper, mut stream))) => {
+                retries.reset();
                 deadline = sent + ttl;
                 loop {
                     tokio::select! {
@@ -467,7 +481,7 @@ async fn keep_alive(
             Err(_) => tracing::debug!(lease = id, "etcd keep-alive timed out; retrying"),
         }
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = tokio::time::sleep(retries.next_delay()) => {}
             () = stop.cancelled() => return,
             () = closed.cancelled() => { lost.fire(); return }
             () = tokio::time::sleep_until(deadline) => { lost.fire(); return }

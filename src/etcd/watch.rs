@@ -13,24 +13,22 @@
 //! An outage is yielded once as `Err(Unavailable)` and the stream resumes on its own.
 //! A failure that retrying cannot fix (refused credentials) is yielded as an error and
 //! ends the stream; `close` ends it after one `Err(Closed)` (the shared rules of
-//! [`crate::watch_task::TaskStream`]). A watch the server cancels for any reason other
+//! [`TaskStream`]). A watch the server cancels for any reason other
 //! than compaction is re-read through a Range, whose typed status tells a revoked
 //! permission from a transient cancel.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use etcd_client::{Event, EventType, GetOptions, WatchOptions, WatchStream};
-use futures::Stream;
 use tokio::sync::mpsc;
 
 use super::{Etcd, map_error, timeout_error};
 use crate::backend::KvPair;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::key::{Dir, Key};
-use crate::watch_task::{Backoff, TaskStream};
+use crate::task_stream::TaskStream;
 
 /// Items buffered between the watch task and a slow consumer.
 const CHANNEL_CAPACITY: usize = 64;
@@ -38,28 +36,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The stream of [`crate::Kv::watch`] on etcd.
-#[derive(Debug)]
-pub struct EtcdWatch(TaskStream<Option<KvPair>>);
+pub type EtcdWatch = TaskStream<Option<KvPair>>;
 
 /// The stream of [`crate::Kv::watch_tree`] on etcd.
-#[derive(Debug)]
-pub struct EtcdWatchTree(TaskStream<Vec<KvPair>>);
-
-impl Stream for EtcdWatch {
-    type Item = Result<Option<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
-
-impl Stream for EtcdWatchTree {
-    type Item = Result<Vec<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
+pub type EtcdWatchTree = TaskStream<Vec<KvPair>>;
 
 /// What a watch task follows: how to read it, and how events change it.
 trait Follow: Send + 'static {
@@ -172,14 +152,10 @@ pub(crate) async fn watch_key(etcd: Etcd, key: &Key<'_>) -> Result<EtcdWatch> {
     state.reset(&etcd, &kvs);
     let first = state.last.clone();
     let closed = etcd.inner.closed.clone();
-    Ok(EtcdWatch(TaskStream::spawn(
-        CHANNEL_CAPACITY,
-        closed,
-        |tx| {
-            let _ = tx.try_send(Ok(first));
-            follow(etcd, state, revision, tx)
-        },
-    )))
+    Ok(TaskStream::spawn(CHANNEL_CAPACITY, closed, |tx| {
+        let _ = tx.try_send(Ok(first));
+        follow(etcd, state, revision, tx)
+    }))
 }
 
 /// Starts a watch of everything below `dir`.
@@ -194,14 +170,10 @@ pub(crate) async fn watch_tree(etcd: Etcd, dir: &Dir) -> Result<EtcdWatchTree> {
     state.reset(&etcd, &kvs);
     let first = state.snapshot();
     let closed = etcd.inner.closed.clone();
-    Ok(EtcdWatchTree(TaskStream::spawn(
-        CHANNEL_CAPACITY,
-        closed,
-        |tx| {
-            let _ = tx.try_send(Ok(first));
-            follow(etcd, state, revision, tx)
-        },
-    )))
+    Ok(TaskStream::spawn(CHANNEL_CAPACITY, closed, |tx| {
+        let _ = tx.try_send(Ok(first));
+        follow(etcd, state, revision, tx)
+    }))
 }
 
 /// Reads the followed key or range: the revision of the read and the pairs.

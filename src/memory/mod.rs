@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use crate::backend::{Backend, Capabilities, Cas, Expect, KvPair, LockOptions, PutOptions};
 use crate::error::{Error, Result};
 use crate::key::{Dir, Key};
-use crate::notify::{LocalStore, LocalWatch, LocalWatchTree, Watchers};
-use crate::recipe::CasLock;
+use crate::local_watch::{LocalStore, LocalWatch, LocalWatchTree, Watchers};
+use crate::recipes::CasLock;
 
 /// Largest value the memory store accepts (the same as redb's, so that the model and
 /// the embedded default agree).
@@ -333,7 +333,7 @@ fn below(state: &State, dir: &Dir, now: Instant) -> Vec<KvPair> {
         .collect()
 }
 
-crate::notify::local_watch_streams!(Inner, "Memory", MemoryWatch, MemoryWatchTree);
+crate::local_watch::local_watch_streams!(Inner, "Memory", MemoryWatch, MemoryWatchTree);
 
 impl Backend for Memory {
     type Watch = MemoryWatch;

@@ -24,14 +24,18 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use zookeeper_async::{CreateMode, ZkError};
 
-use super::watch::{Arm, Kind};
+use super::armed::{Arm, Kind};
 use super::{Node, Zookeeper, codec};
 use crate::backend::{LockGuard, LockLost, LostSignal};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::watch_task::Backoff;
 
 const PREFIX: &str = "c-";
+/// Bounds of the retries after a failed request (withdrawing a contender, re-reading
+/// a held lock's nodes).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Every lock this handle holds, so `close()` can release them and tell their guards.
 #[derive(Default)]
@@ -160,7 +164,7 @@ fn spawn_withdraw(backend: Zookeeper, path: String, czxid: i64) {
     crate::background::release_in_background("zookeeper lock contender", async move {
         let inner = backend.inner();
         let give_up = Instant::now() + inner.session_timeout() * 3 + inner.request_timeout();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
             if inner.is_closed() {
                 return Ok(());
@@ -542,6 +546,7 @@ async fn watch_lock_nodes(held: &Held, session_at_start: u64) {
     let mut epoch = inner.epoch();
     let key_path = inner.key_path(held.key.as_str());
     let (arm, mut rx) = Arm::new(backend);
+    let mut retries = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         if *session.borrow_and_update() != session_at_start {
             break;
@@ -579,11 +584,12 @@ async fn watch_lock_nodes(held: &Held, session_at_start: u64) {
                 }
                 tokio::select! {
                     _ = session.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(retries.next_delay()) => {}
                 }
                 continue;
             }
         }
+        retries.reset();
         tokio::select! {
             _ = rx.recv() => {}
             _ = session.changed() => {}

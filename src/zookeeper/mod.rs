@@ -26,6 +26,7 @@
 //! Nor can it send `multiRead`: `list` and `delete_tree` scans read through a small
 //! wire client of their own (`multiread`, a second session) that can.
 
+mod armed;
 mod codec;
 mod config;
 mod lock;

@@ -7,22 +7,21 @@
 //! and yields the new state when it differs from the last one yielded. A TTL value makes
 //! the task wake up at its deadline too, so expiry is seen without a write.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt, stream};
+use futures::{StreamExt, stream};
 use tokio::sync::mpsc;
-use zookeeper_async::{WatchedEvent, WatchedEventType, ZkError};
+use zookeeper_async::ZkError;
 
+use super::armed::Fired;
+pub(crate) use super::armed::{Arm, Kind, WatchHub};
 use super::{Node, Zookeeper};
 use crate::backend::KvPair;
+use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::key::{Dir, Key};
-use crate::watch_task::{Backoff, TaskStream};
+use crate::task_stream::TaskStream;
 
 /// Items buffered for a slow consumer.
 const CHANNEL_CAPACITY: usize = 16;
@@ -30,169 +29,11 @@ const CHANNEL_CAPACITY: usize = 16;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// The kind of a one-shot watch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Kind {
-    /// A data (or exists) watch.
-    Data,
-    /// A child watch.
-    Child,
-}
-
-type Fired = (String, Kind);
-
-/// Every one-shot watch this handle asked the server for, by (znode, kind), with who
-/// waits on it. Watches are requested with the client crate's plain `watch` flag, so
-/// their events reach the connection's default watcher, which hands them here: the
-/// crate itself keeps no per-watch callback, which it could never drop (it has no way
-/// to remove a watch, and after a reconnect the server has forgotten the watch while
-/// the crate would keep its callback until the path changes). Entries leave when their
-/// watch fires or their waiter forgets them, so the table stays as large as what is
-/// watched right now, whatever the number of reconnects.
-#[derive(Default)]
-pub(crate) struct WatchHub {
-    next_waiter: AtomicU64,
-    waiting: Mutex<HashMap<Fired, HashMap<u64, mpsc::UnboundedSender<Fired>>>>,
-}
-
-impl WatchHub {
-    fn waiting(
-        &self,
-    ) -> MutexGuard<'_, HashMap<Fired, HashMap<u64, mpsc::UnboundedSender<Fired>>>> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn register(&self, waiter: u64, fired: Fired, tx: mpsc::UnboundedSender<Fired>) {
-        self.waiting().entry(fired).or_default().insert(waiter, tx);
-    }
-
-    fn unregister(&self, waiter: u64, fired: &Fired) {
-        let mut waiting = self.waiting();
-        if let Some(waiters) = waiting.get_mut(fired) {
-            waiters.remove(&waiter);
-            if waiters.is_empty() {
-                waiting.remove(fired);
-            }
-        }
-    }
-
-    /// Hands a watch event of the connection to everyone waiting on it (a watch fires
-    /// once: they are forgotten).
-    pub(crate) fn dispatch(&self, event: WatchedEvent) {
-        let Some(path) = event.path else { return };
-        let kinds: &[Kind] = match event.event_type {
-            WatchedEventType::NodeCreated | WatchedEventType::NodeDataChanged => &[Kind::Data],
-            WatchedEventType::NodeChildrenChanged => &[Kind::Child],
-            WatchedEventType::NodeDeleted => &[Kind::Data, Kind::Child],
-            _ => &[],
-        };
-        let mut woken = Vec::new();
-        {
-            let mut waiting = self.waiting();
-            for kind in kinds {
-                if let Some(waiters) = waiting.remove(&(path.clone(), *kind)) {
-                    woken.extend(waiters.into_values().map(|tx| (tx, *kind)));
-                }
-            }
-        }
-        for (tx, kind) in woken {
-            let _ = tx.send((path.clone(), kind));
-        }
-    }
-
-    /// How many (watch, waiter) registrations are held.
-    pub(crate) fn registrations(&self) -> usize {
-        self.waiting().values().map(HashMap::len).sum()
-    }
-}
-
-/// The watches one waiter (a stream, a lock) has armed on the server.
-pub(crate) struct Arm {
-    hub: Arc<WatchHub>,
-    id: u64,
-    tx: mpsc::UnboundedSender<Fired>,
-    armed: Mutex<HashSet<Fired>>,
-}
-
-impl Arm {
-    pub(crate) fn new(backend: &Zookeeper) -> (Self, mpsc::UnboundedReceiver<Fired>) {
-        let hub = backend.inner().watch_hub();
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Arm {
-                id: hub.next_waiter.fetch_add(1, Ordering::Relaxed),
-                hub,
-                tx,
-                armed: Mutex::new(HashSet::new()),
-            },
-            rx,
-        )
-    }
-
-    fn armed(&self) -> std::sync::MutexGuard<'_, HashSet<Fired>> {
-        self.armed
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// True (marking it armed) when no such watch is armed yet: the caller then sends
-    /// its read with the watch flag set.
-    pub(crate) fn claim(&self, path: &str, kind: Kind) -> bool {
-        let fired = (path.to_owned(), kind);
-        if !self.armed().insert(fired.clone()) {
-            return false;
-        }
-        self.hub.register(self.id, fired, self.tx.clone());
-        true
-    }
-
-    /// Forgets an armed watch (it fired, or its request failed).
-    pub(crate) fn unmark(&self, path: &str, kind: Kind) {
-        let fired = (path.to_owned(), kind);
-        self.armed().remove(&fired);
-        self.hub.unregister(self.id, &fired);
-    }
-
-    /// Forgets every armed watch (a new connection has none).
-    pub(crate) fn clear(&self) {
-        let armed: Vec<Fired> = self.armed().drain().collect();
-        for fired in &armed {
-            self.hub.unregister(self.id, fired);
-        }
-    }
-}
-
-impl Drop for Arm {
-    fn drop(&mut self) {
-        self.clear();
-    }
-}
-
 /// The stream of [`crate::Kv::watch`] on ZooKeeper.
-#[derive(Debug)]
-pub struct ZookeeperWatch(TaskStream<Option<KvPair>>);
-
-impl Stream for ZookeeperWatch {
-    type Item = Result<Option<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
+pub type ZookeeperWatch = TaskStream<Option<KvPair>>;
 
 /// The stream of [`crate::Kv::watch_tree`] on ZooKeeper.
-#[derive(Debug)]
-pub struct ZookeeperWatchTree(TaskStream<Vec<KvPair>>);
-
-impl Stream for ZookeeperWatchTree {
-    type Item = Result<Vec<KvPair>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
-    }
-}
+pub type ZookeeperWatchTree = TaskStream<Vec<KvPair>>;
 
 /// One snapshot: the state and the earliest TTL deadline in it (server clock, ms).
 type Snapshot<T> = (T, Option<i64>);
@@ -564,12 +405,12 @@ async fn scan_nodes(
 }
 
 pub(crate) async fn watch_key(backend: Zookeeper, key: Key<'static>) -> Result<ZookeeperWatch> {
-    start(backend, OneKey(key)).await.map(ZookeeperWatch)
+    start(backend, OneKey(key)).await
 }
 
 pub(crate) async fn watch_tree(backend: Zookeeper, dir: Dir) -> Result<ZookeeperWatchTree> {
     let tree = Tree::new(&backend, dir);
-    start(backend, tree).await.map(ZookeeperWatchTree)
+    start(backend, tree).await
 }
 
 /// Reads the first state (so errors such as a refused ACL surface from the call), then

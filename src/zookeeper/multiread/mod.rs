@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zookeeper_async::{Stat, ZkError};
 
-use crate::watch_task::Backoff;
+use crate::backoff::Backoff;
 
 use self::connection::{ReaderSession, await_reply};
 use self::wire::{

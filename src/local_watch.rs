@@ -1,5 +1,5 @@
-//! In-process change notification and the watch streams of the local stores
-//! (memory and redb).
+//! The local (in-process) watch of memory and redb: change notification and the
+//! watch streams built on it.
 //!
 //! A watcher owns a [`WatcherFlag`]: a dirty flag and a waker. A write marks the flags whose
 //! filter matches the written key and wakes them; the stream then re-reads the current
@@ -260,11 +260,11 @@ macro_rules! local_watch_streams {
     ($store:ty, $backend:literal, $watch:ident, $watch_tree:ident) => {
         #[doc = concat!("The watch stream of [`", $backend, "`].")]
         #[derive(Debug)]
-        pub struct $watch($crate::notify::LocalWatch<$store>);
+        pub struct $watch($crate::local_watch::LocalWatch<$store>);
 
         #[doc = concat!("The tree watch stream of [`", $backend, "`].")]
         #[derive(Debug)]
-        pub struct $watch_tree($crate::notify::LocalWatchTree<$store>);
+        pub struct $watch_tree($crate::local_watch::LocalWatchTree<$store>);
 
         impl futures::Stream for $watch {
             type Item = $crate::Result<Option<$crate::KvPair>>;

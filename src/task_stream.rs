@@ -1,20 +1,26 @@
-//! The stream type of the network backends' watches, and their retry backoff.
+//! [`TaskStream`]: the stream of every watch that a background task feeds.
 //!
-//! A network watch is a background task that talks to the server and feeds a bounded
-//! channel; the consumer reads the channel. [`TaskStream`] owns both ends and keeps
-//! the rules every backend shares (docs/design.md, "Watches"):
+//! A network watch (etcd, ZooKeeper, Consul) and a polled watch ([`crate::poll`]) are a
+//! background task that reads the store and feeds a bounded channel; the consumer reads
+//! the channel. [`TaskStream`] owns both ends and keeps the rules they all share
+//! (docs/design.md, "Watches"):
 //!
 //! * dropping the stream aborts the task, which drops its server-side watch;
-//! * an `Err` item that retrying cannot fix (`PermissionDenied`, `Closed`, ...) is the
-//!   last item: the stream ends after it and the task is stopped;
+//! * an `Err` item that retrying cannot fix (every error but `Unavailable`, see
+//!   [`Error::is_retryable`]) is the last item: the stream ends after it and the task
+//!   is stopped;
 //! * closing the store stops the task, and the stream then yields one `Err(Closed)`
 //!   after whatever was already queued, and ends. A task never has to report the close
 //!   itself, and never ends a stream silently.
+//!
+//! The backends name it through aliases (`EtcdWatch`, `ZookeeperWatchTree`,
+//! `PollWatch<B>`, ...), so their `Backend::Watch` types stay concrete and nameable.
 
+use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -23,16 +29,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 
-/// A watch stream fed by a background task; see the module docs.
-#[derive(Debug)]
-pub(crate) struct TaskStream<T> {
+/// A watch stream of `Result<T>` items fed by a background task; see the module docs.
+///
+/// `Source` only tags the type with what feeds it, where a public alias must name it
+/// (the backend of [`crate::poll::PollWatch`]); it is `()` everywhere else and holds
+/// no value.
+pub struct TaskStream<T, Source = ()> {
     rx: mpsc::Receiver<Result<T>>,
     task: AbortHandle,
     closed: CancellationToken,
     done: bool,
+    _source: PhantomData<fn() -> Source>,
 }
 
-impl<T: Send + 'static> TaskStream<T> {
+impl<T: Send + 'static, Source> TaskStream<T, Source> {
     /// Spawns `run(sender)` as the watch task, stopped when `closed` is cancelled or
     /// the stream is dropped. `capacity` items are buffered for a slow consumer.
     pub(crate) fn spawn<F>(
@@ -58,11 +68,12 @@ impl<T: Send + 'static> TaskStream<T> {
             task: task.abort_handle(),
             closed,
             done: false,
+            _source: PhantomData,
         }
     }
 }
 
-impl<T> Stream for TaskStream<T> {
+impl<T, Source> Stream for TaskStream<T, Source> {
     type Item = Result<T>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -90,47 +101,17 @@ impl<T> Stream for TaskStream<T> {
     }
 }
 
-impl<T> Drop for TaskStream<T> {
+impl<T, Source> fmt::Debug for TaskStream<T, Source> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskStream")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, Source> Drop for TaskStream<T, Source> {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// Capped exponential backoff with up to 25 % jitter, shared by the network
-/// backends' retry loops (watches, lock waiters, keep-alives).
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    first: Duration,
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Starts at `first`, doubles per failure, never above `max`.
-    pub(crate) fn new(first: Duration, max: Duration) -> Self {
-        Backoff {
-            first,
-            next: first,
-            max,
-        }
-    }
-
-    /// Back to the first delay (after a success).
-    pub(crate) fn reset(&mut self) {
-        self.next = self.first;
-    }
-
-    /// The delay before the next attempt.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Jitter so that many watchers do not retry in lockstep.
-        let random = std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            delay,
-        );
-        let quarter = u64::try_from(delay.as_nanos() / 4).unwrap_or(u64::MAX);
-        delay + Duration::from_nanos(random % quarter.saturating_add(1))
     }
 }
 
@@ -142,7 +123,7 @@ mod tests {
     #[tokio::test]
     async fn close_yields_one_closed_error_after_the_queued_items_then_ends() {
         let closed = CancellationToken::new();
-        let mut stream = TaskStream::spawn(4, closed.clone(), |tx| async move {
+        let mut stream: TaskStream<i32> = TaskStream::spawn(4, closed.clone(), |tx| async move {
             let _ = tx.send(Ok(1)).await;
             std::future::pending::<()>().await;
         });
@@ -155,18 +136,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_permanent_error_is_the_last_item_and_a_retryable_one_is_not() {
-        let mut stream = TaskStream::spawn(4, CancellationToken::new(), |tx| async move {
-            let _ = tx.send(Err(Error::unavailable("t", "down"))).await;
-            let _ = tx.send(Ok(2)).await;
-            let _ = tx
-                .send(Err(Error::PermissionDenied {
-                    backend: "t",
-                    source: "no".into(),
-                }))
-                .await;
-            let _ = tx.send(Ok(3)).await;
-            std::future::pending::<()>().await;
-        });
+        let mut stream: TaskStream<i32> =
+            TaskStream::spawn(4, CancellationToken::new(), |tx| async move {
+                let _ = tx.send(Err(Error::unavailable("t", "down"))).await;
+                let _ = tx.send(Ok(2)).await;
+                let _ = tx
+                    .send(Err(Error::PermissionDenied {
+                        backend: "t",
+                        source: "no".into(),
+                    }))
+                    .await;
+                let _ = tx.send(Ok(3)).await;
+                std::future::pending::<()>().await;
+            });
         assert!(stream.next().await.unwrap().unwrap_err().is_retryable());
         assert_eq!(stream.next().await.unwrap().unwrap(), 2);
         assert!(matches!(
@@ -177,20 +159,5 @@ mod tests {
             stream.next().await.is_none(),
             "nothing after a permanent error"
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_with_bounded_jitter() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(300));
-        let delays: Vec<Duration> = (0..4).map(|_| backoff.next_delay()).collect();
-        for (delay, base) in delays.iter().zip([100, 200, 300, 300]) {
-            let base = Duration::from_millis(base);
-            assert!(
-                *delay >= base && *delay <= base + base / 4,
-                "{delay:?} vs {base:?}"
-            );
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() < Duration::from_millis(126));
     }
 }

@@ -1,4 +1,4 @@
-//! Generic recipes built from a backend's primitives.
+//! [`CasLock`]: a lock on any backend, built from its storage primitives.
 //!
 //! [`CasLock`] is a lock made of a create-only write, renewal by compare-and-swap, and a
 //! watch of the lock key. The in-process stores (memory, redb) use it as their lock; a
