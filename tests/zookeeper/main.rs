@@ -33,6 +33,7 @@ static SHARED_SERVER_USE: RwLock<()> = RwLock::const_new(());
 
 /// A test's turn on the shared server; the turn ends when this is dropped.
 struct SharedTurn {
+    server: &'static ZkServer,
     addr: String,
     _alone: Option<RwLockWriteGuard<'static, ()>>,
     _side_by_side: Option<RwLockReadGuard<'static, ()>>,
@@ -43,15 +44,21 @@ impl SharedTurn {
     fn addr(&self) -> &str {
         &self.addr
     }
+
+    /// The shared server (for its socket address, e.g. behind a proxy).
+    fn server(&self) -> &'static ZkServer {
+        self.server
+    }
 }
 
 /// A turn on the shared server, side by side with other tests: for a test whose checks
 /// hold whatever other clients do (it works under its own root). `None` when ZooKeeper
 /// is not installed and servers are not required.
 async fn shared_server() -> Option<SharedTurn> {
-    let addr = ZkServer::shared()?.connect_string();
+    let server = ZkServer::shared()?;
     Some(SharedTurn {
-        addr,
+        server,
+        addr: server.connect_string(),
         _alone: None,
         _side_by_side: Some(SHARED_SERVER_USE.read().await),
     })
@@ -61,9 +68,10 @@ async fn shared_server() -> Option<SharedTurn> {
 /// server, another test's included, moves its zxid, and a list that sees the zxid move
 /// reads again to stay a snapshot, so counts hold only on a quiet server.
 async fn quiet_shared_server() -> Option<SharedTurn> {
-    let addr = ZkServer::shared()?.connect_string();
+    let server = ZkServer::shared()?;
     Some(SharedTurn {
-        addr,
+        server,
+        addr: server.connect_string(),
         _alone: Some(SHARED_SERVER_USE.write().await),
         _side_by_side: None,
     })

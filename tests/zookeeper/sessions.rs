@@ -28,8 +28,10 @@ async fn unreachable_server_is_unavailable() {
     assert_eq!(bad.kind(), ErrorKind::InvalidKey);
 }
 
+/// A server stopped and started again: lists fail as retryable while it is down, then
+/// the watches are re-armed on the new connection and the bulk reader comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_and_session_expiry() {
+async fn a_restart_re_arms_watches_and_brings_the_bulk_reader_back() {
     let Some(mut server) = ZkServer::start() else {
         return;
     };
@@ -118,14 +120,29 @@ async fn restart_and_session_expiry() {
         "the bulk reader never came back after the restart"
     );
     lister.close().await.unwrap();
+    writer.close().await.unwrap();
+    kv.close().await.unwrap();
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_holder_loses_its_lock_when_its_session_expires() {
+    let Some(turn) = shared_server().await else {
+        return;
+    };
+    let server = turn.server();
+    let addr = turn.addr();
+    let writer = connect(addr, "/kvkit-expiry").await;
+    writer
+        .put("r/k", "after", PutOptions::default())
+        .await
+        .unwrap();
     // Session expiry: a holder cut off (through a proxy) loses its lock; another client
     // then acquires it; the cut-off client gets a new session and keeps working.
     let proxy = TcpProxy::start(server.addr()).await.unwrap();
     let holder = Kv::new(
         Zookeeper::connect(
             ZookeeperConfig::new(proxy.connect_string())
-                .root("/kvkit-restart")
+                .root("/kvkit-expiry")
                 .session_timeout(Duration::from_secs(2))
                 .request_timeout(Duration::from_secs(3)),
         )
@@ -212,7 +229,22 @@ async fn restart_and_session_expiry() {
     )
     .await;
     taken.unlock().await.unwrap();
+    holder.close().await.unwrap();
+    writer.close().await.unwrap();
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_cut_off_holder_knows_of_its_loss_before_another_acquires() {
+    let Some(turn) = shared_server().await else {
+        return;
+    };
+    let server = turn.server();
+    let addr = turn.addr();
+    let writer = connect(addr, "/kvkit-silent").await;
+    writer
+        .put("r/k", "after", PutOptions::default())
+        .await
+        .unwrap();
     // A silent partition (connections stay open, nothing gets through): the holder
     // reports lock-lost before the server can expire its session and hand the lock to
     // someone else.
@@ -220,7 +252,7 @@ async fn restart_and_session_expiry() {
     let holder2 = Kv::new(
         Zookeeper::connect(
             ZookeeperConfig::new(silent.connect_string())
-                .root("/kvkit-restart")
+                .root("/kvkit-silent")
                 .session_timeout(Duration::from_secs(4))
                 .request_timeout(Duration::from_secs(3)),
         )
@@ -266,6 +298,8 @@ async fn restart_and_session_expiry() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(recovered, "the silently cut-off client never recovered");
+    holder2.close().await.unwrap();
+    writer.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
