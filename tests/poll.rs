@@ -172,13 +172,13 @@ async fn current_state_first_then_each_change_in_order_coalescing_and_converging
     let (_, kv) = store();
     let mut watch = kv.watch("k").await.unwrap();
     assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
+        next(&mut watch, "a watch state").await.unwrap(),
         None,
         "absent first"
     );
     let first = kv.put("k", "1", put()).await.unwrap();
     assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
+        next(&mut watch, "a watch state").await.unwrap(),
         Some(first)
     );
 
@@ -186,31 +186,22 @@ async fn current_state_first_then_each_change_in_order_coalescing_and_converging
     kv.put("k", "2", put()).await.unwrap();
     kv.put("k", "3", put()).await.unwrap();
     let last = kv.put("k", "4", put()).await.unwrap();
-    assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
-        Some(last)
-    );
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), Some(last));
     assert!(
         next_within(&mut watch, EVERY * 20).await.is_none(),
         "nothing is repeated while nothing changes"
     );
     kv.delete("k").await.unwrap();
-    assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
-        None
-    );
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
     let again = kv.put("k", "again", put()).await.unwrap();
     assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
+        next(&mut watch, "a watch state").await.unwrap(),
         Some(again)
     );
 
     let mut tree = kv.watch_tree("d").await.unwrap();
     assert!(
-        next(&mut tree, "the tree's next state")
-            .await
-            .unwrap()
-            .is_empty(),
+        next(&mut tree, "a tree state").await.unwrap().is_empty(),
         "empty first"
     );
     kv.put("d", "self", put()).await.unwrap();
@@ -221,19 +212,16 @@ async fn current_state_first_then_each_change_in_order_coalescing_and_converging
     );
     let a = kv.put("d/a", "1", put()).await.unwrap();
     assert_eq!(
-        next(&mut tree, "the tree's next state").await.unwrap(),
+        next(&mut tree, "a tree state").await.unwrap(),
         vec![a.clone()]
     );
     let b = kv.put("d/b/c", "1", put()).await.unwrap();
     assert_eq!(
-        next(&mut tree, "the tree's next state").await.unwrap(),
+        next(&mut tree, "a tree state").await.unwrap(),
         vec![a, b.clone()]
     );
     kv.delete("d/a").await.unwrap();
-    assert_eq!(
-        next(&mut tree, "the tree's next state").await.unwrap(),
-        vec![b]
-    );
+    assert_eq!(next(&mut tree, "a tree state").await.unwrap(), vec![b]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -244,11 +232,11 @@ async fn the_first_state_is_read_by_the_watch_call_itself() {
     // Written after the call returned but before the first item was taken.
     kv.put("k", "after", put()).await.unwrap();
     assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
+        next(&mut watch, "a watch state").await.unwrap(),
         Some(before)
     );
     assert_eq!(
-        next(&mut watch, "the watch's next state")
+        next(&mut watch, "a watch state")
             .await
             .unwrap()
             .unwrap()
@@ -261,10 +249,7 @@ async fn the_first_state_is_read_by_the_watch_call_itself() {
 async fn each_idle_interval_costs_one_read() {
     let (backend, kv) = store();
     let mut watch = kv.watch("k").await.unwrap();
-    assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
-        None
-    );
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
     let start = backend.reads();
     tokio::time::sleep(EVERY * 100 + EVERY / 2).await;
     let reads = backend.reads() - start;
@@ -284,13 +269,10 @@ async fn a_consumer_that_does_not_read_stops_the_polling() {
     tokio::time::sleep(EVERY * 100).await;
     assert_eq!(backend.reads(), start, "no read while the item waits");
     kv.put("k", "2", put()).await.unwrap();
-    assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
-        None
-    );
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
     // Then the latest state is read, not a queue of old ones: "1" is never seen.
     assert_eq!(
-        next(&mut watch, "the watch's next state")
+        next(&mut watch, "a watch state")
             .await
             .unwrap()
             .unwrap()
@@ -304,8 +286,8 @@ async fn dropping_the_stream_stops_its_reads() {
     let (backend, kv) = store();
     let mut watch = kv.watch("k").await.unwrap();
     let mut tree = kv.watch_tree("d").await.unwrap();
-    next(&mut watch, "the watch's next state").await.unwrap();
-    next(&mut tree, "the tree's next state").await.unwrap();
+    next(&mut watch, "a watch state").await.unwrap();
+    next(&mut tree, "a tree state").await.unwrap();
     tokio::time::sleep(EVERY * 10).await;
     assert!(backend.reads() >= 10);
     drop(watch);
@@ -320,14 +302,9 @@ async fn dropping_the_stream_stops_its_reads() {
 async fn an_outage_is_reported_once_retried_with_backoff_and_recovered() {
     let (backend, kv) = store();
     let mut watch = kv.watch("k").await.unwrap();
-    assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
-        None
-    );
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
     backend.set(Reads::Unavailable);
-    let err = next(&mut watch, "the watch's next state")
-        .await
-        .unwrap_err();
+    let err = next(&mut watch, "a watch state").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     let failing_from = backend.reads();
     // A long outage: no second error, and backoff keeps the reads few (without it a
@@ -351,9 +328,7 @@ async fn an_outage_is_reported_once_retried_with_backoff_and_recovered() {
     assert_eq!(item.unwrap(), Some(written));
     // A second outage is reported again, once.
     backend.set(Reads::Unavailable);
-    let err = next(&mut watch, "the watch's next state")
-        .await
-        .unwrap_err();
+    let err = next(&mut watch, "a watch state").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(
         next_within(&mut watch, Duration::from_secs(5))
@@ -370,18 +345,10 @@ async fn an_outage_is_reported_once_retried_with_backoff_and_recovered() {
 async fn tree_watches_follow_the_same_error_rules() {
     let (backend, kv) = store();
     let mut tree = kv.watch_tree("d").await.unwrap();
-    assert!(
-        next(&mut tree, "the tree's next state")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(next(&mut tree, "a tree state").await.unwrap().is_empty());
     backend.set(Reads::Unavailable);
     assert_eq!(
-        next(&mut tree, "the tree's next state")
-            .await
-            .unwrap_err()
-            .kind(),
+        next(&mut tree, "a tree state").await.unwrap_err().kind(),
         ErrorKind::Unavailable
     );
     assert!(
@@ -391,16 +358,10 @@ async fn tree_watches_follow_the_same_error_rules() {
     );
     let a = kv.put("d/a", "1", put()).await.unwrap();
     backend.set(Reads::Normal);
-    assert_eq!(
-        next(&mut tree, "the tree's next state").await.unwrap(),
-        vec![a]
-    );
+    assert_eq!(next(&mut tree, "a tree state").await.unwrap(), vec![a]);
     backend.set(Reads::Closed);
     assert_eq!(
-        next(&mut tree, "the tree's next state")
-            .await
-            .unwrap_err()
-            .kind(),
+        next(&mut tree, "a tree state").await.unwrap_err().kind(),
         ErrorKind::Closed
     );
     assert!(ended(&mut tree).await, "Closed ends the tree watch");
@@ -414,16 +375,10 @@ async fn closed_and_permission_denied_end_the_stream_after_one_error() {
     ] {
         let (backend, kv) = store();
         let mut watch = kv.watch("k").await.unwrap();
-        assert_eq!(
-            next(&mut watch, "the watch's next state").await.unwrap(),
-            None
-        );
+        assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
         backend.set(reads);
         assert_eq!(
-            next(&mut watch, "the watch's next state")
-                .await
-                .unwrap_err()
-                .kind(),
+            next(&mut watch, "a watch state").await.unwrap_err().kind(),
             kind
         );
         assert!(ended(&mut watch).await, "{kind:?} ends the stream");
@@ -453,12 +408,12 @@ async fn a_stale_read_never_follows_a_newer_state() {
     let old = kv.put("k", "old", put()).await.unwrap();
     let mut watch = kv.watch("k").await.unwrap();
     assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
+        next(&mut watch, "a watch state").await.unwrap(),
         Some(old.clone())
     );
     let new = kv.put("k", "new", put()).await.unwrap();
     assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
+        next(&mut watch, "a watch state").await.unwrap(),
         Some(new.clone())
     );
     // A lagging read hands back the old version: it is skipped, not yielded.
@@ -466,7 +421,7 @@ async fn a_stale_read_never_follows_a_newer_state() {
     assert!(next_within(&mut watch, EVERY * 20).await.is_none());
     let newest = kv.put("k", "newest", put()).await.unwrap();
     assert_eq!(
-        next(&mut watch, "the watch's next state").await.unwrap(),
+        next(&mut watch, "a watch state").await.unwrap(),
         Some(newest)
     );
 }

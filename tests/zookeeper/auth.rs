@@ -4,7 +4,7 @@ use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
 use kvkit::{ErrorKind, Kv, PutOptions};
 
 use crate::streams::values;
-use crate::{connect, counted, kind, quiet_shared_server};
+use crate::{connect, connect_with, counted, kind, quiet_shared_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digest_credentials_keep_keys_from_everyone_else() {
@@ -12,15 +12,7 @@ async fn digest_credentials_keep_keys_from_everyone_else() {
         return;
     };
     let server = turn.addr();
-    let alice = Kv::new(
-        Zookeeper::connect(
-            ZookeeperConfig::new(server)
-                .root("/secure")
-                .digest("alice", "s3cret"),
-        )
-        .await
-        .unwrap(),
-    );
+    let alice = as_alice(server, "s3cret").await;
     alice
         .put("private/k", "hidden", PutOptions::default())
         .await
@@ -37,28 +29,12 @@ async fn digest_credentials_keep_keys_from_everyone_else() {
         kind(anonymous.put("private/k", "x", PutOptions::default()).await),
         ErrorKind::PermissionDenied
     );
-    let mallory = Kv::new(
-        Zookeeper::connect(
-            ZookeeperConfig::new(server)
-                .root("/secure")
-                .digest("alice", "guess"),
-        )
-        .await
-        .unwrap(),
-    );
+    let mallory = as_alice(server, "guess").await;
     assert_eq!(
         kind(mallory.get("private/k").await),
         ErrorKind::PermissionDenied
     );
-    let alice2 = Kv::new(
-        Zookeeper::connect(
-            ZookeeperConfig::new(server)
-                .root("/secure")
-                .digest("alice", "s3cret"),
-        )
-        .await
-        .unwrap(),
-    );
+    let alice2 = as_alice(server, "s3cret").await;
     assert_eq!(alice2.get("private/k").await.unwrap().value, "hidden");
     // Listed through the bulk reader, whose session replays the credentials: sync +
     // getChildren of kv, getData of private (+ marker), getChildren of it, getData of
@@ -77,4 +53,14 @@ async fn digest_credentials_keep_keys_from_everyone_else() {
     for kv in [alice, anonymous, mallory, alice2] {
         kv.close().await.unwrap();
     }
+}
+
+/// A handle under `/secure` that authenticates as `alice` with `password`.
+async fn as_alice(server: &str, password: &str) -> Kv<Zookeeper> {
+    connect_with(
+        ZookeeperConfig::new(server)
+            .root("/secure")
+            .digest("alice", password),
+    )
+    .await
 }

@@ -7,7 +7,7 @@ use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
 use kvkit::{ErrorKind, Kv, LockGuard, LockOptions, PutOptions};
 
 use crate::streams::{ends_with_closed, next, values, watch_until};
-use crate::{WAIT, connect, counted, kind, shared_server};
+use crate::{WAIT, connect, connect_with, counted, kind, shared_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_is_unavailable() {
@@ -131,24 +131,11 @@ async fn a_cut_off_holder_loses_its_lock_when_its_session_expires() {
     };
     let server = turn.server();
     let addr = turn.addr();
-    let writer = connect(addr, "/kvkit-expiry").await;
-    writer
-        .put("r/k", "after", PutOptions::default())
-        .await
-        .unwrap();
+    let writer = writer_of_r_k(addr, "/kvkit-expiry").await;
     // Session expiry: a holder cut off (through a proxy) loses its lock; another client
     // then acquires it; the cut-off client gets a new session and keeps working.
     let proxy = TcpProxy::start(server.addr()).await.unwrap();
-    let holder = Kv::new(
-        Zookeeper::connect(
-            ZookeeperConfig::new(proxy.connect_string())
-                .root("/kvkit-expiry")
-                .session_timeout(Duration::from_secs(2))
-                .request_timeout(Duration::from_secs(3)),
-        )
-        .await
-        .unwrap(),
-    );
+    let holder = behind(&proxy, "/kvkit-expiry", Duration::from_secs(2)).await;
     let guard = holder
         .lock("r/lock", LockOptions::default().value("h"))
         .await
@@ -240,25 +227,12 @@ async fn a_silently_cut_off_holder_knows_of_its_loss_before_another_acquires() {
     };
     let server = turn.server();
     let addr = turn.addr();
-    let writer = connect(addr, "/kvkit-silent").await;
-    writer
-        .put("r/k", "after", PutOptions::default())
-        .await
-        .unwrap();
+    let writer = writer_of_r_k(addr, "/kvkit-silent").await;
     // A silent partition (connections stay open, nothing gets through): the holder
     // reports lock-lost before the server can expire its session and hand the lock to
     // someone else.
     let silent = TcpProxy::start(server.addr()).await.unwrap();
-    let holder2 = Kv::new(
-        Zookeeper::connect(
-            ZookeeperConfig::new(silent.connect_string())
-                .root("/kvkit-silent")
-                .session_timeout(Duration::from_secs(4))
-                .request_timeout(Duration::from_secs(3)),
-        )
-        .await
-        .unwrap(),
-    );
+    let holder2 = behind(&silent, "/kvkit-silent", Duration::from_secs(4)).await;
     let guard2 = holder2
         .lock("r/silent", LockOptions::default().value("h2"))
         .await
@@ -380,4 +354,26 @@ async fn close_fails_calls_ends_watches_and_loses_locks() {
     tokio::time::timeout(WAIT, guard.lost())
         .await
         .expect("locks are lost on close");
+}
+
+/// A handle under `root` that has written `r/k` (the key the cut-off holders use).
+async fn writer_of_r_k(addr: &str, root: &str) -> Kv<Zookeeper> {
+    let writer = connect(addr, root).await;
+    writer
+        .put("r/k", "after", PutOptions::default())
+        .await
+        .unwrap();
+    writer
+}
+
+/// A handle under `root` that reaches the server through `proxy`, with `session`
+/// timeouts and 3 s requests.
+async fn behind(proxy: &TcpProxy, root: &str, session: Duration) -> Kv<Zookeeper> {
+    connect_with(
+        ZookeeperConfig::new(proxy.connect_string())
+            .root(root)
+            .session_timeout(session)
+            .request_timeout(Duration::from_secs(3)),
+    )
+    .await
 }
