@@ -105,16 +105,9 @@ const TIED_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ChildGuard {
     /// Spawns `command` with its output sent to `log` (a file in the server's dir).
-    pub fn spawn(name: &str, mut command: Command, log: &Path) -> std::io::Result<Self> {
-        let out = std::fs::File::create(log)?;
-        let err = out.try_clone()?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()?;
+    pub fn spawn(name: &str, command: Command, log: &Path) -> std::io::Result<Self> {
         Ok(ChildGuard {
-            child: Some(child),
+            child: Some(start(command, log, Stdio::null())?),
             name: name.to_owned(),
             tie: None,
         })
@@ -139,13 +132,7 @@ impl ChildGuard {
             .arg(scratch)
             .arg(command.get_program())
             .args(command.get_args());
-        let out = std::fs::File::create(log)?;
-        let err = out.try_clone()?;
-        let mut child = watchdog
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()?;
+        let mut child = start(watchdog, log, Stdio::piped())?;
         let tie = child.stdin.take();
         Ok(ChildGuard {
             child: Some(child),
@@ -182,6 +169,17 @@ impl ChildGuard {
             tracing::debug!(name = %self.name, "stopped test server");
         }
     }
+}
+
+/// Spawns `command` with `stdin` and its output sent to `log`.
+fn start(mut command: Command, log: &Path, stdin: Stdio) -> std::io::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    command
+        .stdin(stdin)
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
 }
 
 impl Drop for ChildGuard {
