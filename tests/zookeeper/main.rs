@@ -1,8 +1,10 @@
 //! The ZooKeeper backend against real ZooKeeper servers (Debian's `zookeeper` package).
 //!
 //! Servers are slow to start (a JVM each), so the tests that need only a running server
-//! share one ([`shared_server`]), each under a root znode of its own. Tests that stop,
-//! cut off or reconfigure a server, and the ensemble, start servers of their own.
+//! share one ([`shared_server`]), each under a root znode of its own; those that count
+//! requests use it alone ([`quiet_shared_server`]). Tests that restart a server, change
+//! its settings, read its watch count, load it heavily or cut clients off on a tight
+//! clock start servers of their own, as does the ensemble.
 
 use std::time::Duration;
 
