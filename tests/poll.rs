@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use kvkit::memory::Memory;
 use kvkit::poll::{PollWatch, PollWatchTree};
 use kvkit::recipe::CasLock;
@@ -17,6 +16,11 @@ use kvkit::{
     Backend, Capabilities, Cas, Dir, Error, ErrorKind, Expect, Key, Kv, KvPair, LockGuard,
     LockOptions, PutOptions, Result,
 };
+
+#[path = "support/streams.rs"]
+mod streams;
+
+use streams::{ended, next, next_within};
 
 const EVERY: Duration = Duration::from_millis(10);
 
@@ -153,36 +157,6 @@ fn store() -> (StorageOnly, Kv<StorageOnly>) {
     (backend.clone(), Kv::new(backend))
 }
 
-/// The next item within `limit` of (paused) time; `None` when nothing came.
-async fn next_within<S: futures::Stream + Unpin>(
-    stream: &mut S,
-    limit: Duration,
-) -> Option<S::Item> {
-    match tokio::time::timeout(limit, stream.next()).await {
-        Ok(Some(item)) => Some(item),
-        Ok(None) => panic!("the stream ended"),
-        Err(_) => None,
-    }
-}
-
-/// The next item, within a generous bound of paused time (a broken adapter fails the
-/// test instead of hanging it).
-async fn next<S: futures::Stream + Unpin>(stream: &mut S) -> S::Item {
-    tokio::time::timeout(Duration::from_secs(60), stream.next())
-        .await
-        .expect("an item within 60 s")
-        .expect("the stream ended")
-}
-
-/// True when the stream ends (within a generous bound of paused time) without
-/// another item.
-async fn ended<S: futures::Stream + Unpin>(stream: &mut S) -> bool {
-    matches!(
-        tokio::time::timeout(Duration::from_secs(60), stream.next()).await,
-        Ok(None)
-    )
-}
-
 fn put() -> PutOptions {
     PutOptions::default()
 }
@@ -197,26 +171,39 @@ async fn the_whole_conformance_suite_passes_with_polled_watches_and_cas_locks() 
 async fn current_state_first_then_each_change_in_order_coalescing_and_converging() {
     let (_, kv) = store();
     let mut watch = kv.watch("k").await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), None, "absent first");
+    assert_eq!(
+        next(&mut watch, "a watch state").await.unwrap(),
+        None,
+        "absent first"
+    );
     let first = kv.put("k", "1", put()).await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), Some(first));
+    assert_eq!(
+        next(&mut watch, "a watch state").await.unwrap(),
+        Some(first)
+    );
 
     // Three writes within one interval are one change: the last one.
     kv.put("k", "2", put()).await.unwrap();
     kv.put("k", "3", put()).await.unwrap();
     let last = kv.put("k", "4", put()).await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), Some(last));
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), Some(last));
     assert!(
         next_within(&mut watch, EVERY * 20).await.is_none(),
         "nothing is repeated while nothing changes"
     );
     kv.delete("k").await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), None);
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
     let again = kv.put("k", "again", put()).await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), Some(again));
+    assert_eq!(
+        next(&mut watch, "a watch state").await.unwrap(),
+        Some(again)
+    );
 
     let mut tree = kv.watch_tree("d").await.unwrap();
-    assert!(next(&mut tree).await.unwrap().is_empty(), "empty first");
+    assert!(
+        next(&mut tree, "a tree state").await.unwrap().is_empty(),
+        "empty first"
+    );
     kv.put("d", "self", put()).await.unwrap();
     kv.put("d2/x", "sibling", put()).await.unwrap();
     assert!(
@@ -224,11 +211,17 @@ async fn current_state_first_then_each_change_in_order_coalescing_and_converging
         "the dir itself and siblings are not below it"
     );
     let a = kv.put("d/a", "1", put()).await.unwrap();
-    assert_eq!(next(&mut tree).await.unwrap(), vec![a.clone()]);
+    assert_eq!(
+        next(&mut tree, "a tree state").await.unwrap(),
+        vec![a.clone()]
+    );
     let b = kv.put("d/b/c", "1", put()).await.unwrap();
-    assert_eq!(next(&mut tree).await.unwrap(), vec![a, b.clone()]);
+    assert_eq!(
+        next(&mut tree, "a tree state").await.unwrap(),
+        vec![a, b.clone()]
+    );
     kv.delete("d/a").await.unwrap();
-    assert_eq!(next(&mut tree).await.unwrap(), vec![b]);
+    assert_eq!(next(&mut tree, "a tree state").await.unwrap(), vec![b]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -238,15 +231,25 @@ async fn the_first_state_is_read_by_the_watch_call_itself() {
     let mut watch = kv.watch("k").await.unwrap();
     // Written after the call returned but before the first item was taken.
     kv.put("k", "after", put()).await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), Some(before));
-    assert_eq!(next(&mut watch).await.unwrap().unwrap().value, "after");
+    assert_eq!(
+        next(&mut watch, "a watch state").await.unwrap(),
+        Some(before)
+    );
+    assert_eq!(
+        next(&mut watch, "a watch state")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "after"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn each_idle_interval_costs_one_read() {
     let (backend, kv) = store();
     let mut watch = kv.watch("k").await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), None);
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
     let start = backend.reads();
     tokio::time::sleep(EVERY * 100 + EVERY / 2).await;
     let reads = backend.reads() - start;
@@ -266,9 +269,16 @@ async fn a_consumer_that_does_not_read_stops_the_polling() {
     tokio::time::sleep(EVERY * 100).await;
     assert_eq!(backend.reads(), start, "no read while the item waits");
     kv.put("k", "2", put()).await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), None);
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
     // Then the latest state is read, not a queue of old ones: "1" is never seen.
-    assert_eq!(next(&mut watch).await.unwrap().unwrap().value, "2");
+    assert_eq!(
+        next(&mut watch, "a watch state")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "2"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -276,8 +286,8 @@ async fn dropping_the_stream_stops_its_reads() {
     let (backend, kv) = store();
     let mut watch = kv.watch("k").await.unwrap();
     let mut tree = kv.watch_tree("d").await.unwrap();
-    next(&mut watch).await.unwrap();
-    next(&mut tree).await.unwrap();
+    next(&mut watch, "a watch state").await.unwrap();
+    next(&mut tree, "a tree state").await.unwrap();
     tokio::time::sleep(EVERY * 10).await;
     assert!(backend.reads() >= 10);
     drop(watch);
@@ -292,9 +302,9 @@ async fn dropping_the_stream_stops_its_reads() {
 async fn an_outage_is_reported_once_retried_with_backoff_and_recovered() {
     let (backend, kv) = store();
     let mut watch = kv.watch("k").await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), None);
+    assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
     backend.set(Reads::Unavailable);
-    let err = next(&mut watch).await.unwrap_err();
+    let err = next(&mut watch, "a watch state").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     let failing_from = backend.reads();
     // A long outage: no second error, and backoff keeps the reads few (without it a
@@ -318,7 +328,7 @@ async fn an_outage_is_reported_once_retried_with_backoff_and_recovered() {
     assert_eq!(item.unwrap(), Some(written));
     // A second outage is reported again, once.
     backend.set(Reads::Unavailable);
-    let err = next(&mut watch).await.unwrap_err();
+    let err = next(&mut watch, "a watch state").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(
         next_within(&mut watch, Duration::from_secs(5))
@@ -335,10 +345,10 @@ async fn an_outage_is_reported_once_retried_with_backoff_and_recovered() {
 async fn tree_watches_follow_the_same_error_rules() {
     let (backend, kv) = store();
     let mut tree = kv.watch_tree("d").await.unwrap();
-    assert!(next(&mut tree).await.unwrap().is_empty());
+    assert!(next(&mut tree, "a tree state").await.unwrap().is_empty());
     backend.set(Reads::Unavailable);
     assert_eq!(
-        next(&mut tree).await.unwrap_err().kind(),
+        next(&mut tree, "a tree state").await.unwrap_err().kind(),
         ErrorKind::Unavailable
     );
     assert!(
@@ -348,9 +358,12 @@ async fn tree_watches_follow_the_same_error_rules() {
     );
     let a = kv.put("d/a", "1", put()).await.unwrap();
     backend.set(Reads::Normal);
-    assert_eq!(next(&mut tree).await.unwrap(), vec![a]);
+    assert_eq!(next(&mut tree, "a tree state").await.unwrap(), vec![a]);
     backend.set(Reads::Closed);
-    assert_eq!(next(&mut tree).await.unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        next(&mut tree, "a tree state").await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
     assert!(ended(&mut tree).await, "Closed ends the tree watch");
 }
 
@@ -362,9 +375,12 @@ async fn closed_and_permission_denied_end_the_stream_after_one_error() {
     ] {
         let (backend, kv) = store();
         let mut watch = kv.watch("k").await.unwrap();
-        assert_eq!(next(&mut watch).await.unwrap(), None);
+        assert_eq!(next(&mut watch, "a watch state").await.unwrap(), None);
         backend.set(reads);
-        assert_eq!(next(&mut watch).await.unwrap_err().kind(), kind);
+        assert_eq!(
+            next(&mut watch, "a watch state").await.unwrap_err().kind(),
+            kind
+        );
         assert!(ended(&mut watch).await, "{kind:?} ends the stream");
         let count = backend.reads();
         tokio::time::sleep(EVERY * 50).await;
@@ -391,14 +407,23 @@ async fn a_stale_read_never_follows_a_newer_state() {
     let (backend, kv) = store();
     let old = kv.put("k", "old", put()).await.unwrap();
     let mut watch = kv.watch("k").await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), Some(old.clone()));
+    assert_eq!(
+        next(&mut watch, "a watch state").await.unwrap(),
+        Some(old.clone())
+    );
     let new = kv.put("k", "new", put()).await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), Some(new.clone()));
+    assert_eq!(
+        next(&mut watch, "a watch state").await.unwrap(),
+        Some(new.clone())
+    );
     // A lagging read hands back the old version: it is skipped, not yielded.
     backend.set(Reads::StaleOnce(old));
     assert!(next_within(&mut watch, EVERY * 20).await.is_none());
     let newest = kv.put("k", "newest", put()).await.unwrap();
-    assert_eq!(next(&mut watch).await.unwrap(), Some(newest));
+    assert_eq!(
+        next(&mut watch, "a watch state").await.unwrap(),
+        Some(newest)
+    );
 }
 
 #[tokio::test(start_paused = true)]

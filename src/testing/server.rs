@@ -7,7 +7,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Set to `1` (by `scripts/test.sh`) to turn a missing server into a failure.
@@ -85,21 +85,59 @@ pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> bool {
 pub struct ChildGuard {
     child: Option<Child>,
     name: String,
+    /// For a process tied to this one ([`ChildGuard::spawn_tied`]): the only write end
+    /// of its watchdog's stdin; closing it ends the process.
+    tie: Option<ChildStdin>,
 }
+
+/// Runs a command in the background and ends it when its own stdin reaches end of file,
+/// then removes a directory. Arguments: the directory, the command and its arguments.
+const WATCHDOG: &str = r#"dir=$1; shift
+"$@" &
+pid=$!
+read -r _ || true
+kill "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$dir""#;
+
+/// How long a tied process may take to end once its tie is cut.
+const TIED_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ChildGuard {
     /// Spawns `command` with its output sent to `log` (a file in the server's dir).
-    pub fn spawn(name: &str, mut command: Command, log: &Path) -> std::io::Result<Self> {
-        let out = std::fs::File::create(log)?;
-        let err = out.try_clone()?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()?;
+    pub fn spawn(name: &str, command: Command, log: &Path) -> std::io::Result<Self> {
+        Ok(ChildGuard {
+            child: Some(start(command, log, Stdio::null())?),
+            name: name.to_owned(),
+            tie: None,
+        })
+    }
+
+    /// Like [`ChildGuard::spawn`], for a process that must not outlive this one even
+    /// when this guard is never dropped (a server in a `static`) or this process is
+    /// killed: a `sh` watchdog runs `command` and kills it when its stdin, a pipe only
+    /// this process holds, closes; then it removes `scratch` (the server's directory).
+    /// [`ChildGuard::id`] is then the watchdog's id.
+    pub fn spawn_tied(
+        name: &str,
+        command: Command,
+        log: &Path,
+        scratch: &Path,
+    ) -> std::io::Result<Self> {
+        let mut watchdog = Command::new("sh");
+        watchdog
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("kvkit-watchdog")
+            .arg(scratch)
+            .arg(command.get_program())
+            .args(command.get_args());
+        let mut child = start(watchdog, log, Stdio::piped())?;
+        let tie = child.stdin.take();
         Ok(ChildGuard {
             child: Some(child),
             name: name.to_owned(),
+            tie,
         })
     }
 
@@ -118,11 +156,30 @@ impl ChildGuard {
     /// Kills the process and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A tied process: its watchdog ends it once the tie is cut (killing the
+            // watchdog itself would leave the process running).
+            if self.tie.take().is_some() {
+                let deadline = Instant::now() + TIED_STOP_TIMEOUT;
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
             tracing::debug!(name = %self.name, "stopped test server");
         }
     }
+}
+
+/// Spawns `command` with `stdin` and its output sent to `log`.
+fn start(mut command: Command, log: &Path, stdin: Stdio) -> std::io::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    command
+        .stdin(stdin)
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
 }
 
 impl Drop for ChildGuard {

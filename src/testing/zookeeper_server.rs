@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream as TokioTcpStream};
@@ -65,6 +65,8 @@ struct Member {
     client_port: u16,
     child: Option<ChildGuard>,
     java: PathBuf,
+    /// Killed when the test process exits ([`ChildGuard::spawn_tied`]).
+    tied_to_process: bool,
 }
 
 impl Member {
@@ -88,7 +90,11 @@ impl Member {
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
             .arg(self.dir.join("zoo.cfg"));
         let log = self.dir.join("server.log");
-        self.child = Some(ChildGuard::spawn("zookeeper", command, &log)?);
+        self.child = Some(if self.tied_to_process {
+            ChildGuard::spawn_tied("zookeeper", command, &log, &self.dir)?
+        } else {
+            ChildGuard::spawn("zookeeper", command, &log)?
+        });
         Ok(())
     }
 
@@ -172,6 +178,22 @@ impl ZkServer {
 
     /// Like [`ZkServer::start`], with other settings.
     pub fn start_with(settings: ZkServerSettings) -> Option<Self> {
+        Self::launch(settings, false)
+    }
+
+    /// One standalone server (default settings) shared by every test of this process
+    /// that asks for it, started by the first. Tests share it by working under roots
+    /// of their own. A `static` is never dropped, so its process is tied to the test
+    /// process ([`ChildGuard::spawn_tied`]): it ends when the test process exits,
+    /// however that happens. `None` as for [`ZkServer::start`].
+    pub fn shared() -> Option<&'static Self> {
+        static SHARED: OnceLock<Option<ZkServer>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Self::launch(ZkServerSettings::default(), true))
+            .as_ref()
+    }
+
+    fn launch(settings: ZkServerSettings, tied_to_process: bool) -> Option<Self> {
         let java = find_server()?;
         let temp = tempfile::tempdir().expect("temp dir");
         let client_port = free_port();
@@ -181,6 +203,7 @@ impl ZkServer {
             client_port,
             child: None,
             java,
+            tied_to_process,
         };
         member.spawn().expect("spawn the ZooKeeper server");
         let server = ZkServer {
@@ -259,6 +282,7 @@ impl ZkEnsemble {
                 client_port,
                 child: None,
                 java: java.clone(),
+                tied_to_process: false,
             };
             member.spawn().expect("spawn a ZooKeeper server");
             members.push(member);

@@ -70,3 +70,44 @@ pub fn values(pairs: &[KvPair]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Reads a stream of results until `done` holds for an item (skipping errors and
+/// older states), for at most 40 s.
+pub async fn watch_until<S, T>(stream: &mut S, what: &str, done: impl Fn(&T) -> bool) -> T
+where
+    S: Stream<Item = kvkit::Result<T>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let item = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("watch never converged to {what}"))
+            .unwrap_or_else(|| panic!("watch ended before {what}"));
+        if let Ok(state) = item
+            && done(&state)
+        {
+            return state;
+        }
+    }
+}
+
+/// Reads a stream of results until its first error, which must be `Closed`, then
+/// expects its end.
+pub async fn ends_with_closed<S, T>(stream: &mut S, what: &str)
+where
+    S: Stream<Item = kvkit::Result<T>> + Unpin,
+{
+    loop {
+        match next(stream, what).await {
+            Ok(_) => continue,
+            Err(e) => {
+                assert_eq!(e.kind(), kvkit::ErrorKind::Closed, "{what}: {e}");
+                break;
+            }
+        }
+    }
+    assert!(
+        ended(stream).await,
+        "{what}: an item, or no end, after Err(Closed)"
+    );
+}
