@@ -3,7 +3,24 @@
 //! the monotonic-read bookkeeping across the main and bulk-reader sessions, lazy TTL
 //! collection, and closing the session when the last handle goes.
 
-use super::*;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures::{StreamExt, stream};
+use tokio::sync::{RwLock, watch as tokio_watch};
+use zookeeper_async::{Acl, CreateMode, Stat, ZkError, ZkState, ZooKeeper};
+
+use super::bootstrap::now_ms;
+use super::codec::{self, Decoded};
+use super::error::map_zk_error;
+use super::multiread::MultiReader;
+use super::nodes::{Node, ancestors, index_of, pair, stat_zxid};
+use super::{MAX_ATTEMPTS, PIPELINE_WINDOW, ZookeeperEncoding, lock, watch};
+use crate::backend::KvPair;
+use crate::error::Result;
+use crate::key::{Dir, Key};
 
 /// Connection state shared with the client crate's state listener.
 pub(super) struct Shared {
