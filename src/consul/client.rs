@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use super::config::{ConsulConfig, Scheme};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, source_chain};
 
 pub(crate) const NAME: &str = "consul";
 
@@ -293,15 +293,10 @@ impl Client {
 /// configuration error; anything else (refused or reset connections, a TLS connection
 /// closed without close_notify, an agent restart, timeouts) is retryable.
 fn transport_error(e: hyper_util::client::legacy::Error) -> Error {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    let mut chain = String::new();
-    while let Some(err) = source {
-        if !chain.is_empty() {
-            chain.push_str(": ");
-        }
-        chain.push_str(&err.to_string());
-        source = err.source();
-    }
+    let chain = source_chain(&e)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
     if raised_by_rustls(&e) {
         Error::backend(NAME, format!("TLS failure: {chain}"))
     } else {
@@ -314,21 +309,13 @@ fn transport_error(e: hyper_util::client::legacy::Error) -> Error {
 /// the wrapped error is looked into explicitly: hyper-rustls wraps tokio-rustls's
 /// `io::Error`, which wraps the `rustls::Error`.
 fn raised_by_rustls(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if let Some(wrapped) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            && raised_by_rustls(wrapped)
-        {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    source_chain(err).any(|cause| {
+        cause.is::<rustls::Error>()
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|wrapped| raised_by_rustls(wrapped))
+    })
 }
 
 /// Percent-encodes `s` for a URL path (`/` kept when `keep_slash`) or query value.
