@@ -15,6 +15,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::config::{ConsulConfig, Scheme};
@@ -318,17 +319,35 @@ fn raised_by_rustls(err: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
+/// Every byte but the unreserved ones of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// Like [`QUERY_VALUE`], keeping `/` between path segments.
+const PATH: &AsciiSet = &QUERY_VALUE.remove(b'/');
+
 /// Percent-encodes `s` for a URL path (`/` kept when `keep_slash`) or query value.
 pub(crate) fn encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            b'/' if keep_slash => out.push('/'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
+    let set = if keep_slash { PATH } else { QUERY_VALUE };
+    utf8_percent_encode(s, set).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode;
+
+    #[test]
+    fn encode_keeps_unreserved_bytes_and_escapes_the_rest_in_upper_hex() {
+        assert_eq!(encode("app/config-1_x.y~z", true), "app/config-1_x.y~z");
+        assert_eq!(encode("app/config", false), "app%2Fconfig");
+        assert_eq!(
+            encode("a b+c?d&e=f#g%h", true),
+            "a%20b%2Bc%3Fd%26e%3Df%23g%25h"
+        );
+        assert_eq!(encode("ключ/é", true), "%D0%BA%D0%BB%D1%8E%D1%87/%C3%A9");
+        assert_eq!(encode("\u{1}lock/x:y@z", false), "%01lock%2Fx%3Ay%40z");
+        assert_eq!(encode("", true), "");
     }
-    out
 }
