@@ -19,7 +19,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::config::{ConsulConfig, Scheme};
-use crate::error::{Error, Result, source_chain};
+use super::error::{status_error, transport_error};
+use crate::error::{Error, Result};
 
 pub(crate) const NAME: &str = "consul";
 
@@ -69,18 +70,7 @@ impl Response {
         if ok.contains(&self.status) {
             return Ok(self);
         }
-        let text = String::from_utf8_lossy(&self.body[..self.body.len().min(512)]).into_owned();
-        let msg = format!("HTTP {}: {}", self.status.as_u16(), text.trim());
-        Err(match self.status {
-            StatusCode::FORBIDDEN => Error::PermissionDenied {
-                backend: NAME,
-                source: msg.into(),
-            },
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                Error::unavailable(NAME, msg)
-            }
-            _ => Error::backend(NAME, msg),
-        })
+        Err(status_error(self.status, &self.body))
     }
 }
 
@@ -286,37 +276,6 @@ impl Client {
             body,
         })
     }
-}
-
-/// Classifies a transport failure from the typed errors in its source chain, never
-/// from message text: an error that rustls itself raised (a certificate the CA does
-/// not vouch for, a refused client certificate, a protocol mismatch) is a
-/// configuration error; anything else (refused or reset connections, a TLS connection
-/// closed without close_notify, an agent restart, timeouts) is retryable.
-fn transport_error(e: hyper_util::client::legacy::Error) -> Error {
-    let chain = source_chain(&e)
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ");
-    if raised_by_rustls(&e) {
-        Error::backend(NAME, format!("TLS failure: {chain}"))
-    } else {
-        Error::unavailable(NAME, chain)
-    }
-}
-
-/// True when a `rustls::Error` is in `err`'s chain. An `io::Error` wrapping another
-/// error hides that error from `source()` (it reports the wrapped error's source), so
-/// the wrapped error is looked into explicitly: hyper-rustls wraps tokio-rustls's
-/// `io::Error`, which wraps the `rustls::Error`.
-fn raised_by_rustls(err: &(dyn std::error::Error + 'static)) -> bool {
-    source_chain(err).any(|cause| {
-        cause.is::<rustls::Error>()
-            || cause
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .is_some_and(|wrapped| raised_by_rustls(wrapped))
-    })
 }
 
 /// Every byte but the unreserved ones of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
