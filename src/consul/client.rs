@@ -22,7 +22,8 @@ use super::config::{ConsulConfig, Scheme};
 use super::error::{status_error, transport_error};
 use crate::error::{Error, Result};
 
-pub(crate) const NAME: &str = "consul";
+// Reached as `super::client::NAME` by the lock module.
+pub(crate) use super::error::NAME;
 
 /// A KV entry as Consul returns it.
 #[derive(Clone, Debug, Deserialize)]

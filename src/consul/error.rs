@@ -4,8 +4,10 @@
 use bytes::Bytes;
 use hyper::StatusCode;
 
-use super::client::NAME;
 use crate::error::{Error, source_chain};
+
+/// The backend's name in errors.
+pub(crate) const NAME: &str = "consul";
 
 /// The error of an answer with an unexpected `status`: 403 is PermissionDenied, 429
 /// (rate limited) and 5xx (503 included) are Unavailable, anything else is a backend

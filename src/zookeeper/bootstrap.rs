@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{RwLock, watch as tokio_watch};
 use zookeeper_async::{Acl, CreateMode, ZkError, ZooKeeper};
@@ -11,16 +11,9 @@ use zookeeper_async::{Acl, CreateMode, ZkError, ZooKeeper};
 use super::config::validate_root;
 use super::error::is_transient;
 use super::multiread::{self, MultiReader, ReaderConfig};
-use super::session::{Inner, Shared, on_state};
+use super::session::{Inner, Shared, now_ms, on_state};
 use super::{NAME, Zookeeper, ZookeeperConfig, ZookeeperEncoding, codec, lock, watch};
 use crate::error::{Error, Result};
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 impl Zookeeper {
     /// Connects to the ensemble, waits for a session (up to the request timeout) and

@@ -6,13 +6,12 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, stream};
 use tokio::sync::{RwLock, watch as tokio_watch};
 use zookeeper_async::{Acl, CreateMode, Stat, ZkError, ZkState, ZooKeeper};
 
-use super::bootstrap::now_ms;
 use super::codec::{self, Decoded};
 use super::error::map_zk_error;
 use super::multiread::MultiReader;
@@ -70,6 +69,14 @@ pub(crate) struct Inner {
     pub(super) reader: Option<MultiReader>,
     /// How values are stored in znode data.
     pub(super) encoding: ZookeeperEncoding,
+}
+
+/// Milliseconds since the Unix epoch on this host's clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 pub(super) fn on_state(weak: &Weak<Inner>, state: ZkState) {
