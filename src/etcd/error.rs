@@ -7,7 +7,6 @@ use super::NAME;
 use crate::error::{Error, source_chain};
 
 /// The error of a request that got no answer within `after`.
-
 pub(crate) fn timeout_error(after: Duration) -> Error {
     Error::unavailable(NAME, format!("no answer within {after:?}"))
 }
