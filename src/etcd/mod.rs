@@ -262,16 +262,7 @@ impl Backend for Etcd {
     }
 
     async fn list(&self, dir: &Dir) -> Result<Vec<KvPair>> {
-        let (start, end) = self.dir_range(dir);
-        // etcd returns ranges sorted by key bytes, which is the order of `String`.
-        let options = GetOptions::new().with_range(end);
-        let mut resp =
-            request!(self, kv => kv.get(start, Some(options)), clone start, options).await?;
-        let kvs = resp.take_kvs();
-        // Sized up front: `filter_map` would grow the Vec by doubling and copying.
-        let mut pairs = Vec::with_capacity(kvs.len());
-        pairs.extend(kvs.into_iter().filter_map(|kv| self.owned_pair(kv)));
-        Ok(pairs)
+        tree::list(self, dir).await
     }
 
     /// Keeps keys other tools wrote in a form kvkit never writes; see `tree`.
