@@ -206,3 +206,23 @@ impl Error {
         }
     }
 }
+
+/// `err` followed by its sources, outermost first: the chain to walk when looking for
+/// a typed cause (with `downcast_ref`) or printing every cause on one line.
+///
+/// ```
+/// use kvkit::error::{Error, source_chain};
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+/// let err = Error::unavailable("etcd", io);
+/// let refused = source_chain(&err)
+///     .filter_map(|e| e.downcast_ref::<std::io::Error>())
+///     .any(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+/// assert!(refused);
+/// assert_eq!(source_chain(&err).count(), 2);
+/// ```
+pub fn source_chain<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |&err| err.source())
+}

@@ -71,9 +71,5 @@ pub use kv::Kv;
 /// [`CasLock`](recipes::CasLock) at its first path, `kvkit::recipe::CasLock`.
 pub use recipes::cas_lock as recipe;
 pub use recipes::{discovery, election};
-// The local watch's first name, which src/redb/ still imports by.
-#[cfg(feature = "redb")]
-pub(crate) use local_watch as notify;
-
 pub use any::{AnyBackend, AnyLock, AnyWatch, AnyWatchTree};
 pub use config::{StoreConfig, TlsConfig, connect};

@@ -15,12 +15,15 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::config::{ConsulConfig, Scheme};
+use super::error::{status_error, transport_error};
 use crate::error::{Error, Result};
 
-pub(crate) const NAME: &str = "consul";
+// Reached as `super::client::NAME` by the lock module.
+pub(crate) use super::error::NAME;
 
 /// A KV entry as Consul returns it.
 #[derive(Clone, Debug, Deserialize)]
@@ -68,18 +71,7 @@ impl Response {
         if ok.contains(&self.status) {
             return Ok(self);
         }
-        let text = String::from_utf8_lossy(&self.body[..self.body.len().min(512)]).into_owned();
-        let msg = format!("HTTP {}: {}", self.status.as_u16(), text.trim());
-        Err(match self.status {
-            StatusCode::FORBIDDEN => Error::PermissionDenied {
-                backend: NAME,
-                source: msg.into(),
-            },
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                Error::unavailable(NAME, msg)
-            }
-            _ => Error::backend(NAME, msg),
-        })
+        Err(status_error(self.status, &self.body))
     }
 }
 
@@ -287,61 +279,35 @@ impl Client {
     }
 }
 
-/// Classifies a transport failure from the typed errors in its source chain, never
-/// from message text: an error that rustls itself raised (a certificate the CA does
-/// not vouch for, a refused client certificate, a protocol mismatch) is a
-/// configuration error; anything else (refused or reset connections, a TLS connection
-/// closed without close_notify, an agent restart, timeouts) is retryable.
-fn transport_error(e: hyper_util::client::legacy::Error) -> Error {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    let mut chain = String::new();
-    while let Some(err) = source {
-        if !chain.is_empty() {
-            chain.push_str(": ");
-        }
-        chain.push_str(&err.to_string());
-        source = err.source();
-    }
-    if raised_by_rustls(&e) {
-        Error::backend(NAME, format!("TLS failure: {chain}"))
-    } else {
-        Error::unavailable(NAME, chain)
-    }
-}
-
-/// True when a `rustls::Error` is in `err`'s chain. An `io::Error` wrapping another
-/// error hides that error from `source()` (it reports the wrapped error's source), so
-/// the wrapped error is looked into explicitly: hyper-rustls wraps tokio-rustls's
-/// `io::Error`, which wraps the `rustls::Error`.
-fn raised_by_rustls(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if let Some(wrapped) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            && raised_by_rustls(wrapped)
-        {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
+/// Every byte but the unreserved ones of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// Like [`QUERY_VALUE`], keeping `/` between path segments.
+const PATH: &AsciiSet = &QUERY_VALUE.remove(b'/');
 
 /// Percent-encodes `s` for a URL path (`/` kept when `keep_slash`) or query value.
 pub(crate) fn encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            b'/' if keep_slash => out.push('/'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
+    let set = if keep_slash { PATH } else { QUERY_VALUE };
+    utf8_percent_encode(s, set).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode;
+
+    #[test]
+    fn encode_keeps_unreserved_bytes_and_escapes_the_rest_in_upper_hex() {
+        assert_eq!(encode("app/config-1_x.y~z", true), "app/config-1_x.y~z");
+        assert_eq!(encode("app/config", false), "app%2Fconfig");
+        assert_eq!(
+            encode("a b+c?d&e=f#g%h", true),
+            "a%20b%2Bc%3Fd%26e%3Df%23g%25h"
+        );
+        assert_eq!(encode("ключ/é", true), "%D0%BA%D0%BB%D1%8E%D1%87/%C3%A9");
+        assert_eq!(encode("\u{1}lock/x:y@z", false), "%01lock%2Fx%3Ay%40z");
+        assert_eq!(encode("", true), "");
     }
-    out
 }

@@ -1,5 +1,6 @@
-//! `delete_tree` and `delete_below` that never delete keys other tools wrote in a form
-//! kvkit never writes (`Key::is_normal`).
+//! Scans and tree deletes of the etcd backend: `list` as one Range, and `delete_tree`
+//! and `delete_below` that never delete keys other tools wrote in a form kvkit never
+//! writes (`Key::is_normal`).
 //!
 //! One keys-only Range reads the subtree at revision R. The kvkit keys lie in runs
 //! between the foreign keys (etcd keeps keys sorted), so one DeleteRange per run (one
@@ -11,6 +12,7 @@
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
 
 use super::{Etcd, header_revision, request};
+use crate::backend::KvPair;
 use crate::error::Result;
 use crate::key::{Dir, Key};
 
@@ -164,6 +166,19 @@ fn own_runs(
         runs.push((run_start, end.to_vec()));
     }
     runs
+}
+
+/// Every kvkit pair strictly below `dir`, in key order: one Range request.
+pub(super) async fn list(etcd: &Etcd, dir: &Dir) -> Result<Vec<KvPair>> {
+    let (start, end) = etcd.dir_range(dir);
+    // etcd returns ranges sorted by key bytes, which is the order of `String`.
+    let options = GetOptions::new().with_range(end);
+    let mut resp = request!(etcd, kv => kv.get(start, Some(options)), clone start, options).await?;
+    let kvs = resp.take_kvs();
+    // Sized up front: `filter_map` would grow the Vec by doubling and copying.
+    let mut pairs = Vec::with_capacity(kvs.len());
+    pairs.extend(kvs.into_iter().filter_map(|kv| etcd.owned_pair(kv)));
+    Ok(pairs)
 }
 
 #[cfg(test)]

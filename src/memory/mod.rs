@@ -7,11 +7,12 @@
 
 mod config;
 pub use config::MemoryConfig;
+mod expiry;
+mod state;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +24,8 @@ use crate::error::{Error, Result};
 use crate::key::{Dir, Key};
 use crate::local_watch::{LocalStore, LocalWatch, LocalWatchTree, Watchers};
 use crate::recipes::CasLock;
+
+use state::{State, below};
 
 /// Largest value the memory store accepts (the same as redb's, so that the model and
 /// the embedded default agree).
@@ -50,99 +53,6 @@ struct Inner {
     closed: AtomicBool,
 }
 
-#[derive(Default)]
-struct State {
-    entries: BTreeMap<String, Entry>,
-    /// Deadline index of the entries that have a TTL.
-    expiries: BTreeSet<(Instant, String)>,
-    revision: u64,
-}
-
-struct Entry {
-    value: Bytes,
-    last_index: u64,
-    expires_at: Option<Instant>,
-}
-
-impl Entry {
-    fn live(&self, now: Instant) -> bool {
-        self.expires_at.is_none_or(|at| at > now)
-    }
-
-    fn pair(&self, key: &str) -> KvPair {
-        KvPair {
-            key: key.to_owned(),
-            value: self.value.clone(),
-            last_index: self.last_index,
-        }
-    }
-}
-
-impl State {
-    fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
-        self.entries.get(key).filter(|e| e.live(now))
-    }
-
-    /// The live entry at `key`, reading the clock only when it has a TTL (a clock read
-    /// is a fifth of a get's time).
-    fn live_now(&self, key: &str) -> Option<&Entry> {
-        self.entries
-            .get(key)
-            .filter(|e| e.expires_at.is_none_or(|at| at > Instant::now()))
-    }
-
-    fn write(&mut self, key: &str, value: Bytes, ttl: Option<Duration>, now: Instant) -> KvPair {
-        self.revision += 1;
-        let expires_at = ttl.map(|ttl| now + ttl);
-        let old = self.entries.insert(
-            key.to_owned(),
-            Entry {
-                value,
-                last_index: self.revision,
-                expires_at,
-            },
-        );
-        if let Some(at) = old.and_then(|e| e.expires_at) {
-            self.expiries.remove(&(at, key.to_owned()));
-        }
-        if let Some(at) = expires_at {
-            self.expiries.insert((at, key.to_owned()));
-        }
-        self.entries[key].pair(key)
-    }
-
-    /// Removes `key`; true when it was live.
-    fn remove(&mut self, key: &str, now: Instant) -> bool {
-        match self.entries.remove(key) {
-            Some(entry) => {
-                if let Some(at) = entry.expires_at {
-                    self.expiries.remove(&(at, key.to_owned()));
-                }
-                self.revision += 1;
-                entry.live(now)
-            }
-            None => false,
-        }
-    }
-
-    /// Removes every expired entry and returns their keys.
-    fn expire(&mut self, now: Instant) -> Vec<String> {
-        let mut expired = Vec::new();
-        while let Some((at, _)) = self.expiries.first() {
-            if *at > now {
-                break;
-            }
-            let (_, key) = self.expiries.pop_first().expect("checked above");
-            self.entries.remove(&key);
-            expired.push(key);
-        }
-        if !expired.is_empty() {
-            self.revision += 1;
-        }
-        expired
-    }
-}
-
 impl Memory {
     /// A new, empty store.
     pub fn new() -> Self {
@@ -159,41 +69,6 @@ impl Memory {
     fn state(&self) -> Result<MutexGuard<'_, State>> {
         self.check_open()?;
         Ok(self.inner.state.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Starts the expiry task if none runs (on the first TTL write, or again when the
-    /// runtime that ran it has ended), and wakes it.
-    fn schedule_expiry(&self) {
-        if !self.inner.reaper_started.swap(true, Ordering::AcqRel) {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    let running = ReaperRunning(Arc::downgrade(&self.inner));
-                    handle.spawn(reap(running, self.inner.reaper.clone()));
-                }
-                // Reads still hide expired keys; only watchers miss the expiry.
-                Err(_) => self.inner.reaper_started.store(false, Ordering::Release),
-            }
-        }
-        self.inner.reaper.notify_one();
-    }
-
-    /// Makes sure pending TTLs reach watchers: a new watcher may live on a runtime
-    /// other than the one whose expiry task ended with it.
-    fn ensure_expiry(&self) {
-        // The flag first: a running task (the common case) costs no lock.
-        if self.inner.reaper_started.load(Ordering::Acquire) {
-            return;
-        }
-        let pending = !self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .expiries
-            .is_empty();
-        if pending {
-            self.schedule_expiry();
-        }
     }
 
     fn write(
@@ -253,54 +128,6 @@ impl Memory {
     }
 }
 
-/// Owned by the expiry task: when the task ends, also because its runtime shut down
-/// and dropped it, the store learns that no task runs, so the next TTL write or watch
-/// starts one on a live runtime.
-struct ReaperRunning(Weak<Inner>);
-
-impl Drop for ReaperRunning {
-    fn drop(&mut self) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.reaper_started.store(false, Ordering::Release);
-        }
-    }
-}
-
-/// Deletes expired entries when their deadline passes, so watchers see them go.
-async fn reap(running: ReaperRunning, wake: Arc<Notify>) {
-    let inner = running.0.clone();
-    loop {
-        let next = {
-            let Some(inner) = inner.upgrade() else { return };
-            if inner.closed.load(Ordering::Acquire) {
-                return;
-            }
-            let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            let expired = state.expire(Instant::now());
-            let next = state.expiries.first().map(|(at, _)| *at);
-            drop(state);
-            inner.watchers.notify(expired.iter().map(String::as_str));
-            next
-        };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = wake.notified() => {}
-                }
-            }
-            None => wake.notified().await,
-        }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Lets the expiry task see that the store is gone and end.
-        self.reaper.notify_one();
-    }
-}
-
 impl LocalStore for Inner {
     fn read_key(&self, key: &str) -> Result<Option<KvPair>> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -319,18 +146,6 @@ impl LocalStore for Inner {
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
-}
-
-/// Live pairs strictly below `dir`, sorted by key.
-fn below(state: &State, dir: &Dir, now: Instant) -> Vec<KvPair> {
-    let prefix = dir.child_prefix();
-    state
-        .entries
-        .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
-        .take_while(|(k, _)| k.starts_with(&prefix))
-        .filter(|(k, e)| e.live(now) && dir.contains(k))
-        .map(|(k, e)| e.pair(k))
-        .collect()
 }
 
 crate::local_watch::local_watch_streams!(Inner, "Memory", MemoryWatch, MemoryWatchTree);

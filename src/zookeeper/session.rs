@@ -3,7 +3,23 @@
 //! the monotonic-read bookkeeping across the main and bulk-reader sessions, lazy TTL
 //! collection, and closing the session when the last handle goes.
 
-use super::*;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{StreamExt, stream};
+use tokio::sync::{RwLock, watch as tokio_watch};
+use zookeeper_async::{Acl, CreateMode, Stat, ZkError, ZkState, ZooKeeper};
+
+use super::codec::{self, Decoded};
+use super::error::map_zk_error;
+use super::multiread::MultiReader;
+use super::nodes::{Node, ancestors, index_of, pair, stat_zxid};
+use super::{MAX_ATTEMPTS, PIPELINE_WINDOW, ZookeeperEncoding, lock, watch};
+use crate::backend::KvPair;
+use crate::error::Result;
+use crate::key::{Dir, Key};
 
 /// Connection state shared with the client crate's state listener.
 pub(super) struct Shared {
@@ -53,6 +69,14 @@ pub(crate) struct Inner {
     pub(super) reader: Option<MultiReader>,
     /// How values are stored in znode data.
     pub(super) encoding: ZookeeperEncoding,
+}
+
+/// Milliseconds since the Unix epoch on this host's clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 pub(super) fn on_state(weak: &Weak<Inner>, state: ZkState) {

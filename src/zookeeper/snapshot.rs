@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use zookeeper_async::{Stat, ZkError};
 
+use super::Zookeeper;
 use super::multiread::{self, MultiReader};
-use super::{Inner, Node, ZkResultData, ZkResultVec, Zookeeper};
+use super::nodes::{Node, ZkResultData, ZkResultVec};
+use super::session::Inner;
 use crate::backend::KvPair;
 
 /// Most validation rounds of one snapshot read before it gives up (it gives up sooner

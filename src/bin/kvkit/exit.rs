@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use kvkit::error::source_chain;
 use kvkit::{Error, ErrorKind};
 
 /// The exit codes of kvkit.
@@ -87,14 +88,13 @@ impl From<Error> for CliError {
         let kind = err.kind();
         // The chain of sources, on one line: transport errors say the most at the end.
         let mut message = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(cause) = source {
+        for cause in source_chain(&err).skip(1) {
             let text = cause.to_string();
+            // A cause many errors already quote in their own text is printed once.
             if !message.contains(&text) {
                 message.push_str(": ");
                 message.push_str(&text);
             }
-            source = cause.source();
         }
         let message = message.replace('\n', " ");
         let message = match advice(kind) {

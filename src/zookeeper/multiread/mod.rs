@@ -57,6 +57,10 @@ pub(crate) enum ReadError {
     /// The reader session is down, timed out, or got an answer it could not use.
     #[error("bulk reader unavailable: {0}")]
     Unavailable(String),
+    /// No reader session could be opened (the reason is the last server's failure);
+    /// the next attempt waits for the backoff.
+    #[error("bulk reader unavailable: cannot open a reader session: {0}")]
+    NoSession(String),
 }
 
 /// Splits `paths` into multiRead batches: at most [`MAX_OPS`] ops and
@@ -346,9 +350,7 @@ impl MultiReader {
             Err(e) => {
                 state.next_addr = (state.next_addr + 1) % addrs.len().max(1);
                 state.retry_at = Some(Instant::now() + state.backoff.next_delay());
-                Err(ReadError::Unavailable(format!(
-                    "cannot open a reader session: {e}"
-                )))
+                Err(ReadError::NoSession(e))
             }
         }
     }
@@ -547,10 +549,7 @@ mod tests {
             let before = Instant::now();
             let err = reader.data(None, &paths).await.unwrap_err();
             let after = Instant::now();
-            assert!(
-                matches!(&err, ReadError::Unavailable(e) if e.contains("cannot open")),
-                "{err:?}"
-            );
+            assert!(matches!(&err, ReadError::NoSession(_)), "{err:?}");
             let retry_at = reader.state.lock().await.retry_at.unwrap();
             assert!(retry_at >= before + base, "{base:?}");
             assert!(retry_at <= after + base + base / 4, "{base:?}");
