@@ -164,7 +164,8 @@ pub async fn raw_request(
 const KEY_PATH: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'/');
 
 /// The emulator's KV store as another tool sees it over HTTP, for the foreign-key
-/// checks. Consul keys are text without a leading slash.
+/// checks. Consul keys are text without a leading slash, and Consul refuses a `..`
+/// segment (HTTP 400).
 #[derive(Clone)]
 pub struct ConsulRaw {
     url: String,
@@ -209,6 +210,7 @@ impl RawStore for ConsulRaw {
     }
 
     fn holds(&self, key: &[u8]) -> bool {
-        std::str::from_utf8(key).is_ok() && !key.starts_with(b"/")
+        std::str::from_utf8(key)
+            .is_ok_and(|key| !key.starts_with('/') && !key.split('/').any(|s| s == ".."))
     }
 }
