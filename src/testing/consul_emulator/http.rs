@@ -297,3 +297,32 @@ fn parse_query(q: &str) -> Vec<(String, Option<String>)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_query, percent_decode};
+
+    #[test]
+    fn paths_decode_escapes_and_keep_plus() {
+        assert_eq!(
+            percent_decode("/v1/kv/a%2Fb+c").as_deref(),
+            Some("/v1/kv/a/b+c")
+        );
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        for malformed in ["%", "%2", "%zz", "a%g1"] {
+            assert_eq!(percent_decode(malformed), None, "{malformed:?}");
+        }
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn queries_decode_plus_as_space_and_keep_bare_names() {
+        let pairs = parse_query("recurse&separator=%2F&token=a+b%2Bc&&bad=%zz");
+        let want = [
+            ("recurse".to_owned(), None),
+            ("separator".to_owned(), Some("/".to_owned())),
+            ("token".to_owned(), Some("a b+c".to_owned())),
+        ];
+        assert_eq!(pairs, want);
+    }
+}
