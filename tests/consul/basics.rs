@@ -10,6 +10,7 @@ use kvkit::{ErrorKind, Kv, PutOptions};
 use tokio::time::Instant;
 
 use crate::consul_support::{client_config, emulator_config, raw_request, setup};
+use crate::streams::keys;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_typed() {
@@ -81,21 +82,9 @@ async fn prefixes_isolate_and_foreign_keys_are_skipped() {
     a.put("x/1", "a", PutOptions::default()).await.unwrap();
     b.put("x/1", "b", PutOptions::default()).await.unwrap();
     assert_eq!(a.get("x/1").await.unwrap().value, "a");
-    let listed: Vec<String> = a
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
+    let listed = keys(&a.list("").await.unwrap());
     assert_eq!(listed, ["x/1"]);
-    let all: Vec<String> = root
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
+    let all = keys(&root.list("").await.unwrap());
     assert_eq!(all, ["app-a/x/1", "app-b/x/1"]);
     a.delete_tree("").await.unwrap();
     assert!(a.list("").await.unwrap().is_empty());
@@ -103,13 +92,7 @@ async fn prefixes_isolate_and_foreign_keys_are_skipped() {
     // A folder marker written by another client ("dir/") is not a kvkit key.
     let (status, _) = raw_request(&emu.url(), Method::PUT, "/v1/kv/app-b/x/", Bytes::new()).await;
     assert_eq!(status, StatusCode::OK);
-    let listed: Vec<String> = b
-        .list("x")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
+    let listed = keys(&b.list("x").await.unwrap());
     assert_eq!(listed, ["x/1"]);
 }
 

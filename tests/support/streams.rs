@@ -93,3 +93,8 @@ where
         }
     }
 }
+
+/// The keys of `pairs`, in order.
+pub fn keys(pairs: &[KvPair]) -> Vec<String> {
+    pairs.iter().map(|p| p.key.clone()).collect()
+}
