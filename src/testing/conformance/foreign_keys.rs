@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 
 use super::support::{next_item, ok};
@@ -93,11 +94,7 @@ pub async fn foreign_keys_are_never_listed_or_watched<B: Backend, R: RawStore>(
     ok("put", kv.put("f/ok2", "mine", PutOptions::default()).await);
     let next = ok("next subtree", next_item("next subtree", &mut tree).await);
     assert_eq!(key_names(next), ["f/ok", "f/ok2"]);
-    let quiet = tokio::time::timeout(
-        Duration::from_millis(300),
-        futures::StreamExt::next(&mut tree),
-    )
-    .await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), tree.next()).await;
     assert!(quiet.is_err(), "unexpected extra subtree: {quiet:?}");
 }
 
