@@ -68,8 +68,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use key::{Dir, Key};
 pub use kv::Kv;
 
+pub use any::{AnyBackend, AnyLock, AnyWatch, AnyWatchTree};
+pub use config::{StoreConfig, TlsConfig, connect};
 /// [`CasLock`](recipes::CasLock) at its first path, `kvkit::recipe::CasLock`.
 pub use recipes::cas_lock as recipe;
 pub use recipes::{discovery, election};
-pub use any::{AnyBackend, AnyLock, AnyWatch, AnyWatchTree};
-pub use config::{StoreConfig, TlsConfig, connect};

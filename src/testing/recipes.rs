@@ -1,6 +1,6 @@
 //! Checks of the recipes built on `Kv` (leader election, service discovery, typed
 //! values), generic over the backend like the conformance suite. Each check works
-//! below [`ROOT`] and panics with a message naming the rule it saw broken.
+//! below [`RECIPES_ROOT`] and panics with a message naming the rule it saw broken.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,7 @@ use crate::error::ErrorKind;
 use crate::kv::Kv;
 
 /// Every check works below this directory.
-pub const ROOT: &str = "kvkit-recipes";
+pub const RECIPES_ROOT: &str = "kvkit-recipes";
 
 /// Runs every recipe check in turn.
 pub async fn run_all<B: Backend>(kv: &Kv<B>) {
@@ -29,7 +29,7 @@ pub async fn run_all<B: Backend>(kv: &Kv<B>) {
 }
 
 async fn fresh<B: Backend>(kv: &Kv<B>, name: &str) -> String {
-    let dir = format!("{ROOT}/{name}");
+    let dir = format!("{RECIPES_ROOT}/{name}");
     kv.delete_tree(&dir)
         .await
         .expect("wipe the check's directory");

@@ -111,3 +111,31 @@ where
         "{what}: an item, or no end, after Err(Closed)"
     );
 }
+
+/// The value of a point watch's state as a string; `None` for a missing key.
+pub fn value(pair: &Option<KvPair>) -> Option<String> {
+    pair.as_ref()
+        .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+}
+
+/// The next `Ok` item, counting the `Unavailable` errors a watch reports on the way
+/// (one per outage).
+pub async fn next_through_outage<S, T>(stream: &mut S, outages: &mut usize) -> T
+where
+    S: Stream<Item = kvkit::Result<T>> + Unpin,
+{
+    loop {
+        match next(stream, "a stream item through an outage").await {
+            Ok(item) => return item,
+            Err(err) => {
+                assert_eq!(err.kind(), kvkit::ErrorKind::Unavailable, "{err}");
+                *outages += 1;
+            }
+        }
+    }
+}
+
+/// The keys of `pairs`, in order.
+pub fn keys(pairs: &[KvPair]) -> Vec<String> {
+    pairs.iter().map(|p| p.key.clone()).collect()
+}

@@ -1,42 +1,27 @@
 //! The emulator's HTTP layer: connections (plain or TLS), fault switches, request
-//! parsing, the ACL check, routing to the endpoint handlers ([`super::kv`],
-//! [`super::txn`], [`super::session`]), and what they share: response builders,
-//! blocking queries (api-docs/features/blocking) and Go-duration parsing.
+//! parsing and percent-decoding, the ACL check, and routing to the endpoint handlers
+//! ([`super::kv`], [`super::txn`], [`super::session`]). What those share is in
+//! [`super::wire`].
 
-// Handlers return the finished error response as their `Err`; it is built once per
-// failed request, so its size does not matter here.
-#![allow(clippy::result_large_err)]
-
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use crate::config::parse_go_duration;
-
 use super::kv::{kv_delete, kv_get, kv_put};
 use super::session::{session_create, session_destroy, session_info, session_list, session_renew};
-use super::state::State;
 use super::txn::txn;
+use super::wire::{Req, Resp, json_resp, text};
 use super::{EmulatorTls, Shared};
-
-const DEFAULT_WAIT: Duration = Duration::from_secs(300);
-const MAX_WAIT: Duration = Duration::from_secs(600);
-
-pub(super) type Resp = Response<Full<Bytes>>;
 
 /// The error a handler returns to make hyper close the connection without answering.
 #[derive(Debug)]
@@ -156,38 +141,6 @@ async fn serve<I>(
 // ---------------------------------------------------------------------------------
 // Requests
 
-/// A request, read whole and decoded.
-pub(super) struct Req {
-    method: Method,
-    path: String,
-    query: Vec<(String, Option<String>)>,
-    token: Option<String>,
-    pub(super) body: Bytes,
-}
-
-impl Req {
-    pub(super) fn has(&self, name: &str) -> bool {
-        self.query.iter().any(|(k, _)| k == name)
-    }
-
-    pub(super) fn get(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_deref().unwrap_or(""))
-    }
-
-    pub(super) fn u64_param(&self, name: &str) -> Result<Option<u64>, Resp> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| text(StatusCode::BAD_REQUEST, &format!("Invalid {name}: {v:?}"))),
-        }
-    }
-}
-
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, DropConnection> {
     shared.requests.fetch_add(1, Ordering::SeqCst);
     if shared.faults.take_drop() {
@@ -302,157 +255,74 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Resp {
 // ---------------------------------------------------------------------------------
 // Responses
 
-pub(super) fn text(status: StatusCode, body: &str) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-pub(super) fn json_resp(status: StatusCode, value: &Value, index: Option<u64>) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(index) = index {
-        add_query_meta(&mut resp, index);
-    }
-    resp
-}
-
-/// The headers of a read: `X-Consul-Index` (never 0), `X-Consul-KnownLeader`,
-/// `X-Consul-LastContact`.
-pub(super) fn add_query_meta(resp: &mut Resp, index: u64) {
-    let headers = resp.headers_mut();
-    headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
-    headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
-    headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
-}
-
 // ---------------------------------------------------------------------------------
 // Blocking queries
 
-fn parse_wait(req: &Req) -> Result<Duration, Resp> {
-    match req.get("wait") {
-        None | Some("") => Ok(DEFAULT_WAIT),
-        Some(w) => parse_go_duration(w)
-            .map(|d| d.min(MAX_WAIT))
-            .ok_or_else(|| {
-                text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Invalid wait time: {w:?}"),
-                )
-            }),
-    }
-}
-
-/// Runs `query` until its index exceeds `?index=` or the wait (plus up to wait/16 of
-/// jitter) is over; `index=0` (or none) does not block.
-pub(super) async fn blocking<R>(
-    shared: &Shared,
-    req: &Req,
-    mut query: impl FnMut(&State) -> (u64, R),
-) -> Result<(u64, R), Resp> {
-    let min_index = req.u64_param("index")?.unwrap_or(0);
-    let wait = parse_wait(req)?;
-    let jitter = if wait.is_zero() {
-        Duration::ZERO
-    } else {
-        let max = (wait / 16).as_millis().max(1) as u64;
-        Duration::from_millis(random_u64(shared) % max)
-    };
-    let deadline = Instant::now() + wait + jitter;
-    let mut changes = shared.changes.subscribe();
-    let mut abandon = shared.abandon.subscribe();
-    abandon.borrow_and_update();
-    loop {
-        changes.borrow_and_update();
-        let (index, result) = {
-            let state = shared.lock();
-            query(&state)
-        };
-        if min_index == 0 || index > min_index || Instant::now() >= deadline {
-            return Ok((index, result));
-        }
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = abandon.changed() => {
-                let state = shared.lock();
-                return Ok(query(&state));
-            }
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------
-// Helpers
+// Decoding
 
-pub(super) fn random_u64(shared: &Shared) -> u64 {
-    let n = shared.id_seed.fetch_add(1, Ordering::Relaxed);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(n);
-    hasher.finish()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn decode_bytes(s: &str, plus_is_space: bool) -> Option<String> {
+/// True when every `%` in `s` starts an escape of two hex digits (Go's URL parser
+/// refuses the request otherwise).
+fn escapes_are_valid(s: &str) -> bool {
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hi = hex(*bytes.get(i + 1)?)?;
-                let lo = hex(*bytes.get(i + 2)?)?;
-                out.push(hi << 4 | lo);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
+/// The percent-decoded text of `s` (`+` stays `+`), or `None` for a malformed escape
+/// or bytes that are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    decode_bytes(s, false)
+    if !escapes_are_valid(s) {
+        return None;
+    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|text| text.into_owned())
 }
 
+/// A query string's pairs, decoded as a form (`+` is a space); a name without `=` has
+/// no value. A pair that does not decode is left out.
 fn parse_query(q: &str) -> Vec<(String, Option<String>)> {
+    let decode = |s: &str| percent_decode(&s.replace('+', " "));
     q.split('&')
         .filter(|p| !p.is_empty())
         .filter_map(|pair| match pair.split_once('=') {
-            Some((k, v)) => Some((decode_bytes(k, true)?, Some(decode_bytes(v, true)?))),
-            None => Some((decode_bytes(pair, true)?, None)),
+            Some((k, v)) => Some((decode(k)?, Some(decode(v)?))),
+            None => Some((decode(pair)?, None)),
         })
         .collect()
 }
 
-pub(super) fn format_go_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        let secs = d.as_secs();
-        if secs >= 3600 && secs.is_multiple_of(3600) {
-            return format!("{}h0m0s", secs / 3600);
+#[cfg(test)]
+mod tests {
+    use super::{parse_query, percent_decode};
+
+    #[test]
+    fn paths_decode_escapes_and_keep_plus() {
+        assert_eq!(
+            percent_decode("/v1/kv/a%2Fb+c").as_deref(),
+            Some("/v1/kv/a/b+c")
+        );
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        for malformed in ["%", "%2", "%zz", "a%g1"] {
+            assert_eq!(percent_decode(malformed), None, "{malformed:?}");
         }
-        return format!("{secs}s");
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
     }
-    format!("{}s", d.as_secs_f64())
+
+    #[test]
+    fn queries_decode_plus_as_space_and_keep_bare_names() {
+        let pairs = parse_query("recurse&separator=%2F&token=a+b%2Bc&&bad=%zz");
+        let want = [
+            ("recurse".to_owned(), None),
+            ("separator".to_owned(), Some("/".to_owned())),
+            ("token".to_owned(), Some("a b+c".to_owned())),
+        ];
+        assert_eq!(pairs, want);
+    }
 }

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::http::{Req, Resp, add_query_meta, blocking, json_resp, text};
 use super::state::Entry;
+use super::wire::{Req, Resp, add_query_meta, blocking, json_resp, text};
 
 /// Consul's KV value limit.
 pub(super) const MAX_VALUE: usize = 512 * 1024;

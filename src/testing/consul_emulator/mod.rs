@@ -27,6 +27,7 @@ mod kv;
 mod session;
 mod state;
 mod txn;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -16,10 +16,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::http::{
-    Req, Resp, blocking, format_go_duration, json_resp, parse_go_duration, random_u64, text,
-};
 use super::state::{Behavior, Session};
+use super::wire::{Req, Resp, blocking, format_go_duration, json_resp, random_u64, text};
+use crate::config::parse_go_duration;
 
 /// Longest session TTL (24 h).
 const MAX_TTL: Duration = Duration::from_secs(86_400);

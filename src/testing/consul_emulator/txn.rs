@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::http::{Req, Resp, add_query_meta, json_resp, text};
 use super::kv::{MAX_VALUE, entry_json};
 use super::state::State;
+use super::wire::{Req, Resp, add_query_meta, json_resp, text};
 
 /// Consul's limit of operations in one transaction.
 const MAX_TXN_OPS: usize = 64;

@@ -1,0 +1,15 @@
+//! Typed causes of errors, so tests check why a call failed without reading its text.
+
+/// The first error of type `T` in `err`'s source chain (`err` included).
+pub fn cause<'e, T: std::error::Error + 'static>(
+    err: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
+}
