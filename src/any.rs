@@ -75,15 +75,19 @@ macro_rules! per_backend {
             Memory(per_backend!(@ty Memory $(, $assoc)?)),
             /// The embedded redb store.
             #[cfg(feature = "redb")]
+            #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
             Redb(per_backend!(@ty crate::redb::Redb $(, $assoc)?)),
             /// etcd.
             #[cfg(feature = "etcd")]
+            #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
             Etcd(per_backend!(@ty crate::etcd::Etcd $(, $assoc)?)),
             /// ZooKeeper.
             #[cfg(feature = "zookeeper")]
+            #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
             Zookeeper(per_backend!(@ty crate::zookeeper::Zookeeper $(, $assoc)?)),
             /// Consul.
             #[cfg(feature = "consul")]
+            #[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
             Consul(per_backend!(@ty crate::consul::Consul $(, $assoc)?)),
         }
     };

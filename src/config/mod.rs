@@ -57,6 +57,7 @@ pub(crate) mod validate;
 
 pub use crate::memory::MemoryConfig;
 #[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
 pub use crate::redb::RedbConfig;
 pub use duration::{MAX_DURATION, check_duration, format_duration, parse_duration};
 pub use tls::{TlsConfig, TlsMaterial};
@@ -93,15 +94,19 @@ pub enum StoreConfig {
     Memory(MemoryConfig),
     /// The embedded redb store.
     #[cfg(feature = "redb")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
     Redb(RedbConfig),
     /// etcd v3.
     #[cfg(feature = "etcd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
     Etcd(crate::etcd::EtcdConfig),
     /// ZooKeeper.
     #[cfg(feature = "zookeeper")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
     Zookeeper(crate::zookeeper::ZookeeperConfig),
     /// Consul.
     #[cfg(feature = "consul")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
     Consul(crate::consul::ConsulConfig),
 }
 
