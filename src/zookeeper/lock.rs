@@ -613,12 +613,7 @@ impl LockGuard for ZookeeperLock {
 
     async fn unlock(mut self) -> Result<()> {
         self.released = true;
-        self.loss_watch.abort();
-        self.held
-            .backend
-            .inner()
-            .held_locks()
-            .remove(self.registered);
+        self.stop_watching_for_loss();
         let was_lost = self.lost.is_fired();
         let released = self.held.release().await;
         if was_lost {
@@ -630,17 +625,25 @@ impl LockGuard for ZookeeperLock {
     }
 }
 
-impl Drop for ZookeeperLock {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
+impl ZookeeperLock {
+    /// Stops the loss watch and takes the lock off the handle's list of held locks
+    /// (what both `unlock` and `Drop` do first).
+    fn stop_watching_for_loss(&mut self) {
         self.loss_watch.abort();
         self.held
             .backend
             .inner()
             .held_locks()
             .remove(self.registered);
+    }
+}
+
+impl Drop for ZookeeperLock {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        self.stop_watching_for_loss();
         let held = self.held.clone();
         crate::background::release_in_background(
             "zookeeper lock",
