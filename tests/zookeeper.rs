@@ -1056,7 +1056,7 @@ async fn standalone_server() {
     }
     kvkit::testing::model::check_against_memory(&kv, config)
         .await
-        .unwrap_or_else(|e| panic!("{}", e.0));
+        .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("model harness passed in {:?}", started.elapsed());
     eprintln!("recipes");
     kvkit::testing::recipes::run_all(&kv).await;
@@ -2160,7 +2160,7 @@ async fn model_accepts_a_tree_seen_part_deleted() {
     };
     kvkit::testing::model::check_against_memory(&kv, config)
         .await
-        .unwrap_or_else(|e| panic!("{}", e.0));
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The values of `d/a` and `d/z/1` in a listed (or watched) state of `d`, as numbers.
