@@ -3,7 +3,8 @@
 
 use super::concurrent::check_concurrent;
 use super::failure::{CheckFailure, Phase};
-use super::model::{ModelConfig, check_against_memory};
+use super::model::ops::ModelConfig;
+use super::model::run::{check_against_memory, random_seed};
 use crate::backend::Backend;
 use crate::kv::Kv;
 
@@ -96,7 +97,7 @@ async fn spawned(
 /// The concurrent phase's seed: derived from the model's seed when it is fixed, so one
 /// seed replays the whole check; random otherwise (a failure reports it).
 fn concurrent_seed(seed: Option<[u8; 32]>) -> u64 {
-    let seed = seed.unwrap_or_else(super::model::random_seed);
+    let seed = seed.unwrap_or_else(random_seed);
     let mut first = [0u8; 8];
     first.copy_from_slice(&seed[..8]);
     u64::from_le_bytes(first)

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use super::workload::{CONCURRENT_LOCK_ROOT, ConcurrentConfig};
 use super::workload::{Clock, KEY_SPACE, Record, Reply, Rng, Seen, full, random_op, run_op};
-use super::{CONCURRENT_LOCK_ROOT, ConcurrentConfig};
 use crate::backend::{Backend, KvPair, LockGuard, LockOptions, PutOptions};
 use crate::error::{Error, ErrorKind};
 use crate::kv::Kv;

@@ -1,4 +1,5 @@
-//! The workload: the key space, the random client operations and how each is run and recorded.
+//! The workload: its shape (`ConcurrentConfig`), the key space, the random client
+//! operations and how each is run and recorded.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -6,11 +7,67 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::CONCURRENT_ROOT;
 use crate::backend::{Backend, KvPair, PutOptions};
 use crate::error::{Error, ErrorKind};
 use crate::kv::Kv;
-use crate::testing::linearizability::{Conflict, Time};
+use crate::testing::linearizability::{CheckLimits, Conflict, Time};
+
+/// The random operations work below this directory, which is wiped first.
+pub const CONCURRENT_ROOT: &str = "kvkit-concurrent";
+/// The lock and its fencing counter live below this directory.
+pub const CONCURRENT_LOCK_ROOT: &str = "kvkit-concurrent-lock";
+
+/// How a concurrent run is shaped.
+#[derive(Clone, Debug)]
+pub struct ConcurrentConfig {
+    /// Clients issuing random operations at once (default 4).
+    pub clients: usize,
+    /// Operations per client (default 100).
+    pub ops_per_client: usize,
+    /// Seed of every random choice; the failure report repeats it.
+    pub seed: u64,
+    /// Single-key watchers started during the run (default 2).
+    pub watchers: usize,
+    /// Lock contenders (default 3: two with identical default options, one with its
+    /// own value and TTL).
+    pub lock_contenders: usize,
+    /// Lock rounds per contender (default 6).
+    pub lock_rounds: usize,
+    /// How many keys of [`KEY_SPACE`] the random operations use (default all; fewer
+    /// keys means more collisions).
+    pub max_key_space: usize,
+    /// An operation still pending after this long is abandoned and treated as one
+    /// that may or may not have taken effect (default 10 s).
+    pub op_timeout: Duration,
+    /// The longest a fault stays in force (default 3 s): it is healed when two
+    /// thirds of the operations are done or after this long, whichever comes first.
+    pub fault_duration: Duration,
+    /// The bound for recovery after a fault and for watches to converge (default 30 s).
+    pub settle: Duration,
+    /// How hard the linearizability search may work per key.
+    pub limits: CheckLimits,
+    /// Check every list as an atomic snapshot across keys (default true).
+    pub check_list_snapshots: bool,
+}
+
+impl Default for ConcurrentConfig {
+    fn default() -> Self {
+        ConcurrentConfig {
+            clients: 4,
+            ops_per_client: 100,
+            seed: 1,
+            watchers: 2,
+            lock_contenders: 3,
+            lock_rounds: 6,
+            max_key_space: KEY_SPACE.len(),
+            op_timeout: Duration::from_secs(10),
+            fault_duration: Duration::from_secs(3),
+            settle: Duration::from_secs(30),
+            limits: CheckLimits::default(),
+            check_list_snapshots: true,
+        }
+    }
+}
 
 /// The key space, relative to [`CONCURRENT_ROOT`]: prefix-siblings that sort before and after
 /// `/` (`-`, `.`, `~`), nested keys, and keys that are also directories of others.

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use super::history::{ms, show_value};
-use super::{Conflict, Event, HistoryRule, HistoryViolation, KeyOp, Outcome, Time};
+use super::history::{Conflict, Event, KeyOp, Outcome, Time, ms, show_value};
+use super::violation::{HistoryRule, HistoryViolation};
 
 /// The time window in which the state `(value, index)` of `key` can have existed:
 /// from the invocation of the write that wrote `value`, to the earliest return of an

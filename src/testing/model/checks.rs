@@ -4,32 +4,14 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 
-use super::MODEL_LOCK_ROOT;
-use super::harness::{
-    Entry, Filter, Gone, Harness, LockSlot, lock_key, show_kind, triple, unexpected_error,
-};
-use super::ops::{LOCKS, Version};
+use super::harness::{Entry, Filter, Gone, Harness, LockSlot, lock_key, show_kind, triple};
+use super::ops::{LOCKS, MODEL_LOCK_ROOT, Version};
+use super::violation::unexpected_error;
+use super::violation::{Checked, StepViolation, violation};
 use crate::backend::{Backend, KvPair, LockGuard};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Dir;
 use crate::testing::rules::Rule;
-
-/// A broken rule found by one step.
-#[derive(Debug)]
-pub(super) struct StepViolation {
-    pub(super) rule: Rule,
-    pub(super) detail: String,
-}
-
-pub(super) fn violation(rule: Rule, detail: impl Into<String>) -> StepViolation {
-    StepViolation {
-        rule,
-        detail: detail.into(),
-    }
-}
-
-/// What a step's check returns: `Err` names the rule broken.
-pub(super) type Checked<T = ()> = std::result::Result<T, StepViolation>;
 
 impl<B: Backend> Harness<B> {
     /// Why a read by handle `h` of `key` returning `got` instead of the model's state is

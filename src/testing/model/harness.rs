@@ -8,9 +8,8 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
-use super::checks::{Checked, StepViolation, violation};
-use super::ops::{LOCKS, LockValue, ModelConfig, Op};
-use super::{MODEL_LOCK_ROOT, MODEL_ROOT};
+use super::ops::{LOCKS, LockValue, MODEL_LOCK_ROOT, MODEL_ROOT, ModelConfig, Op};
+use super::violation::{Checked, StepViolation, violation};
 use crate::backend::{Backend, Capabilities, KvPair, LockGuard};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{Dir, Key};

@@ -19,32 +19,22 @@
 //! A failure is shrunk by proptest to a minimal sequence; [`ModelFailure`] (a
 //! [`CheckFailure`]) names the rule broken, the seed, the step and the sequence.
 
-use std::time::Duration;
-
 mod checks;
 mod harness;
-mod ops;
-mod run;
+pub(in crate::testing) mod ops;
+pub(in crate::testing) mod run;
 mod steps;
+mod violation;
 
 pub use super::check_backend;
-pub use ops::{LockValue, ModelConfig, Op, OpenHandle, Version, sequence};
+pub use ops::{
+    LockValue, MODEL_LOCK_ROOT, MODEL_ROOT, ModelConfig, Op, OpenHandle, PROMPTLY, Version,
+    sequence,
+};
 pub use run::check_against_memory;
-pub(crate) use run::random_seed;
 
-use super::CheckFailure;
+use super::failure::CheckFailure;
 
 /// The failure [`check_backend`] and [`check_against_memory`] return: the one
 /// [`CheckFailure`] type, under the name this module has always used.
 pub type ModelFailure = CheckFailure;
-
-/// Every data key of a case lives below this directory, wiped before each case.
-pub const MODEL_ROOT: &str = "kvkit-model";
-
-/// The lock keys of a case live below this directory: a prefix-sibling of
-/// [`MODEL_ROOT`], so a backend whose `list(MODEL_ROOT)` leaks siblings shows it.
-pub const MODEL_LOCK_ROOT: &str = "kvkit-model-locks";
-
-/// How long a step waits for something that must happen "promptly" (a watch item, a
-/// lock freed by a dropped guard).
-pub const PROMPTLY: Duration = super::conformance::PROMPTLY;

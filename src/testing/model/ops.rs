@@ -15,6 +15,17 @@ use crate::testing::concurrent::ConcurrentConfig;
 use crate::testing::failure::hex;
 use crate::testing::fault::SharedFault;
 
+/// Every data key of a case lives below this directory, wiped before each case.
+pub const MODEL_ROOT: &str = "kvkit-model";
+
+/// The lock keys of a case live below this directory: a prefix-sibling of
+/// [`MODEL_ROOT`], so a backend whose `list(MODEL_ROOT)` leaks siblings shows it.
+pub const MODEL_LOCK_ROOT: &str = "kvkit-model-locks";
+
+/// How long a step waits for something that must happen "promptly" (a watch item, a
+/// lock freed by a dropped guard).
+pub const PROMPTLY: Duration = crate::testing::conformance::PROMPTLY;
+
 /// Opens one more independent handle on the same store (a separate connection or
 /// session on a network backend).
 pub type OpenHandle<B> = Arc<dyn Fn() -> BoxFuture<'static, Result<Kv<B>>> + Send + Sync>;

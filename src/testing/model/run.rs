@@ -8,9 +8,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use tokio::time::Instant;
 
-use super::MODEL_ROOT;
 use super::harness::{Harness, Seen};
-use super::ops::{ModelConfig, Op, sequence};
+use super::ops::{MODEL_ROOT, ModelConfig, Op, sequence};
 use crate::backend::{Backend, PutOptions};
 use crate::kv::Kv;
 use crate::testing::failure::{CheckFailure, Phase};

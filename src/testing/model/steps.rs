@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::PROMPTLY;
-use super::checks::{Checked, violation};
 use super::harness::{
     Expiry, Filter, Gone, Harness, LockSlot, OpenWatch, WatchState, WatchStream, lock_key,
-    next_item, next_ready, normal, prefixed, strip, unexpected_error,
+    next_item, next_ready, normal, prefixed, strip,
 };
-use super::ops::{LockValue, MAX_WATCHES, Op, OpenHandle};
+use super::ops::{LockValue, MAX_WATCHES, Op, OpenHandle, PROMPTLY};
+use super::violation::{Checked, unexpected_error, violation};
 use crate::backend::{Backend, LockGuard, LockOptions, PutOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Dir;
