@@ -3,15 +3,16 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::harness::{
     Expiry, Filter, Gone, Harness, LockSlot, OpenWatch, WatchState, WatchStream, lock_key,
     next_item, next_ready, normal, prefixed, strip,
 };
-use super::ops::{LockValue, MAX_WATCHES, Op, OpenHandle, PROMPTLY};
+use super::ops::{LockValue, MAX_WATCHES, Op, OpenHandle, PROMPTLY, Version};
 use super::violation::{Checked, unexpected_error, violation};
-use crate::backend::{Backend, LockGuard, LockOptions, PutOptions};
+use crate::backend::{Backend, KvPair, LockGuard, LockOptions, PutOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Dir;
 use crate::kv::Kv;
@@ -177,23 +178,8 @@ impl<B: Backend> Harness<B> {
                 ttl,
             } => {
                 let ttl = *ttl && self.ttl_allowed();
-                let (h, kv) = self.handle(*handle);
                 let key = normal(&prefixed(key));
-                let want = self.data.contains_key(&key).then_some(ErrorKind::KeyExists);
-                let t0 = Instant::now();
-                let got = kv
-                    .atomic_put(&key, value.clone(), None, self.put_options(ttl))
-                    .await;
-                let expiry = self.expiry_for(ttl, t0, Instant::now());
-                self.check_kind(
-                    &format!("atomic_put({key:?}, None)"),
-                    got.as_ref().err(),
-                    want,
-                )?;
-                match got {
-                    Ok(pair) => self.wrote(h, &key, value, &pair, expiry),
-                    Err(_) => Ok(()),
-                }
+                self.atomic_put(*handle, &key, value, None, ttl).await
             }
             Op::Swap {
                 handle,
@@ -204,29 +190,11 @@ impl<B: Backend> Harness<B> {
             } => {
                 let ttl = *ttl && self.ttl_allowed();
                 let key = normal(&prefixed(key));
-                let Some(prev) = self.pick(&key, *version) else {
-                    return Box::pin(self.apply(&Op::Get {
-                        handle: *handle,
-                        key: strip(&key),
-                    }))
-                    .await;
+                let Some(prev) = self.observed_or_get(*handle, &key, *version).await? else {
+                    return Ok(());
                 };
-                let (h, kv) = self.handle(*handle);
-                let want = self.cas_expect(&key, prev.last_index);
-                let t0 = Instant::now();
-                let got = kv
-                    .atomic_put(&key, value.clone(), Some(&prev), self.put_options(ttl))
-                    .await;
-                let expiry = self.expiry_for(ttl, t0, Instant::now());
-                self.check_cas(
-                    &format!("atomic_put({key:?}, last_index {})", prev.last_index),
-                    got.as_ref().err(),
-                    want,
-                )?;
-                match got {
-                    Ok(pair) => self.wrote(h, &key, value, &pair, expiry),
-                    Err(_) => Ok(()),
-                }
+                self.atomic_put(*handle, &key, value, Some(&prev), ttl)
+                    .await
             }
             Op::CompareDelete {
                 handle,
@@ -234,12 +202,8 @@ impl<B: Backend> Harness<B> {
                 version,
             } => {
                 let key = normal(&prefixed(key));
-                let Some(prev) = self.pick(&key, *version) else {
-                    return Box::pin(self.apply(&Op::Get {
-                        handle: *handle,
-                        key: strip(&key),
-                    }))
-                    .await;
+                let Some(prev) = self.observed_or_get(*handle, &key, *version).await? else {
+                    return Ok(());
                 };
                 let (h, kv) = self.handle(*handle);
                 let want = self.cas_expect(&key, prev.last_index);
@@ -503,12 +467,74 @@ impl<B: Backend> Harness<B> {
         }
     }
 
+    /// The observed pair a compare step uses; `None` when none was observed yet, after
+    /// a `get` of the key instead.
+    async fn observed_or_get(
+        &mut self,
+        handle: usize,
+        key: &str,
+        version: Version,
+    ) -> Checked<Option<KvPair>> {
+        if let Some(prev) = self.pick(key, version) {
+            return Ok(Some(prev));
+        }
+        let get = Op::Get {
+            handle,
+            key: strip(key),
+        };
+        Box::pin(self.apply(&get)).await.map(|()| None)
+    }
+
+    /// `atomic_put` of `key` (a create when `prev` is `None`, a swap otherwise),
+    /// checked against the model's expected outcome.
+    async fn atomic_put(
+        &mut self,
+        handle: usize,
+        key: &str,
+        value: &Bytes,
+        prev: Option<&KvPair>,
+        ttl: bool,
+    ) -> Checked {
+        let (h, kv) = self.handle(handle);
+        let want = match prev {
+            None => self.data.contains_key(key).then_some(ErrorKind::KeyExists),
+            Some(prev) => self.cas_expect(key, prev.last_index),
+        };
+        let t0 = Instant::now();
+        let got = kv
+            .atomic_put(key, value.clone(), prev, self.put_options(ttl))
+            .await;
+        let expiry = self.expiry_for(ttl, t0, Instant::now());
+        match prev {
+            None => self.check_kind(
+                &format!("atomic_put({key:?}, None)"),
+                got.as_ref().err(),
+                want,
+            )?,
+            Some(prev) => self.check_cas(
+                &format!("atomic_put({key:?}, last_index {})", prev.last_index),
+                got.as_ref().err(),
+                want,
+            )?,
+        }
+        match got {
+            Ok(pair) => self.wrote(h, key, value, &pair, expiry),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Frees the model's slot of `lock`: its holder's handle, guard and key, if held.
+    fn take_held(&mut self, lock: usize) -> Option<(usize, B::Lock, String)> {
+        match std::mem::replace(&mut self.locks[lock], LockSlot::Free) {
+            LockSlot::Held { handle, guard, .. } => Some((handle, guard, lock_key(lock))),
+            LockSlot::Free => None,
+        }
+    }
+
     pub(super) async fn unlock(&mut self, lock: usize) -> Checked {
-        let slot = std::mem::replace(&mut self.locks[lock], LockSlot::Free);
-        let LockSlot::Held { handle, guard, .. } = slot else {
+        let Some((handle, guard, key)) = self.take_held(lock) else {
             return Ok(());
         };
-        let key = lock_key(lock);
         if guard.is_lost() {
             return Err(violation(
                 Rule::LockNotLost,
@@ -520,12 +546,7 @@ impl<B: Backend> Harness<B> {
         }
         let (h, kv) = self.other_handle(handle);
         match kv.try_lock(&key, LockOptions::default()).await {
-            Ok(Some(again)) => again.unlock().await.map_err(|e| {
-                violation(
-                    Rule::Unlock,
-                    format!("unlock of {key:?} retaken via handle {h}: {e:?}"),
-                )
-            }),
+            Ok(Some(again)) => release_retaken(&key, h, again).await,
             Ok(None) => Err(violation(
                 Rule::Unlock,
                 format!("try_lock({key:?}) via handle {h} right after unlock returned None"),
@@ -535,20 +556,13 @@ impl<B: Backend> Harness<B> {
     }
 
     pub(super) async fn drop_guard(&mut self, lock: usize) -> Checked {
-        let slot = std::mem::replace(&mut self.locks[lock], LockSlot::Free);
-        let LockSlot::Held { handle, guard, .. } = slot else {
+        let Some((handle, guard, key)) = self.take_held(lock) else {
             return Ok(());
         };
         drop(guard);
-        let key = lock_key(lock);
         let (h, kv) = self.other_handle(handle);
         match tokio::time::timeout(PROMPTLY, kv.lock(&key, LockOptions::default())).await {
-            Ok(Ok(again)) => again.unlock().await.map_err(|e| {
-                violation(
-                    Rule::Unlock,
-                    format!("unlock of {key:?} retaken via handle {h}: {e:?}"),
-                )
-            }),
+            Ok(Ok(again)) => release_retaken(&key, h, again).await,
             Ok(Err(e)) => Err(unexpected_error("lock", &e)),
             Err(_) => Err(violation(
                 Rule::DropFrees,
@@ -672,4 +686,14 @@ pub(super) fn doomed_lock<B: Backend>(
     drop(guard);
     drop(kv);
     Ok(taken)
+}
+
+/// Releases a lock just taken again via handle `h` to prove it was free.
+async fn release_retaken<L: LockGuard>(key: &str, h: usize, again: L) -> Checked {
+    again.unlock().await.map_err(|e| {
+        violation(
+            Rule::Unlock,
+            format!("unlock of {key:?} retaken via handle {h}: {e:?}"),
+        )
+    })
 }
