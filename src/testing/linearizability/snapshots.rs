@@ -73,7 +73,7 @@ pub struct ListRead<'a> {
 /// that value, to the first return of an operation that saw or wrote a higher index
 /// of the key, or that was invoked after that write returned and changed the key or
 /// saw it in another state. Absent keys are checked per key only (by
-/// [`check_history`] through the per-key reads), not across keys.
+/// [`check_history`](super::check_history) through the per-key reads), not across keys.
 pub fn check_snapshots(
     events: &[Event],
     snapshots: &[ListRead<'_>],

@@ -30,7 +30,8 @@ pub const PROMPTLY: Duration = crate::testing::conformance::PROMPTLY;
 /// session on a network backend).
 pub type OpenHandle<B> = Arc<dyn Fn() -> BoxFuture<'static, Result<Kv<B>>> + Send + Sync>;
 
-/// What [`check_backend`] and [`check_against_memory`] run.
+/// What [`check_backend`](crate::testing::check_backend) and
+/// [`check_against_memory`](super::check_against_memory) run.
 ///
 /// `ModelConfig::default()` turns on everything that needs no extra setup; change
 /// single fields with `ModelConfig { cases: 16, ..ModelConfig::default() }`.
@@ -48,12 +49,13 @@ pub struct ModelConfig<B: Backend> {
     /// Opens extra handles. `None`: extra handles are clones of the given `kv` (a
     /// backend whose clones are independent clients is then checked as such).
     pub open_handle: Option<OpenHandle<B>>,
-    /// The concurrent phase of [`check_backend`]: `clients` (default 4) handles issue
-    /// random operations at once, with watchers and lock contenders, and the history is
-    /// checked for linearizability (see [`crate::testing::concurrent`]). Its handles
-    /// come from `open_handle` like the sequential ones. When [`ModelConfig::seed`] is
-    /// set, the phase's seed is derived from it (otherwise a random one, reported on
-    /// failure), so `concurrent.seed` is not used here. `None`: no concurrent phase.
+    /// The concurrent phase of [`check_backend`](crate::testing::check_backend): `clients`
+    /// (default 4) handles issue random operations at once, with watchers and lock
+    /// contenders, and the history is checked for linearizability (see
+    /// [`crate::testing::concurrent`]). Its handles come from `open_handle` like the
+    /// sequential ones. When [`ModelConfig::seed`] is set, the phase's seed is derived from
+    /// it (otherwise a random one, reported on failure), so `concurrent.seed` is not used
+    /// here. `None`: no concurrent phase.
     pub concurrent: Option<ConcurrentConfig>,
     /// A fault injected while the concurrent phase runs.
     pub fault: Option<SharedFault>,

@@ -44,7 +44,8 @@ fn show_sequence(ops: &[Op]) -> Vec<String> {
 }
 
 /// Checks `kv` against the model on `config.cases` random sequences, shrinking a
-/// failure to a minimal sequence: the sequential part of [`check_backend`].
+/// failure to a minimal sequence: the sequential part of
+/// [`check_backend`](crate::testing::check_backend).
 ///
 /// Runs in the calling task (any tokio runtime, a paused current-thread one
 /// included); nothing is spawned except the short-lived runtime of an abandoned lock.
