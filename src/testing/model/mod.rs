@@ -13,8 +13,9 @@
 //!
 //! Time: TTL waits use `tokio::time::sleep`, so a backend on tokio's clock (memory)
 //! can be checked under a paused clock (`#[tokio::test(start_paused = true)]`) and
-//! never waits for real. Tolerances come from [`Capabilities`]: a TTL key is present
-//! until its TTL passes and gone after `ttl * ttl_expiry_factor + ttl_granularity`.
+//! never waits for real. Tolerances come from [`Capabilities`](crate::Capabilities): a
+//! TTL key is present until its TTL passes and gone after
+//! `ttl * ttl_expiry_factor + ttl_granularity`.
 //!
 //! A failure is shrunk by proptest to a minimal sequence; [`ModelFailure`] (a
 //! [`CheckFailure`]) names the rule broken, the seed, the step and the sequence.
