@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use kvkit::poll::{PollWatch, PollWatchTree};
 use kvkit::recipe::CasLock;
-use kvkit::testing::model::{ModelConfig, ModelFailure, check_backend};
+use kvkit::testing::model::ModelConfig;
+use kvkit::testing::{CheckFailure, Phase, check_backend};
 use kvkit::{
     Backend, Capabilities, Cas, Dir, Error, Expect, Key, Kv, KvPair, LockOptions, PutOptions,
     Result,
@@ -332,9 +333,10 @@ impl Backend for Sqlite {
 
 /// Opens a store in `dir` and checks it with kvkit's conformance suite and model
 /// harness: the one call a backend author makes.
-pub async fn check(dir: &Path) -> std::result::Result<(), ModelFailure> {
-    let store = Sqlite::open(dir.join("kv.sqlite3"))
-        .map_err(|e| ModelFailure(format!("cannot open the SQLite store: {e}")))?;
+pub async fn check(dir: &Path) -> std::result::Result<(), CheckFailure> {
+    let store = Sqlite::open(dir.join("kv.sqlite3")).map_err(|e| {
+        CheckFailure::new(Phase::Setup, format!("cannot open the SQLite store: {e}"))
+    })?;
     let kv = Kv::new(store);
     check_backend(&kv, ModelConfig::default()).await
 }

@@ -14,7 +14,7 @@ mod concurrent;
 
 use kvkit::Kv;
 use kvkit::memory::Memory;
-use kvkit::testing::{conformance, model};
+use kvkit::testing::{Phase, Rule, Seed, conformance, model};
 use support::{Fault as Bug, Faulty};
 
 fn broken(bug: Bug) -> Kv<Faulty> {
@@ -27,14 +27,14 @@ fn seed(i: u8) -> [u8; 32] {
     seed
 }
 
-/// `check_backend` fails with a readable report, and the model harness alone fails in
-/// every one of 100 seeded runs.
+/// `check_backend` fails naming the rule broken, and the model harness alone fails in
+/// every one of 100 seeded runs, each failure naming its rule and seed.
 async fn caught(bug: Bug) {
-    let failure = model::check_backend(&broken(bug), model::ModelConfig::default())
+    let failure = kvkit::testing::check_backend(&broken(bug), model::ModelConfig::default())
         .await
         .expect_err(&format!("check_backend must fail on {bug:?}"));
     assert!(
-        failure.rule().is_some(),
+        failure.rule.is_some(),
         "{bug:?}: no rule named in {failure}"
     );
     let mut rules = std::collections::BTreeMap::new();
@@ -52,11 +52,12 @@ async fn caught(bug: Bug) {
             .expect_err(&format!(
                 "the model harness must fail on {bug:?} with seed {i}"
             ));
-        assert!(failure.0.contains("minimal sequence"), "{failure}");
-        assert!(failure.0.contains("seed: "), "{failure}");
-        *rules
-            .entry(failure.rule().unwrap_or("?").to_owned())
-            .or_insert(0) += 1;
+        assert_eq!(failure.phase, Phase::Model, "{failure}");
+        assert_eq!(failure.seed, Some(Seed::Model(seed(i))), "{failure}");
+        let rule = failure
+            .rule
+            .unwrap_or_else(|| panic!("{bug:?}, seed {i}: no rule named in {failure}"));
+        *rules.entry(rule).or_insert(0) += 1;
     }
     eprintln!(
         "{bug:?}: caught 100/100 in {:?} by {rules:?}",
@@ -90,11 +91,12 @@ async fn a_failed_conformance_check_is_an_error_naming_it() {
     )
     .await
     .expect_err("list leaks siblings");
-    assert!(
-        failure.0.contains("conformance check `list_rules`"),
+    assert_eq!(failure.phase, Phase::Conformance, "{failure}");
+    assert_eq!(
+        failure.rule,
+        Some(Rule::Conformance("list_rules")),
         "{failure}"
     );
-    assert_eq!(failure.rule(), Some("list_rules"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -102,8 +104,10 @@ async fn a_backend_panicking_in_the_model_is_an_error() {
     let failure = model::check_backend(&broken(Bug::ListPanics), model::ModelConfig::default())
         .await
         .expect_err("the backend panics");
-    assert!(failure.0.contains("the backend panicked"), "{failure}");
-    assert!(failure.0.contains("list of"), "{failure}");
+    assert_eq!(failure.phase, Phase::Model, "{failure}");
+    assert_eq!(failure.rule, Some(Rule::Healthy), "{failure}");
+    // The panic's own message is the detail.
+    assert!(failure.detail.starts_with("list of "), "{failure}");
 }
 
 macro_rules! teeth {

@@ -9,12 +9,23 @@ mod racy;
 use kvkit::Kv;
 use kvkit::testing::concurrent::{ConcurrentConfig, ConcurrentReport, check_concurrent};
 use kvkit::testing::fault::SharedFault;
-use kvkit::testing::model::ModelFailure;
+use kvkit::testing::{CheckFailure, Phase, Rule, Seed};
 use racy::{Bug, Racy};
 
 const RUNS: u64 = 100;
 
-async fn run(bug: Bug, seed: u64, fault: bool) -> Result<ConcurrentReport, ModelFailure> {
+/// The rules the concurrent phase checks of each watch.
+const WATCH_RULES: &[Rule] = &[
+    Rule::WatchFilter,
+    Rule::WatchOrder,
+    Rule::WatchUnknown,
+    Rule::WatchInWindow,
+    Rule::WatchRepeat,
+    Rule::WatchEvery,
+    Rule::WatchConverges,
+];
+
+async fn run(bug: Bug, seed: u64, fault: bool) -> Result<ConcurrentReport, CheckFailure> {
     let store = Racy::new(bug);
     let fault = fault.then(|| SharedFault::new(store.fault_switch()));
     // Two handles: clients alternate between them for the whole run.
@@ -28,16 +39,18 @@ async fn run(bug: Bug, seed: u64, fault: bool) -> Result<ConcurrentReport, Model
     check_concurrent(handles, config, fault).await
 }
 
-/// Every seeded run fails, with a report naming `category`.
-async fn caught_every_time(bug: Bug, category: &str) {
+/// Every seeded run fails in the concurrent phase, naming one of `rules` and its seed.
+async fn caught_every_time(bug: Bug, rules: &[Rule]) {
     let mut example = None;
     for seed in 0..RUNS {
         match run(bug, seed, false).await {
             Ok(report) => panic!("{bug:?} passed with seed {seed}: {report:?}"),
             Err(failure) => {
                 assert!(
-                    failure.0.contains(category) && failure.0.contains(&format!("seed {seed}")),
-                    "{bug:?}, seed {seed}: expected a {category} failure, got:\n{failure}"
+                    failure.phase == Phase::Concurrent
+                        && failure.rule.is_some_and(|rule| rules.contains(&rule))
+                        && failure.seed == Some(Seed::Concurrent(seed)),
+                    "{bug:?}, seed {seed}: expected a failure of {rules:?}, got:\n{failure}"
                 );
                 example.get_or_insert(failure);
             }
@@ -77,22 +90,22 @@ async fn the_faithful_wrapper_passes_under_an_ack_losing_fault() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_atomic_cas_is_caught() {
-    caught_every_time(Bug::NonAtomicCas, "linearizability").await;
+    caught_every_time(Bug::NonAtomicCas, &[Rule::Linearizable]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_write_under_concurrency_is_caught() {
-    caught_every_time(Bug::LostSiblingWrite, "linearizability").await;
+    caught_every_time(Bug::LostSiblingWrite, &[Rule::Linearizable]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_ignoring_contention_is_caught() {
-    caught_every_time(Bug::LockIgnoresContention, "lock").await;
+    caught_every_time(Bug::LockIgnoresContention, &[Rule::LockExclusion]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_skipping_writes_is_caught() {
-    caught_every_time(Bug::WatchCoalescesClaimingEveryWrite, "watch").await;
+    caught_every_time(Bug::WatchCoalescesClaimingEveryWrite, WATCH_RULES).await;
 }
 
 /// The snapshot check only proves what the history pins down (see
@@ -104,8 +117,9 @@ async fn list_that_is_not_a_snapshot_is_caught_in_most_runs() {
     let mut caught = 0;
     for seed in 0..RUNS {
         if let Err(failure) = run(Bug::ListKeyByKey, seed, false).await {
-            assert!(
-                failure.0.contains("atomic snapshot"),
+            assert_eq!(
+                failure.rule,
+                Some(Rule::ListSnapshot),
                 "seed {seed}: {failure}"
             );
             caught += 1;
