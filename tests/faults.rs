@@ -333,7 +333,7 @@ mod redb {
     use std::process::Command;
 
     use kvkit::testing::fault::{
-        CRASH_ACK_EARLY_ENV, FaultInjector, RedbWriterCrash, check_crash_durability,
+        CRASH_ACK_EARLY_ENV, CrashFailure, FaultInjector, RedbWriterCrash, check_crash_durability,
         crash_writer_if_requested,
     };
 
@@ -368,7 +368,7 @@ mod redb {
         });
         assert_eq!(
             fault.failures(),
-            Vec::<String>::new(),
+            Vec::<CrashFailure>::new(),
             "acknowledged writes were lost"
         );
         let reports = fault.reports();
@@ -376,7 +376,7 @@ mod redb {
         for report in &reports {
             assert!(report.acknowledged >= 1, "{report:?}");
             // Really killed, not a clean exit.
-            assert!(report.exit.contains("signal: 9"), "{report:?}");
+            assert_eq!(report.signal, Some(9), "{report:?}");
         }
         eprintln!("crash rounds: {reports:?}");
     }
@@ -397,6 +397,6 @@ mod redb {
             std::time::Duration::ZERO,
         ));
         let lost = outcome.expect_err("an early acknowledgement must be reported as lost");
-        assert!(lost.contains("lost"), "{lost}");
+        assert!(matches!(lost, CrashFailure::LostWrite(_)), "{lost}");
     }
 }

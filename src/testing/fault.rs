@@ -326,8 +326,8 @@ impl FaultInjector for ConsulFault {
 
 #[cfg(feature = "redb")]
 pub use crash::{
-    CRASH_ACK_EARLY_ENV, CRASH_ROUND_ENV, CRASH_WRITER_ENV, CrashReport, RedbWriterCrash,
-    check_crash_durability, crash_writer_if_requested,
+    CRASH_ACK_EARLY_ENV, CRASH_ROUND_ENV, CRASH_WRITER_ENV, CrashFailure, CrashReport,
+    RedbWriterCrash, check_crash_durability, crash_writer_if_requested,
 };
 
 /// kill -9 of a redb writer process, and the check that every acknowledged write
@@ -350,6 +350,7 @@ pub use crash::{
 #[cfg(feature = "redb")]
 mod crash {
     use std::collections::BTreeMap;
+    use std::fmt;
     use std::io::{BufRead, BufReader};
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
@@ -454,8 +455,31 @@ mod crash {
         /// Writes found after reopening that the child had not acknowledged yet
         /// (committed, but killed before it could print).
         pub unacknowledged_found: u64,
-        /// How the child ended (by the signal, normally).
+        /// How the child ended, as the operating system says it.
         pub exit: String,
+        /// The signal that ended the child (9, SIGKILL, normally); `None` when it
+        /// exited by itself.
+        pub signal: Option<i32>,
+    }
+
+    /// Why a crash round failed.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum CrashFailure {
+        /// The round could not run as planned: the writer could not be started or
+        /// reaped, acknowledged too few writes, or the database did not reopen.
+        Setup(String),
+        /// A write the child acknowledged is missing, wrong or older after the kill.
+        LostWrite(String),
+    }
+
+    impl fmt::Display for CrashFailure {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                CrashFailure::Setup(why) => write!(f, "crash round could not run: {why}"),
+                CrashFailure::LostWrite(what) => f.write_str(what),
+            }
+        }
     }
 
     /// One round: runs `writer` (a command re-running the caller's test binary, which
@@ -463,41 +487,58 @@ mod crash {
     /// `path` for `round`, kills it with SIGKILL once it acknowledged `kill_after`
     /// writes (then `jitter` later, so the kill lands mid-commit too), reopens the
     /// database and checks that every write it acknowledged (in this round and all
-    /// earlier ones on the same file) is there. `Err` describes a lost write.
+    /// earlier ones on the same file) is there. `Err` says what was lost, or why the
+    /// round could not run.
     pub async fn check_crash_durability(
         mut writer: Command,
         path: &Path,
         round: u64,
         kill_after: u64,
         jitter: Duration,
-    ) -> Result<CrashReport, String> {
+    ) -> Result<CrashReport, CrashFailure> {
         writer
             .env(CRASH_WRITER_ENV, path)
             .env(CRASH_ROUND_ENV, round.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let (acks, exit) =
+        let (acks, status) =
             tokio::task::spawn_blocking(move || run_and_kill(writer, kill_after, jitter))
                 .await
-                .map_err(|e| format!("crash round panicked: {e}"))??;
+                .map_err(|e| CrashFailure::Setup(format!("crash round panicked: {e}")))?
+                .map_err(CrashFailure::Setup)?;
         let mut report = CrashReport {
             acknowledged: acks.values().map(|a| a.len() as u64).sum(),
-            exit,
+            exit: status.to_string(),
+            signal: exit_signal(&status),
             ..CrashReport::default()
         };
         if report.acknowledged < kill_after {
-            return Err(format!(
+            return Err(CrashFailure::Setup(format!(
                 "the crash writer acknowledged only {} writes (wanted {kill_after}) before it ended: {}",
                 report.acknowledged, report.exit
-            ));
+            )));
         }
-        let store = Redb::open(path).map_err(|e| format!("reopen after kill -9: {e}"))?;
+        let store = Redb::open(path)
+            .map_err(|e| CrashFailure::Setup(format!("reopen after kill -9: {e}")))?;
         let kv = Kv::new(store);
         let verdict = verify(&kv, round, &acks, &mut report).await;
         let _ = kv.close().await;
         drop(kv);
-        verdict.map(|()| report)
+        verdict.map(|()| report).map_err(CrashFailure::LostWrite)
+    }
+
+    /// The signal that ended a child process, where the platform has signals.
+    fn exit_signal(status: &std::process::ExitStatus) -> Option<i32> {
+        #[cfg(unix)]
+        {
+            std::os::unix::process::ExitStatusExt::signal(status)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = status;
+            None
+        }
     }
 
     /// Acknowledged indices per writer task.
@@ -507,7 +548,7 @@ mod crash {
         mut writer: Command,
         kill_after: u64,
         jitter: Duration,
-    ) -> Result<(Acks, String), String> {
+    ) -> Result<(Acks, std::process::ExitStatus), String> {
         let mut child = writer
             .spawn()
             .map_err(|e| format!("spawn the crash writer: {e}"))?;
@@ -546,7 +587,7 @@ mod crash {
         while let Ok(line) = received.try_recv() {
             record(&mut acks, &line);
         }
-        Ok((acks, format!("{status}")))
+        Ok((acks, status))
     }
 
     /// Records an `ack WRITER I` line; false for anything else.
@@ -623,9 +664,9 @@ mod crash {
     #[derive(Default)]
     struct CrashState {
         round: u64,
-        pending: Option<Result<CrashReport, String>>,
+        pending: Option<Result<CrashReport, CrashFailure>>,
         reports: Vec<CrashReport>,
-        failures: Vec<String>,
+        failures: Vec<CrashFailure>,
     }
 
     impl std::fmt::Debug for RedbWriterCrash {
@@ -655,7 +696,7 @@ mod crash {
         }
 
         /// What the failed rounds lost.
-        pub fn failures(&self) -> Vec<String> {
+        pub fn failures(&self) -> Vec<CrashFailure> {
             self.lock().failures.clone()
         }
 
