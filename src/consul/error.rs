@@ -30,30 +30,53 @@ pub(super) fn status_error(status: StatusCode, body: &Bytes) -> Error {
 /// Classifies a transport failure from the typed errors in its source chain, never
 /// from message text: an error that rustls itself raised (a certificate the CA does
 /// not vouch for, a refused client certificate, a protocol mismatch) is a
-/// configuration error; anything else (refused or reset connections, a TLS connection
-/// closed without close_notify, an agent restart, timeouts) is retryable.
+/// configuration error, with the `rustls::Error` kept as its source; anything else
+/// (refused or reset connections, a TLS connection closed without close_notify, an
+/// agent restart, timeouts) is retryable.
 pub(super) fn transport_error(e: hyper_util::client::legacy::Error) -> Error {
     let chain = source_chain(&e)
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ");
-    if raised_by_rustls(&e) {
-        Error::backend(NAME, format!("TLS failure: {chain}"))
-    } else {
-        Error::unavailable(NAME, chain)
+    match raised_by_rustls(&e) {
+        Some(cause) => Error::backend(NAME, TlsFailure { chain, cause }),
+        None => Error::unavailable(NAME, chain),
     }
 }
 
-/// True when a `rustls::Error` is in `err`'s chain. An `io::Error` wrapping another
-/// error hides that error from `source()` (it reports the wrapped error's source), so
-/// the wrapped error is looked into explicitly: hyper-rustls wraps tokio-rustls's
+/// A TLS failure: reads as the whole transport chain that led to it, and keeps the
+/// error rustls raised as its source, for callers to match on its type.
+#[derive(Debug)]
+struct TlsFailure {
+    /// The transport error and its sources, joined with `": "`.
+    chain: String,
+    /// What rustls raised.
+    cause: rustls::Error,
+}
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TLS failure: {}", self.chain)
+    }
+}
+
+impl std::error::Error for TlsFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
+}
+
+/// The `rustls::Error` in `err`'s chain, if any. An `io::Error` wrapping another error
+/// hides that error from `source()` (it reports the wrapped error's source), so the
+/// wrapped error is looked into explicitly: hyper-rustls wraps tokio-rustls's
 /// `io::Error`, which wraps the `rustls::Error`.
-fn raised_by_rustls(err: &(dyn std::error::Error + 'static)) -> bool {
-    source_chain(err).any(|cause| {
-        cause.is::<rustls::Error>()
-            || cause
+fn raised_by_rustls(err: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    source_chain(err).find_map(|cause| {
+        cause.downcast_ref::<rustls::Error>().cloned().or_else(|| {
+            cause
                 .downcast_ref::<std::io::Error>()
                 .and_then(std::io::Error::get_ref)
-                .is_some_and(|wrapped| raised_by_rustls(wrapped))
+                .and_then(|wrapped| raised_by_rustls(wrapped))
+        })
     })
 }

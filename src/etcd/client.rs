@@ -15,6 +15,7 @@ use super::batch::ReadBatcher;
 use super::error::{is_connect_error, map_error, refused_credentials, timeout_error};
 use super::lease::LeaseCache;
 use super::{Etcd, EtcdConfig, request};
+use crate::backoff::Backoff;
 use crate::config::TlsConfig;
 use crate::error::{Error, Result};
 
@@ -66,6 +67,7 @@ impl Etcd {
         }
         let budget = config.connect_timeout + config.request_timeout;
         let deadline = tokio::time::Instant::now() + budget;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(50));
         // With credentials, connecting authenticates (one request): like every request,
         // it is re-sent while it fails to connect at all (a stopped member).
         let client = loop {
@@ -74,7 +76,7 @@ impl Etcd {
                 Ok(Ok(client)) => break client,
                 Ok(Err(err)) => {
                     let err = refused_credentials(map_error(err), config.username.is_some());
-                    let pause = Duration::from_millis(50);
+                    let pause = backoff.next_delay();
                     if !is_connect_error(&err) || tokio::time::Instant::now() + pause >= deadline {
                         return Err(err);
                     }
@@ -138,17 +140,17 @@ impl Etcd {
         }
         let timeout = self.inner.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(10);
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
         loop {
             match tokio::time::timeout_at(deadline, request()).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(err)) => {
                     let err = map_error(err);
+                    let pause = backoff.next_delay();
                     if !is_connect_error(&err) || tokio::time::Instant::now() + pause >= deadline {
                         return Err(err);
                     }
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 Err(_) => return Err(timeout_error(timeout)),
             }

@@ -13,6 +13,7 @@ use super::error::is_transient;
 use super::multiread::{self, MultiReader, ReaderConfig};
 use super::session::{Inner, Shared, now_ms, on_state};
 use super::{NAME, Zookeeper, ZookeeperConfig, ZookeeperEncoding, codec, lock, watch};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 
 impl Zookeeper {
@@ -135,6 +136,7 @@ impl Zookeeper {
     async fn ensure_ready_after_connect(&self) -> Result<()> {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + inner.request_timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(50));
         loop {
             let probe = {
                 let _gate = inner.gate.write().await;
@@ -152,7 +154,7 @@ impl Zookeeper {
                     "no ZooKeeper session could be established",
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(backoff.next_delay()).await;
         }
         let epoch = *inner.shared.epoch.borrow();
         inner.authenticate(epoch).await?;

@@ -314,3 +314,35 @@ pub(super) fn validate_root(root: &str) -> Result<String> {
     }
     Ok(format!("/{}", trimmed.join("/")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_are_validated() {
+        assert_eq!(validate_root("kvkit/").unwrap(), "/kvkit");
+        assert_eq!(validate_root("//a//b").unwrap(), "/a/b");
+        assert!(validate_root("/").is_err());
+        assert!(validate_root("/zookeeper").is_err());
+        assert!(validate_root("/a/../b").is_err());
+    }
+
+    #[test]
+    fn config_deserialises_with_defaults() {
+        // serde_json is not a dependency: deserialise from a map of strings.
+        use serde::de::IntoDeserializer;
+        use serde::de::value::{Error as DeError, MapDeserializer};
+        let entries = vec![("connect", "127.0.0.1:2181"), ("root", "/app")];
+        let de: MapDeserializer<'_, _, DeError> =
+            MapDeserializer::new(entries.into_iter().map(|(k, v)| (k, v.into_deserializer())));
+        let config = ZookeeperConfig::deserialize(de).unwrap();
+        assert_eq!(
+            config,
+            ZookeeperConfig::new("127.0.0.1:2181").prefix("/app")
+        );
+        assert_eq!(config.session_timeout, Duration::from_secs(10));
+        assert!(config.digest.is_none());
+        assert!(config.multi_read, "bulk reads are on by default");
+    }
+}

@@ -3,6 +3,8 @@
 
 #[path = "../support/consul.rs"]
 mod consul_support;
+#[path = "../support/errors.rs"]
+mod errors;
 #[path = "../support/streams.rs"]
 mod streams;
 

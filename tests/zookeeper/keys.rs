@@ -7,9 +7,9 @@ use kvkit::testing::zookeeper_server::{ProxyMode, TcpProxy, ZkServer};
 use kvkit::zookeeper::{MAX_VALUE_SIZE, Zookeeper};
 use kvkit::{Error, ErrorKind, Kv, LockGuard, LockOptions, PutOptions};
 
-use crate::streams::watch_until;
 use crate::streams::{next, values};
-use crate::{WAIT, connect, kind, raw_client, shared_server};
+use crate::zookeeper_support::raw_client;
+use crate::{WAIT, connect, kind, shared_server};
 
 /// Keys, implicit parents, versions, delete_tree, bad input, value limits and odd keys
 /// (with `multi_read` on or off: the pipelined round trips run it too).
@@ -369,85 +369,6 @@ async fn a_ttl_outlives_its_writer_and_watches_see_the_expiry() {
         .unwrap();
     reader.delete_tree("t").await.unwrap();
     reader.close().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_znodes_are_never_listed_watched_or_deleted() {
-    use zookeeper_async::{Acl, CreateMode};
-    let Some(turn) = shared_server().await else {
-        return;
-    };
-    let addr = turn.addr().to_owned();
-    let root = "/kvkit-foreign";
-    let kv = connect(&addr, root).await;
-    let raw = raw_client(&addr).await;
-    kv.put("f/ok", "v", PutOptions::default()).await.unwrap();
-    let create = |path: String, data: &'static [u8]| {
-        let raw = &raw;
-        async move {
-            raw.create(
-                &path,
-                data.to_vec(),
-                Acl::open_unsafe().clone(),
-                CreateMode::Persistent,
-            )
-            .await
-        }
-    };
-    // ZooKeeper itself refuses what kvkit's key rules forbid in a segment: control
-    // characters, U+E000..U+F8FF, `.` and `..`, empty segments.
-    for bad in [
-        "a\u{1}b", "\u{7f}", "\u{E000}", "\u{F8FF}", ".", "..", "a//b",
-    ] {
-        let path = format!("{root}/kv/f/{bad}");
-        assert!(
-            create(path, b"\x01x").await.is_err(),
-            "ZooKeeper accepted the znode name {bad:?}"
-        );
-    }
-    // What it does accept but kvkit cannot: a path whose key is over MAX_KEY_LEN.
-    let long = "x".repeat(600);
-    let mid = format!("{root}/kv/f/{long}");
-    create(mid.clone(), b"\x01mid").await.unwrap(); // key of 602 bytes: valid
-    let too_long = format!("{mid}/{long}");
-    create(too_long.clone(), b"\x01foreign").await.unwrap(); // 1,203 bytes
-    create(format!("{too_long}/below"), b"\x01deeper")
-        .await
-        .unwrap();
-    let expected = vec![
-        ("f/ok".to_owned(), "v".to_owned()),
-        (format!("f/{long}"), "mid".to_owned()),
-    ];
-    assert_eq!(values(&kv.list("f").await.unwrap()), expected, "list");
-    assert_eq!(values(&kv.list("").await.unwrap()), expected, "list of all");
-    let mut tree = kv.watch_tree("f").await.unwrap();
-    assert_eq!(values(&next(&mut tree, "tree").await.unwrap()), expected);
-    kv.put("f/ok", "v2", PutOptions::default()).await.unwrap();
-    let seen = watch_until(&mut tree, "the change", |t: &Vec<kvkit::KvPair>| {
-        t.iter().any(|p| p.value == "v2")
-    })
-    .await;
-    assert_eq!(seen.len(), 2, "watch_tree never shows the foreign znodes");
-    drop(tree);
-    kv.delete_tree("f").await.unwrap();
-    assert!(
-        kv.list("").await.unwrap().is_empty(),
-        "every kvkit key is gone"
-    );
-    assert_eq!(
-        raw.get_data(&too_long, false).await.unwrap().0,
-        b"\x01foreign",
-        "delete_tree left the foreign znode alone"
-    );
-    assert!(
-        raw.exists(&format!("{too_long}/below"), false)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert_eq!(kind(kv.get(format!("f/{long}")).await), ErrorKind::NotFound);
-    kv.close().await.unwrap();
-    raw.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@ use kvkit::zookeeper::ZookeeperConfig;
 use kvkit::{ErrorKind, LockGuard, LockOptions, PutOptions};
 
 use crate::streams::values;
-use crate::{WAIT, connect, connect_with, kind, raw_client, shared_server};
+use crate::zookeeper_support::raw_client;
+use crate::{WAIT, connect, connect_with, kind, shared_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_exclude_wake_waiters_and_leave_nothing_behind() {

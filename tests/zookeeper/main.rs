@@ -15,9 +15,13 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 #[path = "../support/streams.rs"]
 mod streams;
+#[path = "../support/zookeeper.rs"]
+mod zookeeper_support;
 
 mod auth;
+mod close;
 mod ensemble;
+mod foreign_keys;
 mod keys;
 mod lists;
 mod lock;
@@ -95,17 +99,6 @@ async fn connect(connect: &str, root: &str) -> Kv<Zookeeper> {
 /// A handle with `config`.
 async fn connect_with(config: ZookeeperConfig) -> Kv<Zookeeper> {
     Kv::new(Zookeeper::connect(config).await.expect("connect"))
-}
-
-/// A raw `zookeeper-async` client, as another tool would use.
-async fn raw_client(addr: &str) -> zookeeper_async::ZooKeeper {
-    zookeeper_async::ZooKeeper::connect(
-        addr,
-        Duration::from_secs(8),
-        |_: zookeeper_async::WatchedEvent| {},
-    )
-    .await
-    .expect("raw client")
 }
 
 /// The kind of the error `result` must be.

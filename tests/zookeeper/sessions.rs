@@ -277,64 +277,6 @@ async fn a_silently_cut_off_holder_knows_of_its_loss_before_another_acquires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_releases_locks_and_ends_watches() {
-    let Some(turn) = shared_server().await else {
-        return;
-    };
-    let addr = turn.addr().to_owned();
-    let root = "/kvkit-close";
-    let kv = connect(&addr, root).await;
-    let other = connect(&addr, root).await;
-    kv.put("c/k", "v", PutOptions::default()).await.unwrap();
-    kv.put("c/lock", "before", PutOptions::default())
-        .await
-        .unwrap();
-    let guard = kv
-        .lock("c/lock", LockOptions::default().value("held"))
-        .await
-        .unwrap();
-    let new_key_guard = kv
-        .lock("c/new", LockOptions::default().value("held"))
-        .await
-        .unwrap();
-    let mut watch = kv.watch("c/k").await.unwrap();
-    let mut tree = kv.watch_tree("c").await.unwrap();
-    next(&mut watch, "initial").await.unwrap();
-    next(&mut tree, "initial tree").await.unwrap();
-
-    kv.close().await.unwrap();
-    // Every guard knows at once, and the locks are free for others right away.
-    assert!(guard.is_lost(), "close() fires lost() before it returns");
-    assert!(new_key_guard.is_lost());
-    tokio::time::timeout(WAIT, guard.lost())
-        .await
-        .expect("lost() resolves");
-    let taken = other
-        .try_lock("c/lock", LockOptions::default().value("next"))
-        .await
-        .unwrap()
-        .expect("the lock is free after close()");
-    assert_eq!(other.get("c/lock").await.unwrap().value, "next");
-    assert_eq!(
-        kind(other.get("c/new").await),
-        ErrorKind::NotFound,
-        "close() took the value of the lock it held away"
-    );
-    assert_eq!(
-        kind(guard.unlock().await),
-        ErrorKind::LockLost,
-        "unlock after close"
-    );
-    drop(new_key_guard);
-    // Every watch yields one Err(Closed) and ends.
-    ends_with_closed(&mut watch, "watch after close").await;
-    ends_with_closed(&mut tree, "watch_tree after close").await;
-    assert_eq!(kind(kv.watch("c/k").await), ErrorKind::Closed);
-    taken.unlock().await.unwrap();
-    other.close().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_fails_calls_ends_watches_and_loses_locks() {
     let Some(turn) = shared_server().await else {
         return;

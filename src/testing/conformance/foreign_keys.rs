@@ -60,6 +60,17 @@ pub fn foreign_keys(dir: &str) -> Vec<Vec<u8>> {
     keys
 }
 
+/// A raw directory below `dir` (ending in `/`) every key of which is foreign, in a form
+/// `raw` can hold: `dir//` (an empty segment), or where the store refuses empty
+/// segments (ZooKeeper) a segment that makes every key below it too long.
+fn foreign_dir<R: RawStore>(raw: &R, dir: &str) -> String {
+    let too_long = format!("{dir}/{}/", "x".repeat(crate::key::MAX_KEY_LEN));
+    [format!("{dir}//"), too_long]
+        .into_iter()
+        .find(|foreign| raw.holds(format!("{foreign}k").as_bytes()))
+        .expect("the store holds keys below an empty or a too long segment")
+}
+
 /// Writes the [`foreign_keys`] below `dir` that `raw` can hold; returns them.
 async fn write_foreign_keys<R: RawStore>(raw: &R, dir: &str) -> Vec<Vec<u8>> {
     let keys: Vec<Vec<u8>> = foreign_keys(dir)
@@ -90,7 +101,8 @@ pub async fn foreign_keys_are_never_listed_or_watched<B: Backend, R: RawStore>(
     let first = ok("first subtree", next_item("first subtree", &mut tree).await);
     assert_eq!(key_names(first), ["f/ok"]);
     // Foreign writes while watching are not part of the subtree either.
-    raw.put_raw(b"f//late", b"foreign").await;
+    let late = format!("{}late", foreign_dir(raw, "f"));
+    raw.put_raw(late.as_bytes(), b"foreign").await;
     ok("put", kv.put("f/ok2", "mine", PutOptions::default()).await);
     let next = ok("next subtree", next_item("next subtree", &mut tree).await);
     assert_eq!(key_names(next), ["f/ok", "f/ok2"]);
@@ -149,11 +161,13 @@ pub async fn foreign_keys_written_during_delete_tree_survive_it<B: Backend, R: R
     raw: &R,
 ) {
     const WRITES: usize = 400;
+    let foreign = foreign_dir(raw, "c");
     let writer = tokio::spawn({
         let raw = raw.clone();
+        let foreign = foreign.clone();
         async move {
             for i in 0..WRITES {
-                raw.put_raw(format!("c//n{i:03}").as_bytes(), b"foreign")
+                raw.put_raw(format!("{foreign}n{i:03}").as_bytes(), b"foreign")
                     .await;
             }
         }
@@ -177,7 +191,7 @@ pub async fn foreign_keys_written_during_delete_tree_survive_it<B: Backend, R: R
         "the writer ended before delete_tree overlapped it"
     );
     assert_eq!(
-        raw.raw_keys(b"c//").await.len(),
+        raw.raw_keys(foreign.as_bytes()).await.len(),
         WRITES,
         "foreign keys were deleted"
     );
