@@ -627,7 +627,7 @@ impl LockGuard for ZookeeperLock {
 
 impl ZookeeperLock {
     /// Stops the loss watch and takes the lock off the handle's list of held locks
-    /// (what both `unlock` and `Drop` do first).
+    /// (what `unlock` does first).
     fn stop_watching_for_loss(&mut self) {
         self.loss_watch.abort();
         self.held
@@ -643,11 +643,15 @@ impl Drop for ZookeeperLock {
         if self.released {
             return;
         }
-        self.stop_watching_for_loss();
+        self.loss_watch.abort();
+        // The lock stays on the handle's list until the release is done, so a close()
+        // that comes first releases it too and returns only once it is free.
         let held = self.held.clone();
-        crate::background::release_in_background(
-            "zookeeper lock",
-            async move { held.release().await },
-        );
+        let registered = self.registered;
+        crate::background::release_in_background("zookeeper lock", async move {
+            let released = held.release().await;
+            held.backend.inner().held_locks().remove(registered);
+            released
+        });
     }
 }

@@ -11,7 +11,6 @@ use crate::{WAIT, connect, kind, shared_server};
 /// current-thread runtime: the drop's background release has not run when `close`
 /// starts.)
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "fails on ZooKeeper: the dropped guard's key is still there after close"]
 async fn a_guard_dropped_just_before_close_is_free_when_close_returns() {
     let Some(turn) = shared_server().await else {
         return;
