@@ -73,58 +73,72 @@ pub(super) async fn scan_below(backend: &Zookeeper, dir: &Dir) -> Result<Vec<KvP
     Ok(backend.snapshot_pairs(nodes).0)
 }
 
-/// Deletes every znode strictly below `dir`; a znode above a foreign one is emptied.
+/// Deletes every znode strictly below `dir` that one scan found, deepest level first; a
+/// znode above a foreign one is emptied of its value. Each key is deleted at most once:
+/// a znode that a concurrent write made a parent after the scan is emptied, not
+/// deleted again after another scan, so the key it held is deleted once and the
+/// concurrent write (linearized after this delete) survives.
 pub(super) async fn delete_below(backend: &Zookeeper, dir: &Dir) -> Result<()> {
     let inner = &backend.inner;
     let base = inner.dir_path(dir);
-    for _ in 0..3 {
-        let mut paths = backend.all_paths_below(&base).await?;
-        if paths.is_empty() {
-            return Ok(());
+    let mut paths = backend.all_paths_below(&base).await?;
+    // Deepest first; each depth in one pipelined wave.
+    paths.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+    let mut start = 0;
+    while start < paths.len() {
+        let depth = paths[start].0;
+        let end = paths[start..]
+            .iter()
+            .position(|(d, _, _)| *d != depth)
+            .map_or(paths.len(), |p| start + p);
+        let batch: Vec<(String, bool)> = paths[start..end]
+            .iter()
+            .map(|e| (e.1.clone(), e.2))
+            .collect();
+        let results = inner
+            .wave(batch, |(path, keep): (String, bool)| async move {
+                if keep {
+                    // Above a foreign znode: only its value goes.
+                    empty(inner, &path).await
+                } else {
+                    inner.zk.delete(&path, None).await
+                }
+            })
+            .await;
+        let mut became_parents = Vec::new();
+        for ((path, _), result) in results {
+            match result {
+                Ok(()) | Err(ZkError::NoNode) => {}
+                // A concurrent write created a child after the scan.
+                Err(ZkError::NotEmpty) => became_parents.push(path),
+                Err(e) => return Err(backend.map_err(e)),
+            }
         }
-        // Deepest first; each depth in one pipelined wave.
-        paths.sort_by_key(|entry| std::cmp::Reverse(entry.0));
-        let mut retry = false;
-        let mut start = 0;
-        while start < paths.len() {
-            let depth = paths[start].0;
-            let end = paths[start..]
-                .iter()
-                .position(|(d, _, _)| *d != depth)
-                .map_or(paths.len(), |p| start + p);
-            let batch: Vec<(String, bool)> = paths[start..end]
-                .iter()
-                .map(|e| (e.1.clone(), e.2))
-                .collect();
-            let results = inner
-                .wave(batch, |(path, keep): (String, bool)| async move {
-                    if keep {
-                        // Above a foreign znode: only its value goes.
-                        inner
-                            .zk
-                            .set_data(&path, codec::no_value(), None)
-                            .await
-                            .map(|_| ())
-                    } else {
-                        inner.zk.delete(&path, None).await
-                    }
+        if !became_parents.is_empty() {
+            let emptied = inner
+                .wave(became_parents, |path: String| async move {
+                    empty(inner, &path).await
                 })
                 .await;
-            for (_, result) in results {
+            for (_, result) in emptied {
                 match result {
                     Ok(()) | Err(ZkError::NoNode) => {}
-                    // A concurrent write created a child after the scan.
-                    Err(ZkError::NotEmpty) => retry = true,
                     Err(e) => return Err(backend.map_err(e)),
                 }
             }
-            start = end;
         }
-        if !retry {
-            return Ok(());
-        }
+        start = end;
     }
     Ok(())
+}
+
+/// Removes a znode's value and keeps the znode (a parent of other znodes).
+async fn empty(inner: &super::session::Inner, path: &str) -> std::result::Result<(), ZkError> {
+    inner
+        .zk
+        .set_data(path, codec::no_value(), None)
+        .await
+        .map(|_| ())
 }
 
 /// Deletes `dir` and every znode below it.
