@@ -24,7 +24,7 @@ const MAX_TXN_OPS: usize = 128;
 const MAX_ATTEMPTS: usize = 8;
 
 /// The subtree's keys as read at one revision.
-struct Snapshot {
+struct KeysAtRevision {
     revision: i64,
     keys: Vec<Vec<u8>>,
 }
@@ -42,7 +42,7 @@ impl Etcd {
         let options = GetOptions::new().with_range(end.clone()).with_keys_only();
         let mut resp =
             request!(self, kv => kv.get(start, Some(options)), clone start, options).await?;
-        let mut snapshot = Snapshot {
+        let mut snapshot = KeysAtRevision {
             revision: header_revision(resp.header()),
             keys: resp
                 .take_kvs()
@@ -100,7 +100,7 @@ impl Etcd {
         end: &[u8],
         revision: i64,
         ops: Vec<TxnOp>,
-    ) -> Result<Option<Snapshot>> {
+    ) -> Result<Option<KeysAtRevision>> {
         let unchanged =
             Compare::mod_revision(start.to_vec(), CompareOp::Less, revision.saturating_add(1))
                 .with_range(end.to_vec());
@@ -128,7 +128,7 @@ impl Etcd {
                 .into_iter()
                 .map(|kv| kv.into_key_value().0)
                 .collect();
-            return Ok(Some(Snapshot {
+            return Ok(Some(KeysAtRevision {
                 revision: header_revision(resp.header()),
                 keys,
             }));

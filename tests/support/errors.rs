@@ -4,12 +4,5 @@
 pub fn cause<'e, T: std::error::Error + 'static>(
     err: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e T> {
-    let mut next = Some(err);
-    while let Some(err) = next {
-        if let Some(found) = err.downcast_ref::<T>() {
-            return Some(found);
-        }
-        next = err.source();
-    }
-    None
+    kvkit::error::source_chain(err).find_map(|err| err.downcast_ref::<T>())
 }
