@@ -49,7 +49,13 @@ pub async fn check_backend<B: Backend>(
         return Ok(());
     };
     let mut handles = vec![kv.clone()];
-    for _ in 1..concurrent.clients.max(1) {
+    // One handle per client, and per caller of the lock probes' try_lock storm.
+    let storm = if concurrent.lock_contenders > 0 {
+        concurrent.lock_storm
+    } else {
+        0
+    };
+    for _ in 1..concurrent.clients.max(storm).max(1) {
         handles.push(match &open_handle {
             Some(open) => open().await.map_err(|e| {
                 CheckFailure::new(

@@ -92,6 +92,12 @@ pub enum Rule {
     LockExclusion,
     /// The store serves writes again once the fault is healed (concurrent phase).
     Recovers,
+    /// A held lock whose key another handle deletes or overwrites is lost: its `lost()` fires within PROMPTLY, so no second holder coexists with it (concurrent phase).
+    LockLossUnnoticed,
+    /// Many handles calling try_lock on a free lock at once get one guard at most (concurrent phase).
+    TryLockNotExclusive,
+    /// A guard try_lock hands out is not lost at birth when nobody touches its key (concurrent phase).
+    LockLostAtBirth,
 }
 
 impl Rule {
@@ -179,6 +185,15 @@ impl Rule {
             }
             Rule::Recovers => {
                 "the store serves writes again once the fault is healed (concurrent phase)"
+            }
+            Rule::LockLossUnnoticed => {
+                "a held lock whose key another handle deletes or overwrites is lost: its lost() fires within PROMPTLY, so no second holder coexists with it (concurrent phase)"
+            }
+            Rule::TryLockNotExclusive => {
+                "many handles calling try_lock on a free lock at once get one guard at most (concurrent phase)"
+            }
+            Rule::LockLostAtBirth => {
+                "a guard try_lock hands out is not lost at birth when nobody touches its key (concurrent phase)"
             }
         }
     }

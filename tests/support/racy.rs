@@ -13,6 +13,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use kvkit::backend::LostSignal;
 use kvkit::memory::Memory;
+use kvkit::recipe::CasLock;
 use kvkit::testing::fault::FaultInjector;
 use kvkit::{
     Backend, Capabilities, Cas, Dir, Error, Expect, Key, KvPair, LockGuard, LockOptions,
@@ -41,6 +42,18 @@ pub enum Bug {
     /// A watch that claims to see every write but drops an event when the next one
     /// for the same key follows within [`DEBOUNCE`].
     WatchCoalescesClaimingEveryWrite,
+    /// A lock guard whose `lost()` never fires: it never notices that someone else
+    /// deleted or overwrote its key.
+    LockDeafToTakeover,
+    /// A lock guard that notices its key deleted but not overwritten.
+    LockDeafToOverwrite,
+    /// `try_lock` reads the key, waits a little, then writes it: callers that ask at
+    /// once all get a guard (the overwritten ones notice afterwards).
+    TryLockReadsThenWrites,
+    /// `try_lock` grants everyone and marks the losers lost just afterwards.
+    TryLockGrantsAll,
+    /// `try_lock` hands out a guard that reports itself lost just afterwards.
+    TryLockLostAtBirth,
 }
 
 type Event = (String, Option<KvPair>);
@@ -342,6 +355,10 @@ impl Backend for Racy {
 
     async fn lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<RacyGuard> {
         self.before(false)?;
+        if matches!(self.bug, Bug::LockDeafToTakeover | Bug::LockDeafToOverwrite) {
+            let guard = self.inner.lock(key, options).await?;
+            return self.deaf(key, guard).await;
+        }
         if self.bug == Bug::LockIgnoresContention {
             return Ok(match self.inner.try_lock(key, options).await? {
                 Some(g) => RacyGuard::Real(g),
@@ -356,18 +373,96 @@ impl Backend for Racy {
 
     async fn try_lock(&self, key: &Key<'_>, options: &LockOptions) -> Result<Option<RacyGuard>> {
         self.before(false)?;
-        Ok(self
-            .inner
-            .try_lock(key, options)
-            .await?
-            .map(RacyGuard::Real))
+        if self.bug == Bug::TryLockReadsThenWrites {
+            // The lock recipe over a store whose create-if-absent reads, then writes.
+            let store = Racy {
+                bug: Bug::NonAtomicCas,
+                ..self.clone()
+            };
+            let guard = CasLock::try_lock(&store, key, options).await?;
+            return Ok(guard.map(|g| RacyGuard::NonAtomic(Box::new(g))));
+        }
+        let guard = self.inner.try_lock(key, options).await?;
+        match (self.bug, guard) {
+            (Bug::LockDeafToTakeover | Bug::LockDeafToOverwrite, Some(g)) => {
+                Ok(Some(self.deaf(key, g).await?))
+            }
+            (Bug::TryLockGrantsAll, None) => Ok(Some(RacyGuard::Fake {
+                key: key.as_str().to_owned(),
+                lost: lost_soon(),
+            })),
+            (Bug::TryLockLostAtBirth, Some(g)) => Ok(Some(RacyGuard::Deaf {
+                inner: g,
+                lost: lost_soon(),
+                watcher: None,
+            })),
+            (_, g) => Ok(g.map(RacyGuard::Real)),
+        }
     }
 }
 
-/// A lock guard of [`Racy`]: memory's, or a claimed lock that is not held.
+impl Racy {
+    /// Wraps memory's guard in one that hears nothing (`LockDeafToTakeover`), or only
+    /// its key's deletion (`LockDeafToOverwrite`).
+    async fn deaf(&self, key: &Key<'_>, inner: <Memory as Backend>::Lock) -> Result<RacyGuard> {
+        let lost = LostSignal::new();
+        let watcher = if self.bug == Bug::LockDeafToOverwrite {
+            let mut watch = self.inner.watch(key).await?;
+            let lost = lost.clone();
+            let task = tokio::spawn(async move {
+                while let Some(Ok(state)) = watch.next().await {
+                    if state.is_none() {
+                        lost.fire();
+                        return;
+                    }
+                }
+            });
+            Some(Watcher(task.abort_handle()))
+        } else {
+            None
+        };
+        Ok(RacyGuard::Deaf {
+            inner,
+            lost,
+            watcher,
+        })
+    }
+}
+
+/// A lost signal that fires a moment from now.
+fn lost_soon() -> LostSignal {
+    let lost = LostSignal::new();
+    let fire = lost.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        fire.fire();
+    });
+    lost
+}
+
+/// Stops a deaf guard's watch task when the guard goes.
+pub struct Watcher(tokio::task::AbortHandle);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A lock guard of [`Racy`]: memory's, a claimed lock that is not held, memory's
+/// with a loss signal of its own, or the lock recipe over a non-atomic store.
 pub enum RacyGuard {
     Real(<Memory as Backend>::Lock),
-    Fake { key: String, lost: LostSignal },
+    Fake {
+        key: String,
+        lost: LostSignal,
+    },
+    Deaf {
+        inner: <Memory as Backend>::Lock,
+        lost: LostSignal,
+        watcher: Option<Watcher>,
+    },
+    NonAtomic(Box<CasLock<Racy>>),
 }
 
 impl LockGuard for RacyGuard {
@@ -375,20 +470,24 @@ impl LockGuard for RacyGuard {
         match self {
             RacyGuard::Real(g) => g.key(),
             RacyGuard::Fake { key, .. } => key,
+            RacyGuard::Deaf { inner, .. } => inner.key(),
+            RacyGuard::NonAtomic(g) => g.key(),
         }
     }
 
     fn lost(&self) -> kvkit::backend::LockLost {
         match self {
             RacyGuard::Real(g) => g.lost(),
-            RacyGuard::Fake { lost, .. } => lost.wait(),
+            RacyGuard::Fake { lost, .. } | RacyGuard::Deaf { lost, .. } => lost.wait(),
+            RacyGuard::NonAtomic(g) => g.lost(),
         }
     }
 
     fn is_lost(&self) -> bool {
         match self {
             RacyGuard::Real(g) => g.is_lost(),
-            RacyGuard::Fake { lost, .. } => lost.is_fired(),
+            RacyGuard::Fake { lost, .. } | RacyGuard::Deaf { lost, .. } => lost.is_fired(),
+            RacyGuard::NonAtomic(g) => g.is_lost(),
         }
     }
 
@@ -396,6 +495,8 @@ impl LockGuard for RacyGuard {
         match self {
             RacyGuard::Real(g) => g.unlock().await,
             RacyGuard::Fake { .. } => Ok(()),
+            RacyGuard::Deaf { inner, .. } => inner.unlock().await,
+            RacyGuard::NonAtomic(g) => g.unlock().await,
         }
     }
 }

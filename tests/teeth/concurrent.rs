@@ -1,7 +1,8 @@
 //! The concurrent checks must catch bugs that only concurrency exposes: each store
 //! here is memory with one such bug (see `support/racy.rs`), and
 //! `check_concurrent` must fail on it in every one of 100 seeded runs, while the
-//! faithful wrapper passes all 100.
+//! faithful wrapper passes all 100. The lock-probe bugs run on a paused clock: a
+//! guard that never notices its key taken costs the probe's whole bound per run.
 
 #[path = "../support/racy.rs"]
 mod racy;
@@ -101,6 +102,31 @@ async fn lost_write_under_concurrency_is_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_ignoring_contention_is_caught() {
     caught_every_time(Bug::LockIgnoresContention, &[Rule::LockExclusion]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn guard_deaf_to_its_key_taken_is_caught() {
+    caught_every_time(Bug::LockDeafToTakeover, &[Rule::LockLossUnnoticed]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn guard_deaf_to_its_key_overwritten_is_caught() {
+    caught_every_time(Bug::LockDeafToOverwrite, &[Rule::LockLossUnnoticed]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_lock_reading_then_writing_is_caught() {
+    caught_every_time(Bug::TryLockReadsThenWrites, &[Rule::TryLockNotExclusive]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_lock_granting_everyone_is_caught() {
+    caught_every_time(Bug::TryLockGrantsAll, &[Rule::TryLockNotExclusive]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_lock_handing_out_a_lost_guard_is_caught() {
+    caught_every_time(Bug::TryLockLostAtBirth, &[Rule::LockLostAtBirth]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

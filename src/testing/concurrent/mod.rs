@@ -18,7 +18,14 @@
 //!   and TTL) take a lock, advance a fencing counter by compare-and-swap and release:
 //!   the hold intervals (acquire response to release invocation) of guards that were
 //!   not lost never overlap, and the fencing swap never conflicts while the lock is
-//!   held.
+//!   held;
+//! - lock probes, on keys of their own: a held lock whose key another handle deletes
+//!   or overwrites must see its `lost()` fire within
+//!   [`PROMPTLY`](crate::testing::conformance::PROMPTLY) (else a second `try_lock`
+//!   shows whether two holders coexist), and [`ConcurrentConfig::lock_storm`] callers
+//!   on several handles, released together, `try_lock` a free lock: one guard at
+//!   most, and that guard is not lost at birth. Rounds that meet the fault are not
+//!   judged.
 //!
 //! What is not checked here: TTLs (no operation uses one; the sequential model
 //! harness covers them), `watch_tree`, an absent (`None`) watch item against the
@@ -43,12 +50,14 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 mod actors;
+mod probes;
 mod verdicts;
 mod workload;
 
 pub use workload::{CONCURRENT_LOCK_ROOT, CONCURRENT_ROOT, ConcurrentConfig, KEY_SPACE};
 
 use self::actors::{RoundGate, Shared, WatchLog, client, contender, watcher, watcher_start};
+use self::probes::lock_probes;
 use self::verdicts::{check_locks, check_watches, to_events};
 use self::workload::{ClientOp, Clock, HOT_KEYS, Record, Reply, run_op};
 use crate::backend::Backend;
@@ -139,6 +148,8 @@ pub async fn check_concurrent<B: Backend>(
 
     // Watchers: started during the run.
     let stop = tokio_util::sync::CancellationToken::new();
+    // Whatever way the run ends, the watchers stop with it.
+    let _stop_watchers = stop.clone().drop_guard();
     let logs: Arc<Mutex<Vec<WatchLog>>> = Arc::default();
     let mut watch_tasks = Vec::new();
     let mut watched = Vec::new();
@@ -166,6 +177,8 @@ pub async fn check_concurrent<B: Backend>(
     let contenders: Vec<_> = (0..config.lock_contenders)
         .map(|c| tokio::spawn(contender(handle(c + 1), c, config.clone(), shared.clone())))
         .collect();
+    let probes = (config.lock_contenders > 0)
+        .then(|| tokio::spawn(lock_probes(handles.clone(), config.clone(), shared.clone())));
     let fault_duration = config.fault_duration;
     let inject_at = config.clients * (config.ops_per_client / 3);
     let fault_task = fault.clone().map(|fault| {
@@ -204,6 +217,12 @@ pub async fn check_concurrent<B: Backend>(
             .await
             .map_err(|e| broken(seed, Rule::Healthy, "a lock contender panicked", e))?;
         holds.extend(outcome.map_err(|(rule, e)| broken(seed, rule, "lock", e))?);
+    }
+    if let Some(probes) = probes {
+        probes
+            .await
+            .map_err(|e| broken(seed, Rule::Healthy, "a lock probe panicked", e))?
+            .map_err(|(rule, e)| broken(seed, rule, "lock probe", e))?;
     }
     if let Some(task) = fault_task {
         // All clients are done, so the heal has been reached (progress >= 2/3).

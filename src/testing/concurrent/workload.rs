@@ -33,6 +33,9 @@ pub struct ConcurrentConfig {
     pub lock_contenders: usize,
     /// Lock rounds per contender (default 6).
     pub lock_rounds: usize,
+    /// Callers of each round of the try_lock storm on a free lock (default 8; at
+    /// least 2). The lock probes run when there are lock contenders.
+    pub lock_storm: usize,
     /// How many keys of [`KEY_SPACE`] the random operations use (default all; fewer
     /// keys means more collisions).
     pub max_key_space: usize,
@@ -59,6 +62,7 @@ impl Default for ConcurrentConfig {
             watchers: 2,
             lock_contenders: 3,
             lock_rounds: 6,
+            lock_storm: 8,
             max_key_space: KEY_SPACE.len(),
             op_timeout: Duration::from_secs(10),
             fault_duration: Duration::from_secs(3),
