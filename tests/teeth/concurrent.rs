@@ -104,29 +104,22 @@ async fn lock_ignoring_contention_is_caught() {
     caught_every_time(Bug::LockIgnoresContention, &[Rule::LockExclusion]).await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn guard_deaf_to_its_key_taken_is_caught() {
-    caught_every_time(Bug::LockDeafToTakeover, &[Rule::LockLossUnnoticed]).await;
+/// The lock-probe bugs, each caught by the one rule named, on a paused clock.
+macro_rules! lock_teeth {
+    ($($name:ident => $bug:expr, $rule:expr);* $(;)?) => {$(
+        #[tokio::test(start_paused = true)]
+        async fn $name() {
+            caught_every_time($bug, &[$rule]).await;
+        }
+    )*};
 }
 
-#[tokio::test(start_paused = true)]
-async fn guard_deaf_to_its_key_overwritten_is_caught() {
-    caught_every_time(Bug::LockDeafToOverwrite, &[Rule::LockLossUnnoticed]).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn try_lock_reading_then_writing_is_caught() {
-    caught_every_time(Bug::TryLockReadsThenWrites, &[Rule::TryLockNotExclusive]).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn try_lock_granting_everyone_is_caught() {
-    caught_every_time(Bug::TryLockGrantsAll, &[Rule::TryLockNotExclusive]).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn try_lock_handing_out_a_lost_guard_is_caught() {
-    caught_every_time(Bug::TryLockLostAtBirth, &[Rule::LockLostAtBirth]).await;
+lock_teeth! {
+    guard_deaf_to_its_key_taken_is_caught => Bug::LockDeafToTakeover, Rule::LockLossUnnoticed;
+    guard_deaf_to_its_key_overwritten_is_caught => Bug::LockDeafToOverwrite, Rule::LockLossUnnoticed;
+    try_lock_reading_then_writing_is_caught => Bug::TryLockReadsThenWrites, Rule::TryLockNotExclusive;
+    try_lock_granting_everyone_is_caught => Bug::TryLockGrantsAll, Rule::TryLockNotExclusive;
+    try_lock_handing_out_a_lost_guard_is_caught => Bug::TryLockLostAtBirth, Rule::LockLostAtBirth;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

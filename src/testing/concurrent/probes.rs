@@ -104,7 +104,7 @@ impl<B: Backend> Probe<B> {
             .within("lock of the probe's free lock", holder.lock(&key, options))
             .await?;
         let lost = guard.lost();
-        let how = if round % 2 == 0 {
+        let how = if round.is_multiple_of(2) {
             self.within(
                 "another handle's delete of the lock key",
                 taker.delete(&key),
