@@ -82,6 +82,7 @@ pub async fn cut_waiter_leaves_the_lock_free<B>(
 
 /// The waiter's code: `lock()` inside a 12 s timeout, retried 200 ms after any error
 /// (bounded in attempts and time); a lock it gets is held briefly and released.
+/// The outcome of each attempt is printed (seen with `--nocapture`).
 async fn wait_like_a_caller<B>(waiter: Kv<B>, key: String)
 where
     B: Backend,
@@ -93,6 +94,12 @@ where
         }
         let attempt =
             tokio::time::timeout(CALL_TIMEOUT, waiter.lock(&key, LockOptions::default())).await;
+        let outcome = match &attempt {
+            Ok(Ok(_)) => "locked".to_owned(),
+            Ok(Err(err)) => format!("{:?}", err.kind()),
+            Err(_) => "timed out".to_owned(),
+        };
+        eprintln!("waiter: {outcome} at {:?}", start.elapsed());
         if let Ok(Ok(guard)) = attempt {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let _ = guard.unlock().await;
