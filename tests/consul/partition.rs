@@ -9,7 +9,7 @@ use std::time::Duration;
 use kvkit::Kv;
 use kvkit::consul::{Consul, ConsulConfig};
 use kvkit::testing::consul_emulator::ConsulEmulator;
-use kvkit::testing::fault::{FaultInjector, ProxyPartition};
+use kvkit::testing::fault::ProxyPartition;
 use kvkit::testing::zookeeper_server::TcpProxy;
 
 use crate::consul_support::{client_config, emulator_config};
@@ -38,19 +38,7 @@ async fn cut_waiter(cut: impl FnOnce(Arc<TcpProxy>) -> ProxyPartition) {
             .request_timeout(Duration::from_secs(1)),
     )
     .await;
-    let cut: Box<dyn FaultInjector> = Box::new(cut(proxy));
-    cut_waiter_leaves_the_lock_free(&holder, &waiter, &fresh, cut.as_ref(), "cut").await;
-    for kv in [holder, waiter, fresh] {
-        let _ = kv.close().await;
-    }
+    cut_waiter_leaves_the_lock_free(holder, waiter, fresh, cut(proxy)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_cut_off_silently_leaves_the_lock_free() {
-    cut_waiter(ProxyPartition::silent).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_whose_connections_are_refused_leaves_the_lock_free() {
-    cut_waiter(ProxyPartition::blocked).await;
-}
+crate::cut_waiter_tests!(cut_waiter);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvkit::testing::etcd_server::EtcdServer;
-use kvkit::testing::fault::{FaultInjector, ProxyPartition};
+use kvkit::testing::fault::ProxyPartition;
 use kvkit::testing::zookeeper_server::TcpProxy;
 
 use crate::cut_waiter::cut_waiter_leaves_the_lock_free;
@@ -31,19 +31,7 @@ async fn cut_waiter(cut: impl FnOnce(Arc<TcpProxy>) -> ProxyPartition) {
     config.lock_ttl = Duration::from_secs(2);
     config.request_timeout = Duration::from_secs(1);
     let waiter = connect(config).await;
-    let cut: Box<dyn FaultInjector> = Box::new(cut(proxy));
-    cut_waiter_leaves_the_lock_free(&holder, &waiter, &fresh, cut.as_ref(), "cut").await;
-    for kv in [holder, waiter, fresh] {
-        let _ = kv.close().await;
-    }
+    cut_waiter_leaves_the_lock_free(holder, waiter, fresh, cut(proxy)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_cut_off_silently_leaves_the_lock_free() {
-    cut_waiter(ProxyPartition::silent).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_whose_connections_are_refused_leaves_the_lock_free() {
-    cut_waiter(ProxyPartition::blocked).await;
-}
+crate::cut_waiter_tests!(cut_waiter);

@@ -26,20 +26,38 @@ const RELEASE_AFTER_HEAL: Duration = Duration::from_secs(4);
 /// How soon after the release a fresh client must get the lock.
 const FRESH_WITHIN: Duration = Duration::from_secs(5);
 
-/// Runs the scenario on `key`: `holder` holds the lock; `waiter` (whose connection
-/// `cut` cuts) retries `lock()` under a timeout; 0.5 s in, the waiter is cut off for
-/// 4 s; the holder releases 4 s after the cut healed; then `fresh` must get the lock
-/// within a few seconds (the waiter, if it got it first, holds it briefly and lets go).
+/// The scenario's two tests, one per kind of cut: `$run` is an async fn taking
+/// `fn(Arc<TcpProxy>) -> ProxyPartition` (the cut of the waiter's proxy).
+#[macro_export]
+macro_rules! cut_waiter_tests {
+    ($run:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn waiter_cut_off_silently_leaves_the_lock_free() {
+            $run(kvkit::testing::fault::ProxyPartition::silent).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn waiter_whose_connections_are_refused_leaves_the_lock_free() {
+            $run(kvkit::testing::fault::ProxyPartition::blocked).await;
+        }
+    };
+}
+
+/// Runs the scenario: `holder` holds the lock; `waiter` (whose connection `cut` cuts)
+/// retries `lock()` under a timeout; 0.5 s in, the waiter is cut off for 4 s; the
+/// holder releases 4 s after the cut healed; then `fresh` must get the lock within a
+/// few seconds (the waiter, if it got it first, holds it briefly and lets go). Closes
+/// the three handles.
 pub async fn cut_waiter_leaves_the_lock_free<B>(
-    holder: &Kv<B>,
-    waiter: &Kv<B>,
-    fresh: &Kv<B>,
-    cut: &dyn FaultInjector,
-    key: &str,
+    holder: Kv<B>,
+    waiter: Kv<B>,
+    fresh: Kv<B>,
+    cut: impl FaultInjector,
 ) where
     B: Backend + Clone + Send + Sync + 'static,
     B::Lock: Send + 'static,
 {
+    let key = "cut";
     let held = holder
         .lock(key, LockOptions::default().value("holder"))
         .await
@@ -78,6 +96,9 @@ pub async fn cut_waiter_leaves_the_lock_free<B>(
     taken.unlock().await.expect("the fresh client releases");
     waiting.abort();
     let _ = waiting.await;
+    for kv in [holder, waiter, fresh] {
+        let _ = kv.close().await;
+    }
 }
 
 /// The waiter's code: `lock()` inside a 12 s timeout, retried 200 ms after any error

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvkit::testing::fault::{FaultInjector, ProxyPartition};
+use kvkit::testing::fault::ProxyPartition;
 use kvkit::testing::zookeeper_server::{TcpProxy, ZkServer};
 use kvkit::zookeeper::ZookeeperConfig;
 
@@ -14,7 +14,8 @@ use crate::{connect, connect_with};
 
 /// The scenario against a server of its own, the waiter (2 s session) behind a proxy
 /// that `cut` cuts.
-async fn cut_waiter(root: &str, cut: impl FnOnce(Arc<TcpProxy>) -> ProxyPartition) {
+async fn cut_waiter(cut: impl FnOnce(Arc<TcpProxy>) -> ProxyPartition) {
+    let root = "/kvkit-cut-waiter";
     let Some(server) = ZkServer::start() else {
         return;
     };
@@ -29,19 +30,7 @@ async fn cut_waiter(root: &str, cut: impl FnOnce(Arc<TcpProxy>) -> ProxyPartitio
             .request_timeout(Duration::from_secs(1)),
     )
     .await;
-    let cut: Box<dyn FaultInjector> = Box::new(cut(proxy));
-    cut_waiter_leaves_the_lock_free(&holder, &waiter, &fresh, cut.as_ref(), "cut").await;
-    for kv in [holder, waiter, fresh] {
-        let _ = kv.close().await;
-    }
+    cut_waiter_leaves_the_lock_free(holder, waiter, fresh, cut(proxy)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_cut_off_silently_leaves_the_lock_free() {
-    cut_waiter("/kvkit-cut-silent", ProxyPartition::silent).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_whose_connections_are_refused_leaves_the_lock_free() {
-    cut_waiter("/kvkit-cut-blocked", ProxyPartition::blocked).await;
-}
+crate::cut_waiter_tests!(cut_waiter);
