@@ -1,6 +1,7 @@
 //! Locks: the ephemeral-sequential recipe.
 //!
-//! Contenders are `EPHEMERAL_SEQUENTIAL` znodes `c-<seq>` in `{root}/locks/<escaped key>`,
+//! Contenders are `EPHEMERAL_SEQUENTIAL` znodes `c-<call>-<seq>` in
+//! `{root}/locks/<escaped key>`,
 //! outside the key space, so they never show in `list`, `watch_tree` or `get`. The
 //! lowest sequence number holds the lock; every other contender watches only its
 //! predecessor (no herd). The holder then writes the lock's value at the key (an
@@ -8,8 +9,12 @@
 //! writes over it stays). The lock is lost when the session expires, the contender
 //! znode disappears, its lease runs out, or someone else overwrites or deletes the key.
 //!
+//! `<call>` is a random id of the `lock`/`try_lock` call (Curator's "protected" mode):
+//! a create whose reply was lost, or whose call was cancelled, can still be found by
+//! its name and withdrawn, so no contender outlives the call that created it.
+//!
 //! A lock with `LockOptions::ttl` carries its TTL in the contender's name
-//! (`c-t<ms>-<seq>`) and renews the contender (an empty `setData`, which moves its
+//! (`c-t<ms>-<call>-<seq>`) and renews the contender (an empty `setData`, which moves its
 //! `mtime`) while it waits and while it holds; a contender whose `mtime` + TTL has
 //! passed on the server clock belongs to a dead or cut-off client, and the contender
 //! behind it deletes it (versioned, so a renewal in between keeps it). The holder
@@ -90,9 +95,8 @@ pub(crate) struct Held {
     backend: Zookeeper,
     key: Key<'static>,
     contender: String,
-    /// The contender's `czxid`: a path can be reused once the lock's directory was
-    /// deleted and created again, this tells our contender from a later one.
-    contender_czxid: i64,
+    /// The id of the call that created the contender (in its name).
+    call: CallId,
     index: u64,
     /// The lock's TTL (`LockOptions::ttl`), renewed on the contender.
     ttl: Option<Duration>,
@@ -114,11 +118,9 @@ impl Held {
             Err(e) => {
                 // Keep trying in the background: a contender left behind would block
                 // everyone for as long as this session lives.
-                spawn_withdraw(
-                    self.backend.clone(),
-                    self.contender.clone(),
-                    self.contender_czxid,
-                );
+                if let Some((dir, _)) = self.contender.rsplit_once('/') {
+                    spawn_withdraw(self.backend.clone(), dir.to_owned(), self.call.clone());
+                }
                 return Err(self.backend.map_err(e));
             }
         }
@@ -131,36 +133,66 @@ impl Held {
     }
 }
 
-/// Withdraws a contender znode when the acquisition is abandoned (an error, a
-/// timeout, a cancelled future).
+/// The random id of one `lock`/`try_lock` call, in the name of every contender it
+/// creates (32 hex digits: never starts with `t`, holds no `-`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CallId(String);
+
+impl CallId {
+    fn new() -> Self {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Two independently seeded hashes: unique across calls and clients.
+        let half = || {
+            std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                (n, std::process::id()),
+            )
+        };
+        CallId(format!("{:016x}{:016x}", half(), half()))
+    }
+
+    /// Whether the contender `name` was created by this call.
+    fn created(&self, name: &str) -> bool {
+        call_of(name) == Some(self.0.as_str())
+    }
+}
+
+/// Withdraws every contender a `lock`/`try_lock` call created when the call ends
+/// without a lock (an error, a timeout, a cancelled future), including one whose
+/// create reply never came.
 struct Contender {
     backend: Zookeeper,
-    path: Option<String>,
-    czxid: i64,
+    dir: String,
+    call: CallId,
+    armed: bool,
 }
 
 impl Contender {
-    fn disarm(&mut self) -> String {
-        self.path.take().unwrap_or_default()
+    /// The call holds the lock or has withdrawn: nothing left to clean up.
+    fn disarm(&mut self) {
+        self.armed = false;
     }
 }
 
 impl Drop for Contender {
     fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            spawn_withdraw(self.backend.clone(), path, self.czxid);
+        if self.armed {
+            spawn_withdraw(self.backend.clone(), self.dir.clone(), self.call.clone());
         }
     }
 }
 
-/// Deletes our contender `path` (created at `czxid`) in the background, and keeps
-/// trying through connection loss and reconnects (a request that timed out may never
-/// have reached the server): an orphaned contender would block every later contender
-/// for as long as this session lives. It stops once the znode is gone or is not ours
-/// (another `czxid`: the session expired and took it, and the name was reused), or the
-/// store is closed (closing ends the session and its contenders); at the latest after a
-/// few session timeouts, by which a session that cannot reach the server has expired.
-fn spawn_withdraw(backend: Zookeeper, path: String, czxid: i64) {
+/// Deletes, in the background, every contender in `dir` that `call` created, and keeps
+/// trying through connection loss and reconnects: an orphaned contender would block
+/// every later contender for as long as its session lives. The listing is sent after
+/// every create of the call on the same session, and the server answers one session's
+/// requests in order, so a create whose reply was lost shows in it (a create of an
+/// earlier session went with that session). It stops once a listing shows none left
+/// or the store is closed (closing ends the session and its contenders); at the latest
+/// after a few session timeouts, by which a session that cannot reach the server has
+/// expired.
+fn spawn_withdraw(backend: Zookeeper, dir: String, call: CallId) {
     crate::background::release_in_background("zookeeper lock contender", async move {
         let inner = backend.inner();
         let give_up = Instant::now() + inner.session_timeout() * 3 + inner.request_timeout();
@@ -169,30 +201,34 @@ fn spawn_withdraw(backend: Zookeeper, path: String, czxid: i64) {
             if inner.is_closed() {
                 return Ok(());
             }
-            let attempt = async {
-                match inner.call(|| inner.zk().exists(&path, false)).await? {
-                    None => Ok(true),
-                    Some(stat) if stat.czxid != czxid => Ok(true),
-                    Some(stat) => match inner
-                        .call(|| inner.zk().delete(&path, Some(stat.version)))
-                        .await
-                    {
-                        Ok(()) | Err(ZkError::NoNode) => Ok(true),
-                        Err(ZkError::BadVersion) => Ok(false),
-                        Err(e) => Err(e),
-                    },
-                }
-            };
-            if let Ok(true) = attempt.await {
+            if withdraw(&backend, &dir, &call).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() >= give_up {
-                tracing::warn!(contender = %path, "could not withdraw a lock contender");
-                return Err(format!("gave up withdrawing {path}"));
+                tracing::warn!(lock = %dir, "could not withdraw a lock contender");
+                return Err(format!("gave up withdrawing contenders in {dir}"));
             }
             tokio::time::sleep(backoff.next_delay()).await;
         }
     });
+}
+
+/// One round of [`spawn_withdraw`]: lists `dir` and deletes `call`'s contenders.
+async fn withdraw(backend: &Zookeeper, dir: &str, call: &CallId) -> Result<(), ZkError> {
+    let inner = backend.inner();
+    let children = match inner.call(|| inner.zk().get_children(dir, false)).await {
+        Ok(children) => children,
+        Err(ZkError::NoNode) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in children.iter().filter(|name| call.created(name)) {
+        let path = format!("{dir}/{name}");
+        match inner.call(|| inner.zk().delete(&path, None)).await {
+            Ok(()) | Err(ZkError::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Zookeeper {
@@ -204,23 +240,34 @@ impl Zookeeper {
     }
 }
 
-/// The sequence number of a contender `c-<seq>` or `c-t<ttl ms>-<seq>`.
+/// The sequence number of a contender `c-[t<ttl ms>-][<call>-]<seq>`.
 fn sequence(name: &str) -> Option<i64> {
     name.strip_prefix(PREFIX)?.rsplit('-').next()?.parse().ok()
 }
 
-/// The TTL of a contender named `c-t<ttl ms>-<seq>`.
+/// The TTL of a contender named `c-t<ttl ms>-[<call>-]<seq>`.
 fn lease_of(name: &str) -> Option<Duration> {
     let rest = name.strip_prefix(PREFIX)?.strip_prefix('t')?;
     let (ms, _) = rest.split_once('-')?;
     ms.parse().ok().map(Duration::from_millis)
 }
 
-/// The prefix of this lock's contender names.
-fn contender_prefix(dir: &str, ttl: Option<Duration>) -> String {
+/// The call id in a contender named `c-[t<ttl ms>-]<call>-<seq>` (none in the names
+/// of clients that predate call ids: `c-[t<ttl ms>-]<seq>`).
+fn call_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let rest = match rest.strip_prefix('t') {
+        Some(ttl_and_rest) => ttl_and_rest.split_once('-')?.1,
+        None => rest,
+    };
+    Some(rest.rsplit_once('-')?.0)
+}
+
+/// The prefix of the names of the contenders `call` creates for this lock.
+fn contender_prefix(dir: &str, ttl: Option<Duration>, call: &CallId) -> String {
     match ttl {
-        None => format!("{dir}/{PREFIX}"),
-        Some(ttl) => format!("{dir}/{PREFIX}t{}-", ttl.as_millis().max(1)),
+        None => format!("{dir}/{PREFIX}{}-", call.0),
+        Some(ttl) => format!("{dir}/{PREFIX}t{}-{}-", ttl.as_millis().max(1), call.0),
     }
 }
 
@@ -276,12 +323,20 @@ pub(crate) async fn lock(
     );
     let mut session = inner.session();
     let mut epoch = inner.epoch();
+    let call = CallId::new();
+    // Armed before the first create: a create whose reply is lost is withdrawn too.
+    let mut contender = Contender {
+        backend: backend.clone(),
+        dir: dir.clone(),
+        call: call.clone(),
+        armed: true,
+    };
+    let prefix = contender_prefix(&dir, ttl, &call);
     'contend: for _ in 0..super::MAX_ATTEMPTS {
         let session_at_start = *session.borrow_and_update();
-        let prefix = contender_prefix(&dir, ttl);
         // Renewals of a TTL contender prove it alive from when they were sent.
         let mut renewed = Instant::now();
-        let (created, stat) = match inner
+        let (created, _) = match inner
             .call(|| {
                 inner.zk().create2(
                     &prefix,
@@ -304,11 +359,6 @@ pub(crate) async fn lock(
             other => other.map_err(|e| backend.map_err(e))?,
         };
         // The crate returns the path relative to its (absent) chroot: the full path.
-        let mut contender = Contender {
-            backend: backend.clone(),
-            path: Some(created.clone()),
-            czxid: stat.czxid,
-        };
         let my_name = created.rsplit('/').next().unwrap_or_default().to_owned();
         let Some(my_seq) = sequence(&my_name) else {
             return Err(Error::backend(
@@ -329,12 +379,19 @@ pub(crate) async fn lock(
             children.sort_unstable();
             let Some(pos) = children.iter().position(|(s, _)| *s == my_seq) else {
                 // Our contender is gone (the session expired): start again.
-                contender.disarm();
                 continue 'contend;
             };
+            if let Some((_, stale)) = children[..pos].iter().find(|(_, c)| call.created(c)) {
+                // An earlier contender of this call (of a session since replaced)
+                // would block us: it goes first.
+                let stale = format!("{dir}/{stale}");
+                match inner.call(|| inner.zk().delete(&stale, None)).await {
+                    Ok(()) | Err(ZkError::NoNode) => continue,
+                    Err(e) => return Err(backend.map_err(e)),
+                }
+            }
             if pos == 0 {
                 if *session.borrow() != session_at_start {
-                    contender.disarm();
                     continue 'contend;
                 }
                 break;
@@ -359,13 +416,11 @@ pub(crate) async fn lock(
                 if all_dead {
                     continue;
                 }
-                let path = contender.disarm();
-                if inner
-                    .call(|| inner.zk().delete(&path, None))
-                    .await
-                    .is_err_and(|e| e != ZkError::NoNode)
+                // (If the delete fails, `contender` withdraws it in the background.)
+                if let Ok(()) | Err(ZkError::NoNode) =
+                    inner.call(|| inner.zk().delete(&created, None)).await
                 {
-                    spawn_withdraw(backend.clone(), path, stat.czxid);
+                    contender.disarm();
                 }
                 return Ok(None);
             }
@@ -435,7 +490,7 @@ pub(crate) async fn lock(
             backend: backend.clone(),
             key,
             contender: created,
-            contender_czxid: stat.czxid,
+            call,
             index: pair.last_index,
             ttl,
         });
@@ -653,5 +708,29 @@ impl Drop for ZookeeperLock {
             held.backend.inner().held_locks().remove(registered);
             released
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contender_names_carry_their_call() {
+        let call = CallId::new();
+        assert_ne!(call, CallId::new());
+        for ttl in [None, Some(Duration::from_millis(1500))] {
+            let name = format!("{}0000000042", contender_prefix("/d", ttl, &call));
+            let name = name.strip_prefix("/d/").unwrap();
+            assert!(call.created(name), "{name}");
+            assert!(!CallId::new().created(name));
+            assert_eq!(sequence(name), Some(42));
+            assert_eq!(lease_of(name), ttl);
+        }
+        // Names of clients without call ids.
+        for old in ["c-0000000007", "c-t1500-0000000007"] {
+            assert_eq!(call_of(old), None);
+            assert_eq!(sequence(old), Some(7));
+        }
     }
 }

@@ -3,6 +3,8 @@
 
 #[path = "../support/consul.rs"]
 mod consul_support;
+#[path = "../support/cut_waiter.rs"]
+mod cut_waiter;
 #[path = "../support/errors.rs"]
 mod errors;
 #[path = "../support/streams.rs"]
@@ -13,6 +15,7 @@ mod close;
 mod faults;
 mod foreign_keys;
 mod lock;
+mod partition;
 mod round_trips;
 mod suites;
 mod tls_auth;

@@ -4,6 +4,8 @@
 //! Every test starts its own server(s) on free loopback ports; without `/usr/bin/etcd`
 //! the tests print a notice and pass, unless `KVKIT_REQUIRE_SERVERS=1`.
 
+#[path = "../support/cut_waiter.rs"]
+mod cut_waiter;
 #[path = "../support/errors.rs"]
 mod errors;
 #[path = "../support/etcd.rs"]
@@ -18,6 +20,7 @@ mod coalesced_reads;
 mod faults;
 mod foreign_keys;
 mod lock;
+mod partition;
 mod round_trips;
 mod suites;
 mod tls_auth;

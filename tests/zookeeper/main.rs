@@ -13,6 +13,8 @@ use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
 use kvkit::{ErrorKind, Kv};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+#[path = "../support/cut_waiter.rs"]
+mod cut_waiter;
 #[path = "../support/streams.rs"]
 mod streams;
 #[path = "../support/zookeeper.rs"]
@@ -25,6 +27,7 @@ mod foreign_keys;
 mod keys;
 mod lists;
 mod lock;
+mod partition;
 mod round_trips;
 mod sessions;
 mod suites;
