@@ -9,7 +9,7 @@ use kvkit::{ErrorKind, LockGuard, LockOptions, PutOptions};
 
 use crate::streams::values;
 use crate::zookeeper_support::raw_client;
-use crate::{WAIT, connect, connect_with, kind, shared_server};
+use crate::{WAIT, behind, connect, connect_with, kind, shared_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_exclude_wake_waiters_and_leave_nothing_behind() {
@@ -141,13 +141,7 @@ async fn lock_loss_uses_the_granted_session_timeout() {
     let addr = server.connect_string();
     let root = "/kvkit-granted";
     let proxy = TcpProxy::start(server.addr()).await.unwrap();
-    let holder = connect_with(
-        ZookeeperConfig::new(proxy.connect_string())
-            .prefix(root)
-            .session_timeout(Duration::from_secs(8))
-            .request_timeout(Duration::from_secs(2)),
-    )
-    .await;
+    let holder = behind(&proxy, root, Duration::from_secs(8), Duration::from_secs(2)).await;
     let other = connect(&addr, root).await;
     let guard = holder
         .lock("l", LockOptions::default().value("a"))
@@ -284,11 +278,11 @@ async fn lock_key_behaves_like_any_key_and_ttl_is_honoured() {
     // LockOptions::ttl: a holder cut off silently frees the lock within its TTL, long
     // before its 15 s session would expire, and learns of the loss first.
     let proxy = TcpProxy::start(server.addr()).await.unwrap();
-    let holder = connect_with(
-        ZookeeperConfig::new(proxy.connect_string())
-            .prefix(root)
-            .session_timeout(Duration::from_secs(15))
-            .request_timeout(Duration::from_secs(2)),
+    let holder = behind(
+        &proxy,
+        root,
+        Duration::from_secs(15),
+        Duration::from_secs(2),
     )
     .await;
     let ttl = Duration::from_secs(2);

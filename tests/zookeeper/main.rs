@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use kvkit::testing::zookeeper_server::ZkServer;
+use kvkit::testing::zookeeper_server::{TcpProxy, ZkServer};
 use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
 use kvkit::{ErrorKind, Kv};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -102,6 +102,23 @@ async fn connect(connect: &str, root: &str) -> Kv<Zookeeper> {
 /// A handle with `config`.
 async fn connect_with(config: ZookeeperConfig) -> Kv<Zookeeper> {
     Kv::new(Zookeeper::connect(config).await.expect("connect"))
+}
+
+/// A handle under `root` that reaches the server through `proxy` (so a test can cut
+/// it off), with the given session and request timeouts.
+async fn behind(
+    proxy: &TcpProxy,
+    root: &str,
+    session: Duration,
+    request: Duration,
+) -> Kv<Zookeeper> {
+    connect_with(
+        ZookeeperConfig::new(proxy.connect_string())
+            .prefix(root)
+            .session_timeout(session)
+            .request_timeout(request),
+    )
+    .await
 }
 
 /// The kind of the error `result` must be.

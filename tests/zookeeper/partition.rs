@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use kvkit::testing::fault::ProxyPartition;
 use kvkit::testing::zookeeper_server::{TcpProxy, ZkServer};
-use kvkit::zookeeper::ZookeeperConfig;
 
 use crate::cut_waiter::cut_waiter_leaves_the_lock_free;
-use crate::{connect, connect_with};
+use crate::{behind, connect};
 
 /// The scenario against a server of its own, the waiter (2 s session) behind a proxy
 /// that `cut` cuts.
@@ -23,13 +22,7 @@ async fn cut_waiter(cut: impl FnOnce(Arc<TcpProxy>) -> ProxyPartition) {
     let proxy = Arc::new(TcpProxy::start(server.addr()).await.unwrap());
     let holder = connect(&addr, root).await;
     let fresh = connect(&addr, root).await;
-    let waiter = connect_with(
-        ZookeeperConfig::new(proxy.connect_string())
-            .prefix(root)
-            .session_timeout(Duration::from_secs(2))
-            .request_timeout(Duration::from_secs(1)),
-    )
-    .await;
+    let waiter = behind(&proxy, root, Duration::from_secs(2), Duration::from_secs(1)).await;
     cut_waiter_leaves_the_lock_free(holder, waiter, fresh, cut(proxy)).await;
 }
 

@@ -7,7 +7,7 @@ use kvkit::zookeeper::{Zookeeper, ZookeeperConfig};
 use kvkit::{ErrorKind, Kv, LockGuard, LockOptions, PutOptions};
 
 use crate::streams::{ends_with_closed, next, values, watch_until};
-use crate::{WAIT, connect, connect_with, counted, kind, shared_server};
+use crate::{WAIT, behind, connect, counted, kind, shared_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_is_unavailable() {
@@ -135,7 +135,13 @@ async fn a_cut_off_holder_loses_its_lock_when_its_session_expires() {
     // Session expiry: a holder cut off (through a proxy) loses its lock; another client
     // then acquires it; the cut-off client gets a new session and keeps working.
     let proxy = TcpProxy::start(server.addr()).await.unwrap();
-    let holder = behind(&proxy, "/kvkit-expiry", Duration::from_secs(2)).await;
+    let holder = behind(
+        &proxy,
+        "/kvkit-expiry",
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+    )
+    .await;
     let guard = holder
         .lock("r/lock", LockOptions::default().value("h"))
         .await
@@ -232,7 +238,13 @@ async fn a_silently_cut_off_holder_knows_of_its_loss_before_another_acquires() {
     // reports lock-lost before the server can expire its session and hand the lock to
     // someone else.
     let silent = TcpProxy::start(server.addr()).await.unwrap();
-    let holder2 = behind(&silent, "/kvkit-silent", Duration::from_secs(4)).await;
+    let holder2 = behind(
+        &silent,
+        "/kvkit-silent",
+        Duration::from_secs(4),
+        Duration::from_secs(3),
+    )
+    .await;
     let guard2 = holder2
         .lock("r/silent", LockOptions::default().value("h2"))
         .await
@@ -306,16 +318,4 @@ async fn writer_of_r_k(addr: &str, root: &str) -> Kv<Zookeeper> {
         .await
         .unwrap();
     writer
-}
-
-/// A handle under `root` that reaches the server through `proxy`, with `session`
-/// timeouts and 3 s requests.
-async fn behind(proxy: &TcpProxy, root: &str, session: Duration) -> Kv<Zookeeper> {
-    connect_with(
-        ZookeeperConfig::new(proxy.connect_string())
-            .prefix(root)
-            .session_timeout(session)
-            .request_timeout(Duration::from_secs(3)),
-    )
-    .await
 }
